@@ -1,0 +1,53 @@
+"""tfps-client: talk to a tfps parameter server from any Python worker.
+
+Needs only numpy, grpcio and protobuf (and ml-dtypes for bfloat16); TensorFlow
+helpers live in :mod:`tfps_client.keras` and import TensorFlow lazily.
+"""
+
+from tfps_client.client import MAX_MESSAGE_BYTES, Client, channel_options
+from tfps_client.errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    TfpsError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+)
+from tfps_client.types import CreateVariablesResult, IndexedSlices, VariableInfo
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "AbortedError",
+    "AlreadyExistsError",
+    "CancelledError",
+    "Client",
+    "CreateVariablesResult",
+    "DataLossError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "IndexedSlices",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "TfpsError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "VariableInfo",
+    "channel_options",
+]

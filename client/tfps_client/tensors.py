@@ -1,0 +1,259 @@
+"""The numpy <-> wire codec.
+
+A tensor travels as a :class:`TensorSpec` (dtype and shape) plus its raw
+row-major little-endian bytes cut into :class:`TensorChunk` pieces, so tensors
+of any size fit in gRPC messages of bounded size. Both client and server use
+this module; there is no second copy of the codec.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+import ml_dtypes
+import numpy as np
+
+from tfps_client._proto.tfps.v1 import tensor_pb2
+
+DataType = tensor_pb2.DataType
+TensorSpec = tensor_pb2.TensorSpec
+TensorChunk = tensor_pb2.TensorChunk
+
+_Message = TypeVar("_Message")
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+"""Bytes of tensor data per stream message (1 MiB)."""
+
+_WIRE_DTYPES: dict[int, np.dtype] = {
+    DataType.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    DataType.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    DataType.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    DataType.DATA_TYPE_BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+    DataType.DATA_TYPE_INT32: np.dtype("<i4"),
+    DataType.DATA_TYPE_INT64: np.dtype("<i8"),
+}
+_BY_NAME: dict[str, int] = {dtype.name: wire for wire, dtype in _WIRE_DTYPES.items()}
+
+
+class CodecError(ValueError):
+    """A tensor could not be encoded or decoded; the message says why."""
+
+
+def dtype_name(wire: int) -> str:
+    """Returns the numpy-style name of a wire dtype, for example ``"float32"``."""
+    dtype = _WIRE_DTYPES.get(wire)
+    return dtype.name if dtype is not None else f"unknown dtype {wire}"
+
+
+def numpy_dtype(wire: int) -> np.dtype:
+    """Returns the numpy dtype of a wire dtype.
+
+    Raises:
+        CodecError: the wire dtype is unspecified or unknown.
+    """
+    try:
+        return _WIRE_DTYPES[wire]
+    except KeyError:
+        raise CodecError(
+            f"expected one of {sorted(_BY_NAME)}, received dtype enum value {wire}"
+        ) from None
+
+
+def wire_dtype(dtype: np.dtype | str) -> int:
+    """Returns the wire dtype of a numpy dtype (or dtype name).
+
+    Raises:
+        CodecError: the dtype cannot travel on the wire.
+    """
+    name = np.dtype(dtype).name
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise CodecError(f"expected a dtype in {sorted(_BY_NAME)}, received {name}") from None
+
+
+def spec_of(array: np.ndarray) -> tensor_pb2.TensorSpec:
+    """Returns the wire description of an array."""
+    return tensor_pb2.TensorSpec(dtype=wire_dtype(array.dtype), shape=array.shape)
+
+
+def spec_shape(spec: tensor_pb2.TensorSpec) -> tuple[int, ...]:
+    """Returns the shape of a spec as a tuple."""
+    return tuple(int(d) for d in spec.shape)
+
+
+def spec_nbytes(spec: tensor_pb2.TensorSpec) -> int:
+    """Returns the byte length a spec announces.
+
+    Raises:
+        CodecError: the dtype is unknown or a dimension is negative.
+    """
+    shape = spec_shape(spec)
+    if any(d < 0 for d in shape):
+        raise CodecError(f"expected non-negative dimensions, received shape {list(shape)}")
+    return math.prod(shape) * numpy_dtype(spec.dtype).itemsize
+
+
+def _little_endian_bytes(array: np.ndarray) -> memoryview:
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def iter_chunks(
+    arrays: Sequence[np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[list[tensor_pb2.TensorChunk]]:
+    """Cuts arrays into chunk lists of at most ``chunk_bytes`` data bytes each.
+
+    Small tensors share one list; a large one spans several. Every list is meant
+    for one stream message. At least one (possibly empty) list is yielded.
+
+    Args:
+        arrays: the tensors, in tensor-index order.
+        chunk_bytes: the most data bytes per yielded list.
+    """
+    batch: list[tensor_pb2.TensorChunk] = []
+    room = chunk_bytes
+    for index, array in enumerate(arrays):
+        data = _little_endian_bytes(array)
+        offset = 0
+        while offset < len(data):
+            take = min(room, len(data) - offset)
+            batch.append(
+                tensor_pb2.TensorChunk(
+                    tensor_index=index, offset=offset, data=data[offset : offset + take].tobytes()
+                )
+            )
+            offset += take
+            room -= take
+            if room == 0:
+                yield batch
+                batch, room = [], chunk_bytes
+    if batch or room == chunk_bytes:
+        yield batch
+
+
+class TensorAssembler:
+    """Rebuilds tensors from their specs and chunks, checking every byte.
+
+    Chunks of a tensor must arrive in order, without gaps or overlaps. A tensor
+    sent in a single chunk is decoded without a copy.
+
+    Args:
+        specs: the tensors announced by the sender, in tensor-index order.
+        max_total_bytes: refuse announcements larger than this, before allocating.
+
+    Raises:
+        CodecError: a spec is invalid or announces more than ``max_total_bytes``.
+    """
+
+    def __init__(
+        self, specs: Sequence[tensor_pb2.TensorSpec], max_total_bytes: int | None = None
+    ) -> None:
+        self._specs = list(specs)
+        self._sizes = [spec_nbytes(spec) for spec in self._specs]
+        total = sum(self._sizes)
+        if max_total_bytes is not None and total > max_total_bytes:
+            raise CodecError(
+                f"expected at most {max_total_bytes} bytes of tensors, received a request for {total}"
+            )
+        self._received = [0] * len(self._specs)
+        self._single: list[bytes | None] = [None] * len(self._specs)
+        self._buffers: list[bytearray | None] = [None] * len(self._specs)
+
+    def add(self, chunks: Sequence[tensor_pb2.TensorChunk]) -> None:
+        """Adds the chunks of one stream message.
+
+        Raises:
+            CodecError: a chunk names an unknown tensor, is out of order or too long.
+        """
+        for chunk in chunks:
+            index = chunk.tensor_index
+            if index >= len(self._specs):
+                raise CodecError(
+                    f"expected a tensor index below {len(self._specs)}, received {index}"
+                )
+            expected_offset = self._received[index]
+            if chunk.offset != expected_offset:
+                raise CodecError(
+                    f"tensor {index}: expected a chunk at byte offset {expected_offset}, "
+                    f"received offset {chunk.offset}"
+                )
+            end = expected_offset + len(chunk.data)
+            if end > self._sizes[index]:
+                raise CodecError(
+                    f"tensor {index}: expected {self._sizes[index]} bytes, received at least {end}"
+                )
+            if expected_offset == 0 and end == self._sizes[index]:
+                self._single[index] = chunk.data
+            else:
+                buffer = self._buffers[index]
+                if buffer is None:
+                    buffer = self._buffers[index] = bytearray(self._sizes[index])
+                buffer[expected_offset:end] = chunk.data
+            self._received[index] = end
+
+    def finish(self) -> list[np.ndarray]:
+        """Returns the tensors, in tensor-index order.
+
+        Raises:
+            CodecError: a tensor's bytes are incomplete.
+        """
+        arrays = []
+        for index, spec in enumerate(self._specs):
+            if self._received[index] != self._sizes[index]:
+                raise CodecError(
+                    f"tensor {index}: expected {self._sizes[index]} bytes, "
+                    f"received {self._received[index]}"
+                )
+            data = self._single[index]
+            source: bytes | bytearray = data if data is not None else (self._buffers[index] or b"")
+            dtype = numpy_dtype(spec.dtype)
+            arrays.append(np.frombuffer(source, dtype=dtype).reshape(spec_shape(spec)))
+        return arrays
+
+
+def stream_messages(
+    make: Callable[..., _Message],
+    header: Mapping[str, Any],
+    arrays: Sequence[np.ndarray],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[_Message]:
+    """Yields the messages of a tensor stream: the header fields go in the first only.
+
+    Args:
+        make: the message class; it must have a ``chunks`` field.
+        header: fields of the first message, including the tensor specs.
+        arrays: the tensors whose bytes follow, in tensor-index order.
+        chunk_bytes: the most data bytes per message.
+    """
+    for position, chunks in enumerate(iter_chunks(arrays, chunk_bytes)):
+        yield make(chunks=chunks, **(header if position == 0 else {}))
+
+
+def read_stream(
+    messages: Iterable[_Message],
+    specs_of: Callable[[_Message], Sequence[tensor_pb2.TensorSpec]],
+    max_total_bytes: int | None = None,
+) -> tuple[_Message, list[np.ndarray]]:
+    """Reads a tensor stream and returns its first message and its tensors.
+
+    Args:
+        messages: the stream; its first message carries the header.
+        specs_of: returns the tensor specs announced by the first message.
+        max_total_bytes: refuse announcements larger than this, before allocating.
+
+    Raises:
+        CodecError: the stream is empty or its tensors are malformed.
+    """
+    iterator = iter(messages)
+    first = next(iterator, None)
+    if first is None:
+        raise CodecError("expected at least one message in the stream, received none")
+    assembler = TensorAssembler(specs_of(first), max_total_bytes)
+    assembler.add(first.chunks)
+    for message in iterator:
+        assembler.add(message.chunks)
+    return first, assembler.finish()

@@ -1,0 +1,254 @@
+"""Keras config -> tf_keras legacy optimizer, with everything checked at creation.
+
+Keras is the engine: the optimizer returned is a real
+``tf_keras.optimizers.legacy`` instance. This module only decides which class,
+which arguments, and refuses up front every config that could not apply later.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfps_server.errors import InvalidArgument
+
+_legacy = tf_keras.optimizers.legacy
+_schedules = tf_keras.optimizers.schedules
+
+OPTIMIZER_CLASSES: dict[str, type] = {
+    cls.__name__.lower(): cls
+    for cls in (
+        _legacy.Adadelta,
+        _legacy.Adagrad,
+        _legacy.Adam,
+        _legacy.Adamax,
+        _legacy.Ftrl,
+        _legacy.Nadam,
+        _legacy.RMSprop,
+        _legacy.SGD,
+    )
+}
+"""The accepted optimizer classes, by lower-case class name."""
+
+SCHEDULE_CLASSES: dict[str, type] = {
+    cls.__name__.lower(): cls
+    for cls in (
+        _schedules.ExponentialDecay,
+        _schedules.PiecewiseConstantDecay,
+        _schedules.PolynomialDecay,
+        _schedules.InverseTimeDecay,
+        _schedules.CosineDecay,
+        _schedules.CosineDecayRestarts,
+    )
+}
+"""The accepted learning-rate schedule classes, by lower-case class name."""
+
+_BASE_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm", "decay", "lr")
+_BOOLEAN_ARGS = frozenset({"amsgrad", "nesterov", "centered", "staircase", "cycle"})
+_STRING_ARGS = frozenset({"name"})
+_NUMBER_LIST_ARGS = frozenset({"boundaries", "values"})
+_OPTIONAL_NUMBER_ARGS = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "epsilon"})
+_SERIALIZATION_KEYS = frozenset({"module", "registered_name"})
+
+
+class OptimizerSpec(NamedTuple):
+    """A validated optimizer config: the Keras class and its constructor arguments."""
+
+    cls: type
+    kwargs: dict[str, Any]
+
+
+def _fail(message: str, **metadata: object) -> InvalidArgument:
+    return InvalidArgument(message, "INVALID_CONFIG", metadata)
+
+
+def _parameters(cls: type) -> list[str]:
+    signature = inspect.signature(cls.__init__)
+    return [
+        name
+        for name, parameter in signature.parameters.items()
+        if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+
+
+def _check_value(where: str, key: str, value: Any) -> None:
+    """Checks that one argument has the type Keras will need when applying."""
+    if key in _BOOLEAN_ARGS:
+        if not isinstance(value, bool):
+            raise _fail(f"{where}: expected a boolean for '{key}', received {value!r}")
+    elif key in _STRING_ARGS:
+        if not (value is None or isinstance(value, str)):
+            raise _fail(f"{where}: expected a string for '{key}', received {value!r}")
+    elif key in _NUMBER_LIST_ARGS:
+        if not isinstance(value, list) or not value:
+            raise _fail(f"{where}: expected a non-empty list of numbers for '{key}', received {value!r}")
+        for item in value:
+            _check_number(where, key, item)
+    elif not (value is None and key in _OPTIONAL_NUMBER_ARGS):
+        _check_number(where, key, value)
+
+
+def _check_number(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(f"{where}: expected a number for '{key}', received {value!r}")
+    if not math.isfinite(value):
+        raise _fail(f"{where}: expected a finite number for '{key}', received {value!r}")
+
+
+def _split_serialized(where: str, serialized: Any) -> tuple[str, dict[str, Any]]:
+    """Returns (class_name, config) of a ``{"class_name": ..., "config": {...}}`` dict."""
+    if not isinstance(serialized, Mapping):
+        raise _fail(f"{where}: expected an object with 'class_name' and 'config', received {serialized!r}")
+    unknown = set(serialized) - {"class_name", "config"} - _SERIALIZATION_KEYS
+    if unknown:
+        raise _fail(f"{where}: expected keys 'class_name' and 'config', received also {sorted(unknown)}")
+    class_name = serialized.get("class_name")
+    if not isinstance(class_name, str):
+        raise _fail(f"{where}: expected a string 'class_name', received {class_name!r}")
+    config = serialized.get("config", {})
+    if config is None:
+        config = {}
+    if not isinstance(config, Mapping):
+        raise _fail(f"{where}: expected 'config' to be an object, received {config!r}")
+    return class_name, dict(config)
+
+
+def _check_arguments(where: str, cls: type, config: Mapping[str, Any], extra: tuple[str, ...]) -> None:
+    allowed = [*_parameters(cls), *extra]
+    unknown = sorted(set(config) - set(allowed))
+    if unknown:
+        raise _fail(
+            f"{where}: unknown argument(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}"
+        )
+    for key, value in config.items():
+        if key != "learning_rate" or not isinstance(value, Mapping):
+            _check_value(where, key, value)
+
+
+def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRateSchedule:
+    """Builds one of the allowed learning-rate schedules from its Keras serialization.
+
+    Raises:
+        InvalidArgument: unknown class, bad argument, or a schedule that cannot be evaluated.
+    """
+    class_name, config = _split_serialized("learning_rate schedule", serialized)
+    cls = SCHEDULE_CLASSES.get(class_name.lower())
+    if cls is None:
+        raise _fail(
+            f"learning_rate schedule: expected one of {sorted(c.__name__ for c in SCHEDULE_CLASSES.values())}, "
+            f"received class_name {class_name!r}",
+            received=class_name,
+        )
+    _check_arguments(f"learning_rate schedule {cls.__name__}", cls, config, ())
+    try:
+        schedule = cls(**config)
+        for step in (0, 1, 1000):
+            value = float(schedule(tf.constant(step, tf.int64)))
+            if not math.isfinite(value):
+                raise ValueError(f"its learning rate at step {step} is {value}")
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        raise _fail(f"learning_rate schedule {cls.__name__}: {error}") from None
+    return schedule
+
+
+def parse(config_json: str) -> OptimizerSpec:
+    """Parses and checks an optimizer config given as JSON.
+
+    Raises:
+        InvalidArgument: the JSON, class name or any argument is wrong.
+    """
+    try:
+        serialized = json.loads(config_json)
+    except (TypeError, ValueError) as error:
+        raise _fail(f"optimizer config: expected JSON, received {config_json!r} ({error})") from None
+    return parse_serialized(serialized)
+
+
+def parse_serialized(serialized: Any) -> OptimizerSpec:
+    """Checks a decoded ``{"class_name": ..., "config": {...}}`` optimizer config.
+
+    Raises:
+        InvalidArgument: the class name or any argument is wrong.
+    """
+    class_name, config = _split_serialized("optimizer config", serialized)
+    cls = OPTIMIZER_CLASSES.get(class_name.lower())
+    if cls is None:
+        raise _fail(
+            f"optimizer config: expected class_name in {sorted(c.__name__ for c in OPTIMIZER_CLASSES.values())} "
+            f"(case-insensitive), received {class_name!r}",
+            received=class_name,
+        )
+    where = f"optimizer {cls.__name__}"
+    _check_arguments(where, cls, config, _BASE_KWARGS)
+    if "lr" in config:
+        if "learning_rate" in config:
+            raise _fail(f"{where}: expected one of 'lr' and 'learning_rate', received both")
+        config["learning_rate"] = config.pop("lr")
+    if isinstance(config.get("learning_rate"), Mapping):
+        config["learning_rate"] = build_schedule(config["learning_rate"])
+    return OptimizerSpec(cls, config)
+
+
+def instantiate(spec: OptimizerSpec) -> tf_keras.optimizers.legacy.Optimizer:
+    """Creates the optimizer, refusing what Keras refuses, and proves it can apply.
+
+    A throwaway copy applies one dense and one sparse float32 update to a
+    throwaway variable, so a config that could only fail later fails now.
+
+    Raises:
+        InvalidArgument: Keras refused the config, or it cannot apply an update.
+    """
+    name = spec.cls.__name__
+    try:
+        optimizer = spec.cls(**spec.kwargs)
+    except (ValueError, TypeError) as error:
+        raise _fail(f"optimizer {name}: {error}") from None
+    check_applies(spec, tf.float32)
+    return optimizer
+
+
+def check_applies(spec: OptimizerSpec, dtype: tf.dtypes.DType, device: str | None = None) -> None:
+    """Applies a dense and a sparse update of ``dtype`` with a throwaway copy of the optimizer.
+
+    Raises:
+        InvalidArgument: the update fails or gives non-finite values.
+    """
+    name = spec.cls.__name__
+    try:
+        with tf.device(device):
+            probe = spec.cls(**spec.kwargs)
+            variable = tf.Variable(tf.ones([2, 2], dtype))
+            dense = tf.fill([2, 2], tf.constant(0.5, dtype))
+            sparse = tf.IndexedSlices(
+                tf.fill([2, 2], tf.constant(0.5, dtype)), tf.constant([1, 1]), tf.constant([2, 2])
+            )
+            probe.apply_gradients([(dense, variable)])
+            probe.apply_gradients([(sparse, variable)])
+            if not np.all(np.isfinite(variable.numpy().astype(np.float64))):
+                raise ValueError("a unit update produced non-finite values")
+    except (ValueError, TypeError, tf.errors.OpError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _fail(
+            f"optimizer {name} cannot update {dtype.name} variables: {message}", dtype=dtype.name
+        ) from None
+
+
+def serialize(optimizer: tf_keras.optimizers.legacy.Optimizer) -> dict[str, Any]:
+    """Returns ``{"class_name": ..., "config": ...}`` with plain JSON values."""
+    config = json.loads(json.dumps(optimizer.get_config(), default=_plain))
+    return {"class_name": type(optimizer).__name__, "config": config}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialize {type(value).__name__}")

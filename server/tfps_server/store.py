@@ -1,0 +1,505 @@
+"""Variables and their optimizers on one device: the one place that mutates state.
+
+Every request is checked completely before anything changes. Each optimizer has
+its own lock (a Keras optimizer is thread-compatible, not thread-safe); a call
+that touches several optimizers takes their locks in name order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfps_server import optimizers
+from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound
+
+_log = logging.getLogger(__name__)
+
+VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""Element types a variable may have."""
+
+_UPCASTS = {
+    "float16": ("float16", "float32", "float64"),
+    "bfloat16": ("bfloat16", "float32", "float64"),
+    "float32": ("float32", "float64"),
+    "float64": ("float64",),
+}
+"""Gradient dtype -> variable dtypes it may update (cast up, never down)."""
+
+_TF_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+class DenseGradient(NamedTuple):
+    """A dense gradient of one variable."""
+
+    variable: str
+    values: np.ndarray
+
+
+class SparseGradient(NamedTuple):
+    """Row updates of one variable; ``dense_shape`` empty means the variable's shape."""
+
+    variable: str
+    values: np.ndarray
+    indices: np.ndarray
+    dense_shape: tuple[int, ...]
+
+
+Gradient = DenseGradient | SparseGradient
+
+
+@dataclass(eq=False)
+class ManagedOptimizer:
+    """A named Keras optimizer and the lock that serializes its use."""
+
+    name: str
+    optimizer: tf_keras.optimizers.legacy.Optimizer
+    spec: optimizers.OptimizerSpec
+    config: dict[str, Any]
+    """The Keras config at creation, to compare later declarations with."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    checked_dtypes: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class ManagedVariable:
+    """A variable, its creation position and the optimizer it is bound to."""
+
+    name: str
+    variable: tf.Variable
+    optimizer: ManagedOptimizer
+    position: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the variable."""
+        return tuple(self.variable.shape.as_list())
+
+    @property
+    def dtype(self) -> str:
+        """Element type name of the variable, for example ``"float32"``."""
+        return self.variable.dtype.name
+
+
+def default_device() -> str:
+    """Returns the first GPU if TensorFlow sees one, else the CPU."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "/device:CPU:0"
+
+
+def resolve_device(device: str | None) -> str:
+    """Returns the full name of a logical device, or the default one for ``None``/``"auto"``.
+
+    Raises:
+        InvalidArgument: TensorFlow has no such device.
+    """
+    if device in (None, "", "auto"):
+        device = default_device()
+    wanted = tf.DeviceSpec.from_string(device)
+    for logical in tf.config.list_logical_devices():
+        spec = tf.DeviceSpec.from_string(logical.name)
+        if (spec.device_type or "").upper() == (wanted.device_type or "").upper() and (
+            spec.device_index == (wanted.device_index or 0)
+        ):
+            return logical.name
+    available = [d.name for d in tf.config.list_logical_devices()]
+    raise InvalidArgument(f"device: expected one of {available}, received {device!r}")
+
+
+class Store:
+    """Holds variables and optimizers on one device.
+
+    Args:
+        device: TensorFlow device name, or ``None``/``"auto"`` for the first GPU, else CPU.
+    """
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = resolve_device(device)
+        self._structure = threading.RLock()
+        self._optimizers: dict[str, ManagedOptimizer] = {}
+        self._variables: dict[str, ManagedVariable] = {}
+
+    # Optimizers -------------------------------------------------------------------------------
+
+    def create_optimizer(self, name: str, config_json: str) -> bool:
+        """Creates a named optimizer; returns False if an equal one exists.
+
+        Raises:
+            InvalidArgument: bad name or config.
+            AlreadyExists: the name exists with a different config.
+        """
+        _check_name("optimizer", name)
+        spec = optimizers.parse(config_json)
+        with self._structure:
+            existing = self._optimizers.get(name)
+            with tf.device(self.device):
+                candidate = optimizers.instantiate(spec)
+            config = optimizers.serialize(candidate)
+            if existing is not None:
+                if existing.config != config:
+                    raise AlreadyExists(
+                        f"optimizer {name!r}: exists with config {json.dumps(existing.config)}, "
+                        f"received {json.dumps(config)}",
+                        "OPTIMIZER_EXISTS",
+                        {"optimizer": name},
+                    )
+                return False
+            with tf.device(self.device), tf.init_scope():
+                _ = candidate.iterations
+                candidate._create_hypers()
+            self._optimizers[name] = ManagedOptimizer(name, candidate, spec, config)
+            _log.info("created optimizer %r: %s", name, json.dumps(config))
+            return True
+
+    def optimizer(self, name: str) -> ManagedOptimizer:
+        """Returns a named optimizer.
+
+        Raises:
+            NotFound: no such optimizer.
+        """
+        managed = self._optimizers.get(name)
+        if managed is None:
+            raise NotFound(
+                f"optimizer {name!r} not found; known optimizers: {sorted(self._optimizers)}",
+                "UNKNOWN_OPTIMIZER",
+                {"optimizer": name},
+            )
+        return managed
+
+    def get_config(self, name: str) -> dict[str, Any]:
+        """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
+        managed = self.optimizer(name)
+        with managed.lock:
+            return optimizers.serialize(managed.optimizer)
+
+    def iterations(self, name: str) -> int:
+        """Returns the optimizer's ``iterations``."""
+        managed = self.optimizer(name)
+        with managed.lock:
+            return int(managed.optimizer.iterations.numpy())
+
+    def slot_names(self, name: str) -> list[str]:
+        """Returns the optimizer's slot names in creation order."""
+        managed = self.optimizer(name)
+        with managed.lock:
+            return list(managed.optimizer.get_slot_names())
+
+    def get_weights(self, name: str) -> list[np.ndarray]:
+        """Returns the optimizer's weights in Keras order (iterations, then slots)."""
+        managed = self.optimizer(name)
+        with managed.lock:
+            return list(managed.optimizer.get_weights())
+
+    def set_weights(self, name: str, weights: Sequence[np.ndarray]) -> None:
+        """Sets the optimizer's weights with Keras's own length and shape checks.
+
+        Raises:
+            InvalidArgument: wrong number of weights or a wrong shape.
+        """
+        managed = self.optimizer(name)
+        with managed.lock:
+            try:
+                managed.optimizer.set_weights(list(weights))
+            except ValueError as error:
+                raise InvalidArgument(
+                    f"optimizer {name!r}: {error}", "WEIGHTS_MISMATCH", {"optimizer": name}
+                ) from None
+
+    def set_hyperparameter(self, name: str, key: str, value: float | Mapping[str, Any]) -> None:
+        """Sets one hyperparameter, as ``optimizer.<key> = value`` does in Keras.
+
+        Raises:
+            InvalidArgument: unknown hyperparameter or a bad value.
+        """
+        managed = self.optimizer(name)
+        optimizer = managed.optimizer
+        known = sorted(optimizer._hyper)
+        where = f"optimizer {name!r}"
+        if key not in optimizer._hyper:
+            raise InvalidArgument(
+                f"{where}: expected a hyperparameter in {known}, received {key!r}",
+                "UNKNOWN_HYPERPARAMETER",
+                {"optimizer": name, "expected": known, "received": key},
+            )
+        new_value: Any
+        if isinstance(value, Mapping):
+            if key != "learning_rate" or managed.spec.cls is tf_keras.optimizers.legacy.Nadam:
+                raise InvalidArgument(
+                    f"{where}: a schedule is accepted for learning_rate only, and not by Nadam "
+                    f"(as in Keras); received a schedule for {key!r} of {managed.spec.cls.__name__}",
+                    "INVALID_HYPERPARAMETER",
+                    {"optimizer": name},
+                )
+            new_value = optimizers.build_schedule(value)
+        else:
+            if not np.isfinite(value) or (key == "decay" and value < 0):
+                raise InvalidArgument(
+                    f"{where}: expected a finite{' non-negative' if key == 'decay' else ''} "
+                    f"number for {key!r}, received {value!r}",
+                    "INVALID_HYPERPARAMETER",
+                    {"optimizer": name, "received": value},
+                )
+            new_value = float(value)
+        with managed.lock, tf.device(self.device):
+            setattr(optimizer, key, new_value)
+
+    # Variables --------------------------------------------------------------------------------
+
+    def variable(self, name: str) -> ManagedVariable:
+        """Returns a named variable.
+
+        Raises:
+            NotFound: no such variable.
+        """
+        managed = self._variables.get(name)
+        if managed is None:
+            raise NotFound(f"variable {name!r} not found", "UNKNOWN_VARIABLE", {"variable": name})
+        return managed
+
+    def variables(self) -> list[ManagedVariable]:
+        """Returns every variable in creation order."""
+        with self._structure:
+            return list(self._variables.values())
+
+    def create_variables(
+        self, optimizer: str, declarations: Sequence[tuple[str, np.ndarray]]
+    ) -> tuple[list[str], list[str]]:
+        """Creates variables and their slots; returns (created, existing) names.
+
+        Raises:
+            NotFound: unknown optimizer.
+            InvalidArgument: bad name, duplicate name, dtype the optimizer cannot update.
+            AlreadyExists: a name exists with a different shape, dtype or optimizer.
+        """
+        managed_optimizer = self.optimizer(optimizer)
+        seen: set[str] = set()
+        for name, value in declarations:
+            _check_name("variable", name)
+            if name in seen:
+                raise InvalidArgument(
+                    f"variable {name!r}: declared twice in one request", "DUPLICATE_VARIABLE",
+                    {"variable": name},
+                )
+            seen.add(name)
+            if value.dtype.name not in VARIABLE_DTYPES:
+                raise InvalidArgument(
+                    f"variable {name!r}: expected dtype in {list(VARIABLE_DTYPES)}, "
+                    f"received {value.dtype.name}",
+                    "INVALID_DTYPE",
+                    {"variable": name, "expected": VARIABLE_DTYPES, "received": value.dtype.name},
+                )
+        with self._structure:
+            created, existing = [], []
+            for name, value in declarations:
+                if name in self._variables:
+                    _check_same_declaration(self._variables[name], optimizer, value)
+                    existing.append(name)
+            fresh = [(n, v) for n, v in declarations if n not in self._variables]
+            for dtype in sorted({v.dtype.name for _, v in fresh} - managed_optimizer.checked_dtypes):
+                optimizers.check_applies(managed_optimizer.spec, tf.as_dtype(dtype), self.device)
+                managed_optimizer.checked_dtypes.add(dtype)
+            with managed_optimizer.lock, tf.device(self.device), tf.init_scope():
+                variables = [
+                    tf.Variable(value, name=_TF_NAME_CHARS.sub("_", name), trainable=True)
+                    for name, value in fresh
+                ]
+                # One call for the whole request: slots are then ordered as a local
+                # apply_gradients over the same variable list orders them.
+                managed_optimizer.optimizer._create_all_weights(variables)
+                for (name, _), variable in zip(fresh, variables):
+                    self._variables[name] = ManagedVariable(
+                        name, variable, managed_optimizer, len(self._variables)
+                    )
+                    created.append(name)
+            if created:
+                _log.info("created variables %s on %s for optimizer %r", created, self.device, optimizer)
+            return created, existing
+
+    def pull(self, names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+        """Returns (name, value) of the named variables, all of them when ``names`` is empty."""
+        managed = [self.variable(name) for name in names] if names else self.variables()
+        with self._locked({m.optimizer for m in managed}):
+            return [(m.name, m.variable.numpy()) for m in managed]
+
+    def pull_rows(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Returns ``variable[indices]``.
+
+        Raises:
+            InvalidArgument: the variable is a scalar or an index is out of range.
+        """
+        managed = self.variable(name)
+        _check_rows(managed, indices)
+        with managed.optimizer.lock, tf.device(self.device):
+            return tf.gather(managed.variable, indices).numpy()
+
+    def get_slot(self, variable: str, slot: str) -> np.ndarray:
+        """Returns one slot's value for one variable.
+
+        Raises:
+            NotFound: unknown variable, or a slot the optimizer does not have.
+        """
+        managed = self.variable(variable)
+        with managed.optimizer.lock:
+            names = list(managed.optimizer.optimizer.get_slot_names())
+            if slot not in names:
+                raise NotFound(
+                    f"variable {variable!r}: expected a slot in {names}, received {slot!r}",
+                    "UNKNOWN_SLOT",
+                    {"variable": variable, "expected": names, "received": slot},
+                )
+            return managed.optimizer.optimizer.get_slot(managed.variable, slot).numpy()
+
+    def push(self, gradients: Sequence[Gradient]) -> dict[str, int]:
+        """Applies gradients: one ``apply_gradients`` per optimizer touched.
+
+        Every gradient is checked first; nothing changes unless all are valid.
+
+        Returns:
+            ``iterations`` of each optimizer touched, after the update.
+
+        Raises:
+            NotFound: unknown variable.
+            InvalidArgument: duplicate variable, wrong shape, dtype, index or non-finite values.
+        """
+        by_optimizer: dict[str, list[tuple[ManagedVariable, Gradient]]] = {}
+        seen: set[str] = set()
+        for gradient in gradients:
+            managed = self.variable(gradient.variable)
+            if gradient.variable in seen:
+                raise InvalidArgument(
+                    f"variable {gradient.variable!r}: more than one gradient in one push",
+                    "DUPLICATE_GRADIENT",
+                    {"variable": gradient.variable},
+                )
+            seen.add(gradient.variable)
+            _check_gradient(managed, gradient)
+            by_optimizer.setdefault(managed.optimizer.name, []).append((managed, gradient))
+        touched = [self._optimizers[name] for name in by_optimizer]
+        iterations = {}
+        with self._locked(touched), tf.device(self.device):
+            for managed_optimizer in touched:
+                pairs = sorted(by_optimizer[managed_optimizer.name], key=lambda p: p[0].position)
+                managed_optimizer.optimizer.apply_gradients(
+                    [(_to_tensor(m, g), m.variable) for m, g in pairs]
+                )
+                iterations[managed_optimizer.name] = int(managed_optimizer.optimizer.iterations.numpy())
+        return iterations
+
+    @contextlib.contextmanager
+    def _locked(self, managed: Any) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for optimizer in sorted(managed, key=lambda m: m.name):
+                stack.enter_context(optimizer.lock)
+            yield
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or not name.isprintable():
+        raise InvalidArgument(
+            f"{kind} name: expected a non-empty printable string, received {name!r}",
+            "INVALID_NAME",
+            {kind: name},
+        )
+
+
+def _check_same_declaration(existing: ManagedVariable, optimizer: str, value: np.ndarray) -> None:
+    differences = []
+    if existing.shape != value.shape:
+        differences.append(("shape", list(existing.shape), list(value.shape)))
+    if existing.dtype != value.dtype.name:
+        differences.append(("dtype", existing.dtype, value.dtype.name))
+    if existing.optimizer.name != optimizer:
+        differences.append(("optimizer", existing.optimizer.name, optimizer))
+    if differences:
+        text = "; ".join(f"{what}: exists with {old}, received {new}" for what, old, new in differences)
+        what, old, new = differences[0]
+        raise AlreadyExists(
+            f"variable {existing.name!r}: {text}",
+            "VARIABLE_EXISTS",
+            {"variable": existing.name, "field": what, "expected": old, "received": new},
+        )
+
+
+def _check_gradient(managed: ManagedVariable, gradient: Gradient) -> None:
+    name = managed.name
+    dtype = gradient.values.dtype.name
+    if managed.dtype not in _UPCASTS.get(dtype, ()):
+        allowed = [d for d, targets in _UPCASTS.items() if managed.dtype in targets]
+        raise InvalidArgument(
+            f"variable {name!r}: expected a gradient dtype in {allowed}, received {dtype}",
+            "DTYPE_MISMATCH",
+            {"variable": name, "expected": allowed, "received": dtype},
+        )
+    if isinstance(gradient, DenseGradient):
+        _check_shape(name, "gradient shape", managed.shape, gradient.values.shape)
+    else:
+        if not managed.shape:
+            raise InvalidArgument(
+                f"variable {name!r}: a scalar cannot take a sparse gradient", "SPARSE_SCALAR",
+                {"variable": name},
+            )
+        if gradient.dense_shape:
+            _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
+        if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
+            raise InvalidArgument(
+                f"variable {name!r}: expected int32 or int64 indices of rank 1, received "
+                f"{gradient.indices.dtype.name} of shape {list(gradient.indices.shape)}",
+                "INVALID_INDICES",
+                {"variable": name},
+            )
+        expected_values = (len(gradient.indices), *managed.shape[1:])
+        _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
+        _check_rows(managed, gradient.indices)
+    finite = np.isfinite(gradient.values)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InvalidArgument(
+            f"variable {name!r}: expected finite gradient values, received {bad} non-finite",
+            "NON_FINITE_GRADIENT",
+            {"variable": name, "received": bad},
+        )
+
+
+def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
+    if tuple(expected) != tuple(received):
+        raise InvalidArgument(
+            f"variable {name!r}: expected {what} {list(expected)}, received {list(received)}",
+            "SHAPE_MISMATCH",
+            {"variable": name, "expected": list(expected), "received": list(received)},
+        )
+
+
+def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
+    if not managed.shape:
+        raise InvalidArgument(
+            f"variable {managed.name!r}: a scalar has no rows", "SPARSE_SCALAR",
+            {"variable": managed.name},
+        )
+    rows = managed.shape[0]
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= rows:
+            bad = low if low < 0 else high
+            raise InvalidArgument(
+                f"variable {managed.name!r}: expected row indices in [0, {rows}), received {bad}",
+                "INDEX_OUT_OF_RANGE",
+                {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
+            )
+
+
+def _to_tensor(managed: ManagedVariable, gradient: Gradient) -> tf.Tensor | tf.IndexedSlices:
+    dtype = managed.variable.dtype
+    values = tf.cast(tf.constant(gradient.values), dtype)
+    if isinstance(gradient, DenseGradient):
+        return values
+    return tf.IndexedSlices(values, tf.constant(gradient.indices), tf.constant(managed.shape))
