@@ -1,0 +1,28 @@
+"""Fixtures: real servers on free ports, real clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import pytest
+from tfps_client import Client
+from tfps_server import RunningServer, Store, create_server
+
+
+@pytest.fixture
+def server() -> Iterator[RunningServer]:
+    """A real gRPC server on a free loopback port, with an empty store on the default device."""
+    running = create_server(Store(), "127.0.0.1:0")
+    yield running
+    running.stop(None)
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[Client]:
+    """A client connected to :func:`server`."""
+    with Client(f"127.0.0.1:{server.port}", timeout=120.0) as connected:
+        yield connected
