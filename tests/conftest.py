@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import pytest
+
 from tfps_client import Client
 from tfps_server import RunningServer, Store, create_server
 

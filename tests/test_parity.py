@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+
 from tfps_client import Client, IndexedSlices
 
 
@@ -35,44 +36,69 @@ OPTIMIZERS = [
     OptimizerCase("sgd", "SGD", {"learning_rate": 0.1}),
     OptimizerCase("sgd-momentum", "SGD", {"learning_rate": 0.1, "momentum": 0.9}),
     OptimizerCase("sgd-nesterov", "sgd", {"learning_rate": 0.1, "momentum": 0.5, "nesterov": True}),
-    OptimizerCase("sgd-decay-clipvalue", "SGD", {"learning_rate": 0.2, "decay": 0.1, "clipvalue": 0.3}),
+    OptimizerCase(
+        "sgd-decay-clipvalue", "SGD", {"learning_rate": 0.2, "decay": 0.1, "clipvalue": 0.3}
+    ),
     OptimizerCase(
         "sgd-piecewise",
         "SGD",
-        {"learning_rate": schedule("PiecewiseConstantDecay", boundaries=[1, 2], values=[0.3, 0.2, 0.1])},
+        {
+            "learning_rate": schedule(
+                "PiecewiseConstantDecay", boundaries=[1, 2], values=[0.3, 0.2, 0.1]
+            )
+        },
     ),
     OptimizerCase("adam", "Adam", {"learning_rate": 0.01}),
     OptimizerCase("adam-amsgrad", "adam", {"learning_rate": 0.01, "amsgrad": True}),
     OptimizerCase(
         "adam-exponential-decay",
         "Adam",
-        {"learning_rate": schedule("ExponentialDecay", initial_learning_rate=0.05, decay_steps=2,
-                                   decay_rate=0.5)},
+        {
+            "learning_rate": schedule(
+                "ExponentialDecay", initial_learning_rate=0.05, decay_steps=2, decay_rate=0.5
+            )
+        },
     ),
     OptimizerCase("adam-clipnorm", "Adam", {"learning_rate": 0.01, "clipnorm": 0.5}),
     OptimizerCase("adam-global-clipnorm", "Adam", {"learning_rate": 0.01, "global_clipnorm": 0.5}),
     OptimizerCase("rmsprop", "RMSprop", {"learning_rate": 0.01}),
-    OptimizerCase("rmsprop-centered-momentum", "RMSprop",
-                  {"learning_rate": 0.01, "centered": True, "momentum": 0.5}),
+    OptimizerCase(
+        "rmsprop-centered-momentum",
+        "RMSprop",
+        {"learning_rate": 0.01, "centered": True, "momentum": 0.5},
+    ),
     OptimizerCase(
         "rmsprop-polynomial-decay",
         "RMSprop",
-        {"learning_rate": schedule("PolynomialDecay", initial_learning_rate=0.05, decay_steps=3,
-                                   end_learning_rate=0.001, power=2.0)},
+        {
+            "learning_rate": schedule(
+                "PolynomialDecay",
+                initial_learning_rate=0.05,
+                decay_steps=3,
+                end_learning_rate=0.001,
+                power=2.0,
+            )
+        },
     ),
     OptimizerCase("adagrad", "Adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.5}),
     OptimizerCase(
         "adagrad-inverse-time-decay",
         "Adagrad",
-        {"learning_rate": schedule("InverseTimeDecay", initial_learning_rate=0.1, decay_steps=1,
-                                   decay_rate=0.5)},
+        {
+            "learning_rate": schedule(
+                "InverseTimeDecay", initial_learning_rate=0.1, decay_steps=1, decay_rate=0.5
+            )
+        },
     ),
     OptimizerCase("adadelta", "Adadelta", {"learning_rate": 1.0, "rho": 0.9}),
     OptimizerCase(
         "adadelta-cosine-restarts",
         "Adadelta",
-        {"learning_rate": schedule("CosineDecayRestarts", initial_learning_rate=1.0,
-                                   first_decay_steps=2)},
+        {
+            "learning_rate": schedule(
+                "CosineDecayRestarts", initial_learning_rate=1.0, first_decay_steps=2
+            )
+        },
     ),
     OptimizerCase("adamax", "Adamax", {"learning_rate": 0.01, "decay": 0.01}),
     OptimizerCase("nadam", "Nadam", {"learning_rate": 0.01}),
@@ -81,15 +107,23 @@ OPTIMIZERS = [
     OptimizerCase(
         "ftrl-regularized",
         "Ftrl",
-        {"learning_rate": 0.1, "learning_rate_power": -0.6, "l1_regularization_strength": 0.01,
-         "l2_regularization_strength": 0.02, "l2_shrinkage_regularization_strength": 0.03,
-         "beta": 0.1, "initial_accumulator_value": 0.2},
+        {
+            "learning_rate": 0.1,
+            "learning_rate_power": -0.6,
+            "l1_regularization_strength": 0.01,
+            "l2_regularization_strength": 0.02,
+            "l2_shrinkage_regularization_strength": 0.03,
+            "beta": 0.1,
+            "initial_accumulator_value": 0.2,
+        },
     ),
     OptimizerCase(
         "ftrl-cosine-decay-global-clipnorm",
         "Ftrl",
-        {"learning_rate": schedule("CosineDecay", initial_learning_rate=0.1, decay_steps=4),
-         "global_clipnorm": 1.0},
+        {
+            "learning_rate": schedule("CosineDecay", initial_learning_rate=0.1, decay_steps=4),
+            "global_clipnorm": 1.0,
+        },
     ),
 ]
 
@@ -112,7 +146,9 @@ def local_optimizer(case: OptimizerCase) -> tf_keras.optimizers.legacy.Optimizer
     return getattr(tf_keras.optimizers.legacy, classes[case.class_name.lower()])(**kwargs)
 
 
-def table_gradient(kind: str, rng: np.random.Generator, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+def table_gradient(
+    kind: str, rng: np.random.Generator, dtype: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns (values, indices) of the table's gradient; indices None for dense."""
     if kind == "dense":
         return rng.standard_normal(TABLE_SHAPE).astype(dtype), None
@@ -136,7 +172,9 @@ def test_server_update_is_bitwise_local_update(
     rng = np.random.default_rng(7)
     kernel = rng.standard_normal(KERNEL_SHAPE).astype(dtype)
     table = rng.standard_normal(TABLE_SHAPE).astype(dtype)
-    assert client.create_optimizer("opt", json.dumps({"class_name": case.class_name, "config": case.config}))
+    assert client.create_optimizer(
+        "opt", json.dumps({"class_name": case.class_name, "config": case.config})
+    )
     client.create_variables({"dense/kernel": kernel, "emb/embeddings": table}, optimizer="opt")
 
     reference = local_optimizer(case)
@@ -149,7 +187,9 @@ def test_server_update_is_bitwise_local_update(
             local: Any = tf.constant(values)
         else:
             pushed = IndexedSlices(values, indices, TABLE_SHAPE)
-            local = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant(TABLE_SHAPE))
+            local = tf.IndexedSlices(
+                tf.constant(values), tf.constant(indices), tf.constant(TABLE_SHAPE)
+            )
         iterations = client.push({"dense/kernel": kernel_grad, "emb/embeddings": pushed})
         reference.apply_gradients([(tf.constant(kernel_grad), local_kernel), (local, local_table)])
         assert iterations == {"opt": step}
@@ -159,7 +199,7 @@ def test_server_update_is_bitwise_local_update(
     assert_bitwise_equal(pulled["emb/embeddings"], local_table.numpy(), "emb/embeddings")
     server_weights, local_weights = client.get_weights("opt"), reference.get_weights()
     assert len(server_weights) == len(local_weights)
-    for position, (ours, theirs) in enumerate(zip(server_weights, local_weights)):
+    for position, (ours, theirs) in enumerate(zip(server_weights, local_weights, strict=True)):
         assert_bitwise_equal(ours, theirs, f"optimizer weight {position}")
     assert client.slot_names("opt") == reference.get_slot_names()
     assert client.iterations("opt") == STEPS
@@ -179,7 +219,13 @@ def test_bfloat16_variables_match_local_update(client: Client, case: OptimizerCa
         indices = np.array([2, 0, 2])
         client.push({"table": IndexedSlices(values, indices)})
         reference.apply_gradients(
-            [(tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant(TABLE_SHAPE)),
-              local_table)]
+            [
+                (
+                    tf.IndexedSlices(
+                        tf.constant(values), tf.constant(indices), tf.constant(TABLE_SHAPE)
+                    ),
+                    local_table,
+                )
+            ]
         )
     assert_bitwise_equal(client.pull(["table"])["table"], local_table.numpy(), "table")

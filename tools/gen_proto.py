@@ -46,7 +46,9 @@ def generate(out_dir: Path) -> None:
             text = _IMPORT.sub(f"from {PACKAGE_PREFIX}.tfps.v1 import ", source.read_text())
             target.write_text(text)
     for package in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())]:
-        (package / "__init__.py").write_text('"""Generated protobuf code; regenerate with `make proto`."""\n')
+        (package / "__init__.py").write_text(
+            '"""Generated protobuf code; regenerate with `make proto`."""\n'
+        )
 
 
 if __name__ == "__main__":

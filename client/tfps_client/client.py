@@ -172,7 +172,7 @@ class Client:
             "optimizer": optimizer,
             "variables": [
                 pb.VariableDeclaration(name=name, spec=tensors.spec_of(array))
-                for name, array in zip(names, arrays)
+                for name, array in zip(names, arrays, strict=True)
             ],
         }
         response = self._upload(
@@ -207,9 +207,7 @@ class Client:
             The ``iterations`` of every optimizer touched, after the update.
         """
         headers, arrays = _encode_gradients(gradients)
-        response = self._upload(
-            self._stub.Push, pb.PushRequest, {"gradients": headers}, arrays
-        )
+        response = self._upload(self._stub.Push, pb.PushRequest, {"gradients": headers}, arrays)
         return dict(response.iterations)
 
     def pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -218,7 +216,7 @@ class Client:
         first, values = self._download(
             self._stub.Pull, request, lambda first: [t.spec for t in first.tensors]
         )
-        return {t.name: value for t, value in zip(first.tensors, values)}
+        return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
 
     def pull_rows(self, name: str, ids: npt.ArrayLike) -> np.ndarray:
         """Returns ``variable[ids]``, as an embedding lookup, without sending the whole table."""
@@ -293,7 +291,9 @@ def _encode_gradients(
         if slices is None:
             dense = _to_numpy(value)
             headers.append(
-                pb.GradientHeader(variable=name, dense=tensor_pb2.DenseSpec(tensor=tensors.spec_of(dense)))
+                pb.GradientHeader(
+                    variable=name, dense=tensor_pb2.DenseSpec(tensor=tensors.spec_of(dense))
+                )
             )
             arrays.append(dense)
             continue

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
+
 import ml_dtypes
 import numpy as np
 
@@ -20,12 +21,18 @@ DataType = tensor_pb2.DataType
 TensorSpec = tensor_pb2.TensorSpec
 TensorChunk = tensor_pb2.TensorChunk
 
-_Message = TypeVar("_Message")
+
+class _HasChunks(Protocol):
+    @property
+    def chunks(self) -> Iterable[tensor_pb2.TensorChunk]: ...
+
+
+_Message = TypeVar("_Message", bound=_HasChunks)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Bytes of tensor data per stream message (1 MiB)."""
 
-_WIRE_DTYPES: dict[int, np.dtype] = {
+_WIRE_DTYPES: dict[tensor_pb2.DataType, np.dtype] = {
     DataType.DATA_TYPE_FLOAT32: np.dtype("<f4"),
     DataType.DATA_TYPE_FLOAT64: np.dtype("<f8"),
     DataType.DATA_TYPE_FLOAT16: np.dtype("<f2"),
@@ -33,17 +40,13 @@ _WIRE_DTYPES: dict[int, np.dtype] = {
     DataType.DATA_TYPE_INT32: np.dtype("<i4"),
     DataType.DATA_TYPE_INT64: np.dtype("<i8"),
 }
-_BY_NAME: dict[str, int] = {dtype.name: wire for wire, dtype in _WIRE_DTYPES.items()}
+_BY_NAME: dict[str, tensor_pb2.DataType] = {
+    dtype.name: wire for wire, dtype in _WIRE_DTYPES.items()
+}
 
 
 class CodecError(ValueError):
     """A tensor could not be encoded or decoded; the message says why."""
-
-
-def dtype_name(wire: int) -> str:
-    """Returns the numpy-style name of a wire dtype, for example ``"float32"``."""
-    dtype = _WIRE_DTYPES.get(wire)
-    return dtype.name if dtype is not None else f"unknown dtype {wire}"
 
 
 def numpy_dtype(wire: int) -> np.dtype:
@@ -53,14 +56,14 @@ def numpy_dtype(wire: int) -> np.dtype:
         CodecError: the wire dtype is unspecified or unknown.
     """
     try:
-        return _WIRE_DTYPES[wire]
+        return _WIRE_DTYPES[cast(tensor_pb2.DataType, wire)]
     except KeyError:
         raise CodecError(
             f"expected one of {sorted(_BY_NAME)}, received dtype enum value {wire}"
         ) from None
 
 
-def wire_dtype(dtype: np.dtype | str) -> int:
+def wire_dtype(dtype: np.dtype | str) -> tensor_pb2.DataType:
     """Returns the wire dtype of a numpy dtype (or dtype name).
 
     Raises:
@@ -99,7 +102,7 @@ def _little_endian_bytes(array: np.ndarray) -> memoryview:
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def iter_chunks(
@@ -157,13 +160,14 @@ class TensorAssembler:
         total = sum(self._sizes)
         if max_total_bytes is not None and total > max_total_bytes:
             raise CodecError(
-                f"expected at most {max_total_bytes} bytes of tensors, received a request for {total}"
+                f"expected at most {max_total_bytes} bytes of tensors, "
+                f"received a request for {total}"
             )
         self._received = [0] * len(self._specs)
         self._single: list[bytes | None] = [None] * len(self._specs)
         self._buffers: list[bytearray | None] = [None] * len(self._specs)
 
-    def add(self, chunks: Sequence[tensor_pb2.TensorChunk]) -> None:
+    def add(self, chunks: Iterable[tensor_pb2.TensorChunk]) -> None:
         """Adds the chunks of one stream message.
 
         Raises:

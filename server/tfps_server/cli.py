@@ -35,17 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("--host", "127.0.0.1", "interface to listen on (0.0.0.0 for all); default %(default)s")
     add("--port", "50051", "gRPC port (0 picks a free one); default %(default)s", type=int)
-    add("--device", "auto",
+    add(
+        "--device",
+        "auto",
         "TensorFlow device for variables and slots, e.g. /GPU:0 or /CPU:0; "
-        "auto picks the first GPU, else the CPU; default %(default)s")
-    add("--optimizer", None,
+        "auto picks the first GPU, else the CPU; default %(default)s",
+    )
+    add(
+        "--optimizer",
+        None,
         "Keras config JSON of an optimizer created at start under the name 'default', "
-        "e.g. '{\"class_name\": \"Adam\", \"config\": {\"learning_rate\": 0.001}}'")
-    add("--checkpoint-dir", None,
-        "directory for checkpoints (accepted and created; periodic saving is not implemented yet)")
+        'e.g. \'{"class_name": "Adam", "config": {"learning_rate": 0.001}}\'',
+    )
+    add(
+        "--checkpoint-dir",
+        None,
+        "directory for checkpoints (accepted and created; periodic saving is not implemented yet)",
+    )
     add("--max-workers", "64", "threads serving RPCs; default %(default)s", type=int)
-    add("--grace-seconds", "10", "time in-flight RPCs get to finish on SIGTERM; default %(default)s",
-        type=float)
+    add(
+        "--grace-seconds",
+        "10",
+        "time in-flight RPCs get to finish on SIGTERM; default %(default)s",
+        type=float,
+    )
     add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR; default %(default)s")
     return parser
 
@@ -75,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     running = create_server(store, f"{args.host}:{args.port}", max_workers=args.max_workers)
     _log.info(
         "tfps-server listening on %s:%d, device %s, config %s",
-        args.host, running.port, store.device, json.dumps(vars(args)),
+        args.host,
+        running.port,
+        store.device,
+        json.dumps(vars(args)),
     )
     stopping = threading.Event()
 

@@ -70,12 +70,16 @@ def _fail(message: str, **metadata: object) -> InvalidArgument:
 
 
 def _parameters(cls: type) -> list[str]:
-    signature = inspect.signature(cls.__init__)
+    signature = inspect.signature(cls)
     return [
         name
         for name, parameter in signature.parameters.items()
-        if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
     ]
+
+
+def _class_names(classes: Mapping[str, type]) -> list[str]:
+    return sorted(cls.__name__ for cls in classes.values())
 
 
 def _check_value(where: str, key: str, value: Any) -> None:
@@ -88,7 +92,9 @@ def _check_value(where: str, key: str, value: Any) -> None:
             raise _fail(f"{where}: expected a string for '{key}', received {value!r}")
     elif key in _NUMBER_LIST_ARGS:
         if not isinstance(value, list) or not value:
-            raise _fail(f"{where}: expected a non-empty list of numbers for '{key}', received {value!r}")
+            raise _fail(
+                f"{where}: expected a non-empty list of numbers for '{key}', received {value!r}"
+            )
         for item in value:
             _check_number(where, key, item)
     elif not (value is None and key in _OPTIONAL_NUMBER_ARGS):
@@ -105,10 +111,14 @@ def _check_number(where: str, key: str, value: Any) -> None:
 def _split_serialized(where: str, serialized: Any) -> tuple[str, dict[str, Any]]:
     """Returns (class_name, config) of a ``{"class_name": ..., "config": {...}}`` dict."""
     if not isinstance(serialized, Mapping):
-        raise _fail(f"{where}: expected an object with 'class_name' and 'config', received {serialized!r}")
+        raise _fail(
+            f"{where}: expected an object with 'class_name' and 'config', received {serialized!r}"
+        )
     unknown = set(serialized) - {"class_name", "config"} - _SERIALIZATION_KEYS
     if unknown:
-        raise _fail(f"{where}: expected keys 'class_name' and 'config', received also {sorted(unknown)}")
+        raise _fail(
+            f"{where}: expected keys 'class_name' and 'config', received also {sorted(unknown)}"
+        )
     class_name = serialized.get("class_name")
     if not isinstance(class_name, str):
         raise _fail(f"{where}: expected a string 'class_name', received {class_name!r}")
@@ -120,12 +130,15 @@ def _split_serialized(where: str, serialized: Any) -> tuple[str, dict[str, Any]]
     return class_name, dict(config)
 
 
-def _check_arguments(where: str, cls: type, config: Mapping[str, Any], extra: tuple[str, ...]) -> None:
+def _check_arguments(
+    where: str, cls: type, config: Mapping[str, Any], extra: tuple[str, ...]
+) -> None:
     allowed = [*_parameters(cls), *extra]
     unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise _fail(
-            f"{where}: unknown argument(s) {unknown} for {cls.__name__}; expected some of {sorted(allowed)}"
+            f"{where}: unknown argument(s) {unknown} for {cls.__name__}; "
+            f"expected some of {sorted(allowed)}"
         )
     for key, value in config.items():
         if key != "learning_rate" or not isinstance(value, Mapping):
@@ -142,7 +155,7 @@ def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRat
     cls = SCHEDULE_CLASSES.get(class_name.lower())
     if cls is None:
         raise _fail(
-            f"learning_rate schedule: expected one of {sorted(c.__name__ for c in SCHEDULE_CLASSES.values())}, "
+            f"learning_rate schedule: expected one of {_class_names(SCHEDULE_CLASSES)}, "
             f"received class_name {class_name!r}",
             received=class_name,
         )
@@ -167,7 +180,9 @@ def parse(config_json: str) -> OptimizerSpec:
     try:
         serialized = json.loads(config_json)
     except (TypeError, ValueError) as error:
-        raise _fail(f"optimizer config: expected JSON, received {config_json!r} ({error})") from None
+        raise _fail(
+            f"optimizer config: expected JSON, received {config_json!r} ({error})"
+        ) from None
     return parse_serialized(serialized)
 
 
@@ -181,7 +196,7 @@ def parse_serialized(serialized: Any) -> OptimizerSpec:
     cls = OPTIMIZER_CLASSES.get(class_name.lower())
     if cls is None:
         raise _fail(
-            f"optimizer config: expected class_name in {sorted(c.__name__ for c in OPTIMIZER_CLASSES.values())} "
+            f"optimizer config: expected class_name in {_class_names(OPTIMIZER_CLASSES)} "
             f"(case-insensitive), received {class_name!r}",
             received=class_name,
         )

@@ -7,9 +7,9 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from tfps_client import MAX_MESSAGE_BYTES, channel_options
 from tfps_client._proto.tfps.v1 import parameter_server_pb2, parameter_server_pb2_grpc
-
 from tfps_server.service import ParameterServerServicer
 from tfps_server.store import Store
 
@@ -27,8 +27,9 @@ class RunningServer:
         health: the health servicer, to flip serving status.
     """
 
-    def __init__(self, server: grpc.Server, port: int, store: Store,
-                 health_servicer: health.HealthServicer) -> None:
+    def __init__(
+        self, server: grpc.Server, port: int, store: Store, health_servicer: health.HealthServicer
+    ) -> None:
         self.server = server
         self.port = port
         self.store = store

@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+
 from tfps_client import tensors
 from tfps_client._proto.tfps.v1 import errors_pb2, tensor_pb2
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client.errors import ERROR_DETAIL_KEY
-
 from tfps_server.errors import InvalidArgument, ServerError
 from tfps_server.store import DenseGradient, Gradient, SparseGradient, Store
 
@@ -24,8 +24,13 @@ _log = logging.getLogger(__name__)
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, reason: str,
-           metadata: dict[str, str]) -> None:
+def _abort(
+    context: grpc.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: dict[str, str],
+) -> None:
     detail = errors_pb2.ErrorDetail(reason=reason, metadata=metadata)
     context.set_trailing_metadata(((ERROR_DETAIL_KEY, detail.SerializeToString()),))
     context.abort(code, message)
@@ -42,13 +47,17 @@ def _rpc(handler: _Handler) -> _Handler:
             _abort(context, error.code, error.message, error.reason, error.metadata)
         except tensors.CodecError as error:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "MALFORMED_TENSOR", {})
-        except Exception as error:  # noqa: BLE001 - a request must never take the server down
+        except Exception as error:
             if isinstance(error, grpc.RpcError):
                 raise
             _log.exception("%s failed", handler.__name__)
-            _abort(context, grpc.StatusCode.INTERNAL,
-                   f"{handler.__name__}: internal error: {type(error).__name__}: {error}",
-                   "INTERNAL", {})
+            _abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                f"{handler.__name__}: internal error: {type(error).__name__}: {error}",
+                "INTERNAL",
+                {},
+            )
 
     return wrapper  # type: ignore[return-value]
 
@@ -62,37 +71,46 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         max_request_bytes: the most tensor bytes one request may announce.
     """
 
-    def __init__(self, store: Store, chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
-                 max_request_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
+        max_request_bytes: int | None = None,
+    ) -> None:
         self._store = store
         self._chunk_bytes = chunk_bytes
         self._max_request_bytes = max_request_bytes
 
-    def _read(self, stream: Iterable[Any], specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]]
-              ) -> tuple[Any, list[np.ndarray]]:
+    def _read(
+        self, stream: Iterable[Any], specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]]
+    ) -> tuple[Any, list[np.ndarray]]:
         return tensors.read_stream(stream, specs_of, self._max_request_bytes)
 
-    def _send(self, message: Callable[..., Any], header: dict[str, Any],
-              arrays: Sequence[np.ndarray]) -> Iterator[Any]:
+    def _send(
+        self, message: Callable[..., Any], header: dict[str, Any], arrays: Sequence[np.ndarray]
+    ) -> Iterator[Any]:
         return tensors.stream_messages(message, header, arrays, self._chunk_bytes)
 
     @_rpc
-    def CreateOptimizer(self, request: pb.CreateOptimizerRequest, context: grpc.ServicerContext
-                        ) -> pb.CreateOptimizerResponse:
+    def CreateOptimizer(
+        self, request: pb.CreateOptimizerRequest, context: grpc.ServicerContext
+    ) -> pb.CreateOptimizerResponse:
         created = self._store.create_optimizer(request.name, request.config_json)
         return pb.CreateOptimizerResponse(created=created)
 
     @_rpc
-    def CreateVariables(self, request_iterator: Iterator[pb.CreateVariablesRequest],
-                        context: grpc.ServicerContext) -> pb.CreateVariablesResponse:
+    def CreateVariables(
+        self, request_iterator: Iterator[pb.CreateVariablesRequest], context: grpc.ServicerContext
+    ) -> pb.CreateVariablesResponse:
         first, values = self._read(request_iterator, lambda f: [v.spec for v in f.variables])
-        declarations = [(v.name, value) for v, value in zip(first.variables, values)]
+        declarations = [(v.name, value) for v, value in zip(first.variables, values, strict=True)]
         created, existing = self._store.create_variables(first.optimizer, declarations)
         return pb.CreateVariablesResponse(created=created, existing=existing)
 
     @_rpc
-    def ListVariables(self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
-                      ) -> pb.ListVariablesResponse:
+    def ListVariables(
+        self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
+    ) -> pb.ListVariablesResponse:
         return pb.ListVariablesResponse(
             variables=[
                 pb.VariableInfo(
@@ -106,70 +124,84 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         )
 
     @_rpc
-    def Push(self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
-             ) -> pb.PushResponse:
+    def Push(
+        self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
+    ) -> pb.PushResponse:
         first, arrays = self._read(request_iterator, _gradient_specs)
         iterations = self._store.push(_gradients(first.gradients, arrays))
         return pb.PushResponse(iterations=iterations)
 
     @_rpc
-    def Pull(self, request: pb.PullRequest, context: grpc.ServicerContext
-             ) -> Iterator[pb.PullResponse]:
+    def Pull(
+        self, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.PullResponse]:
         pulled = self._store.pull(list(request.names))
-        specs = [pb.NamedTensorSpec(name=name, spec=tensors.spec_of(value)) for name, value in pulled]
+        specs = [
+            pb.NamedTensorSpec(name=name, spec=tensors.spec_of(value)) for name, value in pulled
+        ]
         return self._send(pb.PullResponse, {"tensors": specs}, [value for _, value in pulled])
 
     @_rpc
-    def PullRows(self, request: pb.PullRowsRequest, context: grpc.ServicerContext
-                 ) -> Iterator[pb.PullRowsResponse]:
+    def PullRows(
+        self, request: pb.PullRowsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.PullRowsResponse]:
         rows = self._store.pull_rows(request.variable, np.asarray(request.indices, dtype=np.int64))
         return self._send(pb.PullRowsResponse, {"rows": tensors.spec_of(rows)}, [rows])
 
     @_rpc
-    def GetOptimizerWeights(self, request: pb.GetOptimizerWeightsRequest,
-                            context: grpc.ServicerContext
-                            ) -> Iterator[pb.GetOptimizerWeightsResponse]:
+    def GetOptimizerWeights(
+        self, request: pb.GetOptimizerWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetOptimizerWeightsResponse]:
         weights = self._store.get_weights(request.optimizer)
         specs = [tensors.spec_of(w) for w in weights]
         return self._send(pb.GetOptimizerWeightsResponse, {"weights": specs}, weights)
 
     @_rpc
-    def SetOptimizerWeights(self, request_iterator: Iterator[pb.SetOptimizerWeightsRequest],
-                            context: grpc.ServicerContext) -> pb.SetOptimizerWeightsResponse:
+    def SetOptimizerWeights(
+        self,
+        request_iterator: Iterator[pb.SetOptimizerWeightsRequest],
+        context: grpc.ServicerContext,
+    ) -> pb.SetOptimizerWeightsResponse:
         first, weights = self._read(request_iterator, lambda f: f.weights)
         self._store.set_weights(first.optimizer, weights)
         return pb.SetOptimizerWeightsResponse()
 
     @_rpc
-    def GetOptimizerConfig(self, request: pb.GetOptimizerConfigRequest,
-                           context: grpc.ServicerContext) -> pb.GetOptimizerConfigResponse:
+    def GetOptimizerConfig(
+        self, request: pb.GetOptimizerConfigRequest, context: grpc.ServicerContext
+    ) -> pb.GetOptimizerConfigResponse:
         config = self._store.get_config(request.optimizer)
         return pb.GetOptimizerConfigResponse(config_json=json.dumps(config))
 
     @_rpc
-    def GetIterations(self, request: pb.GetIterationsRequest, context: grpc.ServicerContext
-                      ) -> pb.GetIterationsResponse:
+    def GetIterations(
+        self, request: pb.GetIterationsRequest, context: grpc.ServicerContext
+    ) -> pb.GetIterationsResponse:
         return pb.GetIterationsResponse(iterations=self._store.iterations(request.optimizer))
 
     @_rpc
-    def GetSlotNames(self, request: pb.GetSlotNamesRequest, context: grpc.ServicerContext
-                     ) -> pb.GetSlotNamesResponse:
+    def GetSlotNames(
+        self, request: pb.GetSlotNamesRequest, context: grpc.ServicerContext
+    ) -> pb.GetSlotNamesResponse:
         return pb.GetSlotNamesResponse(slot_names=self._store.slot_names(request.optimizer))
 
     @_rpc
-    def GetSlot(self, request: pb.GetSlotRequest, context: grpc.ServicerContext
-                ) -> Iterator[pb.GetSlotResponse]:
+    def GetSlot(
+        self, request: pb.GetSlotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.GetSlotResponse]:
         value = self._store.get_slot(request.variable, request.slot)
         return self._send(pb.GetSlotResponse, {"slot": tensors.spec_of(value)}, [value])
 
     @_rpc
-    def SetHyperparameter(self, request: pb.SetHyperparameterRequest,
-                          context: grpc.ServicerContext) -> pb.SetHyperparameterResponse:
+    def SetHyperparameter(
+        self, request: pb.SetHyperparameterRequest, context: grpc.ServicerContext
+    ) -> pb.SetHyperparameterResponse:
         kind = request.WhichOneof("value")
         if kind is None:
             raise InvalidArgument(
                 f"optimizer {request.optimizer!r}: expected a number or schedule_json for "
-                f"{request.name!r}, received neither", "MISSING_VALUE",
+                f"{request.name!r}, received neither",
+                "MISSING_VALUE",
                 {"optimizer": request.optimizer},
             )
         if kind == "number":
@@ -180,7 +212,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             except ValueError as error:
                 raise InvalidArgument(
                     f"optimizer {request.optimizer!r}: expected schedule JSON, received "
-                    f"{request.schedule_json!r} ({error})", "INVALID_CONFIG",
+                    f"{request.schedule_json!r} ({error})",
+                    "INVALID_CONFIG",
                     {"optimizer": request.optimizer},
                 ) from None
         self._store.set_hyperparameter(request.optimizer, request.name, value)
@@ -197,8 +230,10 @@ def _gradient_specs(first: pb.PushRequest) -> list[tensor_pb2.TensorSpec]:
             specs.extend([header.sparse.values, header.sparse.indices])
         else:
             raise InvalidArgument(
-                f"variable {header.variable!r}: expected a dense or sparse gradient, received neither",
-                "MISSING_GRADIENT", {"variable": header.variable},
+                f"variable {header.variable!r}: expected a dense or sparse gradient, "
+                "received neither",
+                "MISSING_GRADIENT",
+                {"variable": header.variable},
             )
     return specs
 

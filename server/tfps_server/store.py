@@ -236,7 +236,8 @@ class Store:
             if key != "learning_rate" or managed.spec.cls is tf_keras.optimizers.legacy.Nadam:
                 raise InvalidArgument(
                     f"{where}: a schedule is accepted for learning_rate only, and not by Nadam "
-                    f"(as in Keras); received a schedule for {key!r} of {managed.spec.cls.__name__}",
+                    f"(as in Keras); received a schedule for {key!r} "
+                    f"of {managed.spec.cls.__name__}",
                     "INVALID_HYPERPARAMETER",
                     {"optimizer": name},
                 )
@@ -287,7 +288,8 @@ class Store:
             _check_name("variable", name)
             if name in seen:
                 raise InvalidArgument(
-                    f"variable {name!r}: declared twice in one request", "DUPLICATE_VARIABLE",
+                    f"variable {name!r}: declared twice in one request",
+                    "DUPLICATE_VARIABLE",
                     {"variable": name},
                 )
             seen.add(name)
@@ -305,7 +307,9 @@ class Store:
                     _check_same_declaration(self._variables[name], optimizer, value)
                     existing.append(name)
             fresh = [(n, v) for n, v in declarations if n not in self._variables]
-            for dtype in sorted({v.dtype.name for _, v in fresh} - managed_optimizer.checked_dtypes):
+            for dtype in sorted(
+                {v.dtype.name for _, v in fresh} - managed_optimizer.checked_dtypes
+            ):
                 optimizers.check_applies(managed_optimizer.spec, tf.as_dtype(dtype), self.device)
                 managed_optimizer.checked_dtypes.add(dtype)
             with managed_optimizer.lock, tf.device(self.device), tf.init_scope():
@@ -316,13 +320,15 @@ class Store:
                 # One call for the whole request: slots are then ordered as a local
                 # apply_gradients over the same variable list orders them.
                 managed_optimizer.optimizer._create_all_weights(variables)
-                for (name, _), variable in zip(fresh, variables):
+                for (name, _), variable in zip(fresh, variables, strict=True):
                     self._variables[name] = ManagedVariable(
                         name, variable, managed_optimizer, len(self._variables)
                     )
                     created.append(name)
             if created:
-                _log.info("created variables %s on %s for optimizer %r", created, self.device, optimizer)
+                _log.info(
+                    "created variables %s on %s for optimizer %r", created, self.device, optimizer
+                )
             return created, existing
 
     def pull(self, names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
@@ -392,7 +398,9 @@ class Store:
                 managed_optimizer.optimizer.apply_gradients(
                     [(_to_tensor(m, g), m.variable) for m, g in pairs]
                 )
-                iterations[managed_optimizer.name] = int(managed_optimizer.optimizer.iterations.numpy())
+                iterations[managed_optimizer.name] = int(
+                    managed_optimizer.optimizer.iterations.numpy()
+                )
         return iterations
 
     @contextlib.contextmanager
@@ -413,7 +421,7 @@ def _check_name(kind: str, name: str) -> None:
 
 
 def _check_same_declaration(existing: ManagedVariable, optimizer: str, value: np.ndarray) -> None:
-    differences = []
+    differences: list[tuple[str, object, object]] = []
     if existing.shape != value.shape:
         differences.append(("shape", list(existing.shape), list(value.shape)))
     if existing.dtype != value.dtype.name:
@@ -421,7 +429,9 @@ def _check_same_declaration(existing: ManagedVariable, optimizer: str, value: np
     if existing.optimizer.name != optimizer:
         differences.append(("optimizer", existing.optimizer.name, optimizer))
     if differences:
-        text = "; ".join(f"{what}: exists with {old}, received {new}" for what, old, new in differences)
+        text = "; ".join(
+            f"{what}: exists with {old}, received {new}" for what, old, new in differences
+        )
         what, old, new = differences[0]
         raise AlreadyExists(
             f"variable {existing.name!r}: {text}",
@@ -445,7 +455,8 @@ def _check_gradient(managed: ManagedVariable, gradient: Gradient) -> None:
     else:
         if not managed.shape:
             raise InvalidArgument(
-                f"variable {name!r}: a scalar cannot take a sparse gradient", "SPARSE_SCALAR",
+                f"variable {name!r}: a scalar cannot take a sparse gradient",
+                "SPARSE_SCALAR",
                 {"variable": name},
             )
         if gradient.dense_shape:
@@ -482,7 +493,8 @@ def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequen
 def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
     if not managed.shape:
         raise InvalidArgument(
-            f"variable {managed.name!r}: a scalar has no rows", "SPARSE_SCALAR",
+            f"variable {managed.name!r}: a scalar has no rows",
+            "SPARSE_SCALAR",
             {"variable": managed.name},
         )
     rows = managed.shape[0]
