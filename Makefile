@@ -17,7 +17,7 @@ $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest
 
 serve: $(STAMP)

@@ -1,0 +1,392 @@
+"""tfps demo: two workers train one Keras model through a parameter server.
+
+Starts a tfps server and two worker processes. Each worker trains on its own shard of
+scikit-learn's digits: per batch it pulls the weights, computes gradients with a
+``tf.GradientTape`` and pushes them; the server applies them with Adam. The model has an
+Embedding layer (sparse ``tf.IndexedSlices`` gradients) and a Dense layer (dense
+gradients). The server's weights are then evaluated on a held-out test split next to
+the same model trained locally in one process with the same optimizer.
+
+Run it with ``make demo``, or ``.venv/bin/python examples/demo.py --help`` for options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from tfps_client import Client
+from tfps_client.keras import create_variables, pull_into, push_gradients
+
+NUM_WORKERS = 2
+OPTIMIZER = "default"
+"""The optimizer the server creates from ``--optimizer``."""
+PIXELS, LEVELS, CLASSES = 64, 17, 10
+"""Digits are 8x8 pixels with values 0..16, of 10 classes."""
+EMBEDDING_DIM = 16
+MAX_GAP_POINTS = 2.0
+"""Largest accepted accuracy difference, server vs local, in percentage points."""
+SERVER_START_SECONDS = 120.0
+SERVER_STOP_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """Points file descriptor 2 at /dev/null: TensorFlow's C++ logs at import ignore log levels."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# Set before TensorFlow loads; the worker processes inherit it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+with _silenced_stderr():
+    import tensorflow as tf
+    import tf_keras
+
+    tf.config.list_logical_devices()  # device discovery logs too
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Training settings shared by the workers and the local baseline."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+
+    def optimizer_config(self) -> dict[str, Any]:
+        """Returns the Keras config of the Adam optimizer both trainings use."""
+        return {"class_name": "Adam", "config": {"learning_rate": self.learning_rate}}
+
+
+class Data(NamedTuple):
+    """Digits as token ids ``pixel * LEVELS + value``, split into train and test."""
+
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+
+
+def load_data(seed: int) -> Data:
+    """Loads digits (bundled with scikit-learn) and splits off a stratified 25% test set."""
+    digits = load_digits()
+    tokens = np.arange(PIXELS, dtype=np.int32) * LEVELS + digits.data.astype(np.int32)
+    labels = digits.target.astype(np.int32)
+    return Data(
+        *train_test_split(tokens, labels, test_size=0.25, random_state=seed, stratify=labels)
+    )
+
+
+def build_model(seed: int) -> tf_keras.Model:
+    """Builds the classifier; the same seed gives the same initial weights in every process.
+
+    Layer names are fixed so that variable names, which the server uses, match everywhere.
+    """
+    tf_keras.utils.set_random_seed(seed)
+    return tf_keras.Sequential(
+        [
+            tf_keras.Input(shape=(PIXELS,), dtype="int32"),
+            tf_keras.layers.Embedding(PIXELS * LEVELS, EMBEDDING_DIM, name="pixel_embedding"),
+            tf_keras.layers.Flatten(name="flatten"),
+            tf_keras.layers.Dense(CLASSES, activation="softmax", name="classifier"),
+        ],
+        name="digits",
+    )
+
+
+def accuracy(model: tf_keras.Model, data: Data) -> float:
+    """Returns the model's accuracy on the test split, in percent."""
+    predictions = np.argmax(model(data.x_test, training=False).numpy(), axis=1)
+    return 100.0 * float(np.mean(predictions == data.y_test))
+
+
+# Workers ---------------------------------------------------------------------------------------
+
+
+def check_gradient_kinds(
+    variables: Sequence[tf.Variable], gradients: Sequence[tf.Tensor | tf.IndexedSlices]
+) -> None:
+    """Raises TypeError unless the embedding's gradient is sparse and every other one dense."""
+    for variable, gradient in zip(variables, gradients, strict=True):
+        sparse = variable.name.startswith("pixel_embedding/")
+        if isinstance(gradient, tf.IndexedSlices) != sparse:
+            expected = "tf.IndexedSlices" if sparse else "a dense tensor"
+            raise TypeError(
+                f"{variable.name}: expected {expected}, received {type(gradient).__name__}"
+            )
+
+
+def train_step(
+    client: Client, model: tf_keras.Model, x: np.ndarray, y: np.ndarray
+) -> tuple[float, int]:
+    """Pulls the weights, computes the gradients of one batch and pushes them.
+
+    Returns:
+        The batch loss and the server's iterations after the update.
+    """
+    variables = model.trainable_variables
+    pull_into(client, variables)
+    with tf.GradientTape() as tape:
+        loss = tf_keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+        loss = tf.reduce_mean(loss)
+    gradients = tape.gradient(loss, variables)
+    check_gradient_kinds(variables, gradients)
+    iterations = push_gradients(client, zip(gradients, variables, strict=True))
+    return float(loss), iterations[OPTIMIZER]
+
+
+def run_worker(index: int, address: str, settings: Settings) -> None:
+    """Trains on shard ``index`` of the training split; prints the mean loss per epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator stops the workers
+    data = load_data(settings.seed)
+    x, y = data.x_train[index::NUM_WORKERS], data.y_train[index::NUM_WORKERS]
+    rng = np.random.default_rng(settings.seed + 1 + index)
+    model = build_model(settings.seed)
+    with Client(address) as client:
+        create_variables(client, model.trainable_variables, optimizer=OPTIMIZER)
+        pull_into(client, model.trainable_variables)
+        for epoch in range(1, settings.epochs + 1):
+            order = rng.permutation(len(x))
+            losses = []
+            for start in range(0, len(x), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                loss, iterations = train_step(client, model, x[batch], y[batch])
+                losses.append(loss)
+            print(
+                f"  worker {index}  epoch {epoch:2d}/{settings.epochs}  "
+                f"loss {np.mean(losses):.4f}  server iterations {iterations}",
+                flush=True,
+            )
+
+
+@contextlib.contextmanager
+def running_workers(address: str, settings: Settings) -> Iterator[list[multiprocessing.Process]]:
+    """Starts the worker processes; on exit terminates any still running."""
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=run_worker, args=(i, address, settings), name=f"worker {i}", daemon=True
+        )
+        for i in range(NUM_WORKERS)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        yield workers
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            if worker.pid is not None:
+                worker.join()
+
+
+def wait_for_workers(workers: Sequence[multiprocessing.Process]) -> None:
+    """Waits until every worker has finished.
+
+    Raises:
+        RuntimeError: a worker failed; the others are left to :func:`running_workers`.
+    """
+    pending = {worker.sentinel: worker for worker in workers}
+    while pending:
+        for sentinel in multiprocessing.connection.wait(list(pending)):
+            worker = pending.pop(sentinel)
+            worker.join()
+            if worker.exitcode != 0:
+                raise RuntimeError(f"{worker.name} failed with exit code {worker.exitcode}")
+
+
+# Server ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Returns a loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """Returns the last lines of a log file."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_server(process: subprocess.Popen[bytes], client: Client, log: Path) -> None:
+    """Blocks until the server accepts connections.
+
+    Raises:
+        RuntimeError: the server exited, or was not ready in time.
+    """
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while True:
+        try:
+            client.wait_for_ready(timeout=1.0)
+            return
+        except grpc.FutureTimeoutError:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with code {process.returncode}:\n{log_tail(log)}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server was not ready in {SERVER_START_SECONDS:.0f} s:\n{log_tail(log)}"
+                ) from None
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Sends SIGTERM and waits; kills the server if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=SERVER_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_server(settings: Settings, log: Path) -> Iterator[Client]:
+    """Starts ``tfps_server`` in a subprocess; yields a client once it is ready.
+
+    On exit the server is stopped with SIGTERM.
+
+    Raises:
+        RuntimeError: the server did not start, or did not stop cleanly.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        sys.executable, "-m", "tfps_server",
+        "--port", address.rsplit(":", 1)[1],
+        "--optimizer", json.dumps(settings.optimizer_config()),
+    ]  # fmt: skip
+    print(f"starting the server on {address}", flush=True)
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+    try:
+        with Client(address) as client:
+            wait_for_server(process, client, log)
+            yield client
+    finally:
+        stop_server(process)
+    if process.returncode != 0:
+        raise RuntimeError(f"the server exited with code {process.returncode}:\n{log_tail(log)}")
+    print("server stopped cleanly", flush=True)
+
+
+# Coordinator -----------------------------------------------------------------------------------
+
+
+def train_on_server(client: Client, settings: Settings, data: Data) -> float:
+    """Trains with the workers, then returns the test accuracy of the server's weights."""
+    print(f"training with {NUM_WORKERS} workers for {settings.epochs} epochs", flush=True)
+    with running_workers(client.address, settings) as workers:
+        wait_for_workers(workers)
+    for info in client.list_variables():
+        print(f"  server variable {info.name} {list(info.shape)} on {info.device}")
+    print(f"  server optimizer iterations: {client.iterations(OPTIMIZER)}")
+    model = build_model(settings.seed)
+    pull_into(client, model.trainable_variables)
+    return accuracy(model, data)
+
+
+def train_locally(settings: Settings, data: Data) -> float:
+    """Trains the same model in this process with Keras and returns its test accuracy."""
+    print(f"training locally in one process for {settings.epochs} epochs", flush=True)
+    model = build_model(settings.seed)
+    optimizer = tf_keras.optimizers.legacy.Adam(**settings.optimizer_config()["config"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    model.fit(
+        data.x_train, data.y_train, batch_size=settings.batch_size, epochs=settings.epochs,
+        shuffle=True, verbose=0,
+    )  # fmt: skip
+    return accuracy(model, data)
+
+
+def report(server_accuracy: float, local_accuracy: float) -> int:
+    """Prints both accuracies and their difference; returns the exit code."""
+    gap = server_accuracy - local_accuracy
+    print(f"test accuracy, server ({NUM_WORKERS} workers): {server_accuracy:6.2f} %")
+    print(f"test accuracy, local (1 process):     {local_accuracy:6.2f} %")
+    print(f"difference:                           {gap:+6.2f} points")
+    if abs(gap) > MAX_GAP_POINTS:
+        print(
+            f"FAILED: the accuracies differ by more than {MAX_GAP_POINTS} points", file=sys.stderr
+        )
+        return 1
+    print(f"OK: within {MAX_GAP_POINTS} points")
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> Settings:
+    """Parses the command line into training settings."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=15, help="default %(default)s")
+    parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="default %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    args = parser.parse_args(argv)
+    return Settings(args.epochs, args.batch_size, args.learning_rate, args.seed)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Turns SIGTERM into SystemExit, so that cleanup runs."""
+    sys.exit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the demo; returns the exit code."""
+    settings = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.monotonic()
+    data = load_data(settings.seed)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="tfps-demo-") as tmp,
+            running_server(settings, Path(tmp) / "server.log") as client,
+        ):
+            server_accuracy = train_on_server(client, settings, data)
+        local_accuracy = train_locally(settings, data)
+    except KeyboardInterrupt:
+        print("interrupted; everything stopped", file=sys.stderr)
+        return 130
+    code = report(server_accuracy, local_accuracy)
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
