@@ -22,6 +22,7 @@ import tf_keras
 
 from tfps_server import optimizers
 from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound
+from tfps_server.metrics import Metrics
 
 _log = logging.getLogger(__name__)
 
@@ -121,10 +122,12 @@ class Store:
 
     Args:
         device: TensorFlow device name, or ``None``/``"auto"`` for the first GPU, else CPU.
+        metrics: where to count what happens; a fresh registry if None.
     """
 
-    def __init__(self, device: str | None = None) -> None:
+    def __init__(self, device: str | None = None, metrics: Metrics | None = None) -> None:
         self.device = resolve_device(device)
+        self.metrics = metrics if metrics is not None else Metrics()
         self._structure = threading.RLock()
         self._optimizers: dict[str, ManagedOptimizer] = {}
         self._variables: dict[str, ManagedVariable] = {}

@@ -1,0 +1,138 @@
+"""Every Prometheus metric of the server, defined once.
+
+Each server owns a :class:`Metrics` with its own registry, so several servers in
+one process (as in the tests) never mix their numbers. Names follow Prometheus
+conventions: one ``tfps_`` prefix, base units, ``_total`` on counters, and
+low-cardinality labels (optimizer, RPC method, outcome, reason).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+"""Seconds, from sub-millisecond RPCs to multi-second transfers of large tensors."""
+
+NORM_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 1e4, 1e6)
+"""Gradient global norms, spanning healthy training to divergence."""
+
+
+class Metrics:
+    """The server's metrics, registered in one registry.
+
+    Args:
+        registry: where to register; a new one (with the process collector) if None.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+        self.registry = registry
+        r = registry
+
+        # RPCs
+        self.rpc_requests = Counter(
+            "tfps_rpc_requests",
+            "RPCs finished, by method and gRPC status code.",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rpc_duration = Histogram(
+            "tfps_rpc_duration_seconds",
+            "RPC latency, from first byte received to status sent.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpc_in_flight = Gauge(
+            "tfps_rpc_in_flight", "RPCs being served now.", ["method"], registry=r
+        )
+        self.rpc_request_bytes = Counter(
+            "tfps_rpc_request_bytes",
+            "Serialized bytes of request messages.",
+            ["method"],
+            registry=r,
+        )
+        self.rpc_response_bytes = Counter(
+            "tfps_rpc_response_bytes",
+            "Serialized bytes of response messages.",
+            ["method"],
+            registry=r,
+        )
+
+        # Training
+        self.pushes = Counter(
+            "tfps_pushes",
+            "Per-optimizer push outcomes: applied, aggregated, stale, skipped.",
+            ["optimizer", "outcome"],
+            registry=r,
+        )
+        self.push_rejections = Counter(
+            "tfps_push_rejections",
+            "Pushes refused before any change, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.gradient_norm = Histogram(
+            "tfps_gradient_global_norm",
+            "Global norm of the applied gradient, before clipping.",
+            ["optimizer"],
+            buckets=NORM_BUCKETS,
+            registry=r,
+        )
+        self.clip_events = Counter(
+            "tfps_gradient_clip_events",
+            "Applied gradients that clipping changed, by kind (clipnorm, clipvalue, global_clipnorm).",
+            ["optimizer", "kind"],
+            registry=r,
+        )
+        self.non_finite_gradients = Counter(
+            "tfps_non_finite_gradients",
+            "Pushes whose gradients held NaN or Inf, by action (rejected, skipped).",
+            ["optimizer", "action"],
+            registry=r,
+        )
+        self.apply_duration = Histogram(
+            "tfps_apply_duration_seconds",
+            "Time of one apply_gradients call.",
+            ["optimizer"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sync_wait = Histogram(
+            "tfps_sync_step_wait_seconds",
+            "Time a sync step waited from its first contribution until it closed.",
+            ["optimizer"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sync_timeouts = Counter(
+            "tfps_sync_steps_timed_out",
+            "Sync steps closed by their timeout with fewer contributions than required.",
+            ["optimizer"],
+            registry=r,
+        )
+
+        # Checkpoints
+        self.checkpoint_duration = Histogram(
+            "tfps_checkpoint_duration_seconds",
+            "Time to write one checkpoint.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.checkpoint_size = Gauge(
+            "tfps_checkpoint_size_bytes", "Size of the newest checkpoint.", registry=r
+        )
+        self.checkpoint_last_success = Gauge(
+            "tfps_checkpoint_last_success_timestamp_seconds",
+            "Unix time of the newest successful checkpoint.",
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            "tfps_checkpoint_failures", "Checkpoints that failed to write.", registry=r
+        )
