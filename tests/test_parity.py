@@ -190,9 +190,9 @@ def test_server_update_is_bitwise_local_update(
             local = tf.IndexedSlices(
                 tf.constant(values), tf.constant(indices), tf.constant(TABLE_SHAPE)
             )
-        iterations = client.push({"dense/kernel": kernel_grad, "emb/embeddings": pushed})
+        result = client.push({"dense/kernel": kernel_grad, "emb/embeddings": pushed})
         reference.apply_gradients([(tf.constant(kernel_grad), local_kernel), (local, local_table)])
-        assert iterations == {"opt": step}
+        assert result.iterations == {"opt": step} and result.applied
 
     pulled = client.pull(["dense/kernel", "emb/embeddings"])
     assert_bitwise_equal(pulled["dense/kernel"], local_kernel.numpy(), "dense/kernel")

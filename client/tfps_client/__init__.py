@@ -24,12 +24,25 @@ from tfps_client.errors import (
     UnimplementedError,
     UnknownError,
 )
-from tfps_client.types import CreateVariablesResult, IndexedSlices, VariableInfo
+from tfps_client.types import (
+    Aggregation,
+    Async,
+    CreateVariablesResult,
+    IndexedSlices,
+    OptimizerOptions,
+    Outcome,
+    PushResult,
+    RetryPolicy,
+    Sync,
+    VariableInfo,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "AbortedError",
+    "Aggregation",
     "AlreadyExistsError",
+    "Async",
     "CancelledError",
     "Client",
     "CreateVariablesResult",
@@ -40,9 +53,14 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "OptimizerOptions",
     "OutOfRangeError",
+    "Outcome",
     "PermissionDeniedError",
+    "PushResult",
     "ResourceExhaustedError",
+    "RetryPolicy",
+    "Sync",
     "TfpsError",
     "UnauthenticatedError",
     "UnavailableError",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -16,7 +19,18 @@ from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client._proto.tfps.v1 import tensor_pb2
 from tfps_client.errors import from_rpc_error
-from tfps_client.types import CreateVariablesResult, IndexedSlices, VariableInfo
+from tfps_client.types import (
+    Aggregation,
+    Async,
+    CreateVariablesResult,
+    IndexedSlices,
+    OptimizerOptions,
+    Outcome,
+    PushResult,
+    RetryPolicy,
+    Sync,
+    VariableInfo,
+)
 
 MAX_MESSAGE_BYTES = 256 << 20
 """Largest gRPC message either side accepts (the gRPC default is 4 MiB)."""
@@ -26,6 +40,17 @@ Gradient = Any
 imported a ``tf.Tensor``, ``tf.Variable`` or ``tf.IndexedSlices``."""
 
 _T = TypeVar("_T")
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Status codes the client retries by itself."""
+
+_OUTCOMES = {
+    pb.PUSH_OUTCOME_APPLIED: Outcome.APPLIED,
+    pb.PUSH_OUTCOME_AGGREGATED: Outcome.AGGREGATED,
+    pb.PUSH_OUTCOME_STALE: Outcome.STALE,
+    pb.PUSH_OUTCOME_SKIPPED: Outcome.SKIPPED,
+    pb.PUSH_OUTCOME_DROPPED: Outcome.DROPPED,
+}
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -48,6 +73,7 @@ class Client:
         chunk_bytes: tensor bytes per stream message.
         max_message_bytes: largest gRPC message sent or received.
         credentials: channel credentials for TLS; ``None`` for plaintext.
+        retry: how calls failing with UNAVAILABLE or DEADLINE_EXCEEDED are retried.
     """
 
     def __init__(
@@ -58,10 +84,12 @@ class Client:
         chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         options = channel_options(max_message_bytes)
         self.address = address
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
         self._chunk_bytes = chunk_bytes
         self._channel = (
             grpc.secure_channel(address, credentials, options)
@@ -90,19 +118,37 @@ class Client:
 
     # Optimizers -------------------------------------------------------------------------------
 
-    def create_optimizer(self, name: str, config: Mapping[str, Any] | str) -> bool:
+    def create_optimizer(
+        self,
+        name: str,
+        config: Mapping[str, Any] | str,
+        aggregation: Aggregation | None = None,
+        on_non_finite: Literal["reject", "skip"] = "reject",
+    ) -> bool:
         """Creates a named optimizer from a Keras config, like ``tf_keras.optimizers.deserialize``.
 
         Args:
             name: the name variables and calls refer to, for example ``"default"``.
             config: ``{"class_name": "Adam", "config": {"learning_rate": 1e-3}}`` or its JSON.
+            aggregation: :class:`Async` (the default) or :class:`Sync`.
+            on_non_finite: "reject" pushes with NaN/Inf gradients (INVALID_ARGUMENT),
+                or "skip" their update.
 
         Returns:
-            True if created, False if an optimizer with an equal config existed.
+            True if created, False if an optimizer with an equal config and options existed.
         """
         config_json = config if isinstance(config, str) else json.dumps(config)
-        request = pb.CreateOptimizerRequest(name=name, config_json=config_json)
+        request = pb.CreateOptimizerRequest(
+            name=name,
+            config_json=config_json,
+            options=_options_message(aggregation or Async(), on_non_finite),
+        )
         return self._unary(self._stub.CreateOptimizer, request).created
+
+    def get_options(self, optimizer: str) -> OptimizerOptions:
+        """Returns the aggregation mode and non-finite policy the optimizer was created with."""
+        request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+        return _options_from_message(self._unary(self._stub.GetOptimizerConfig, request).options)
 
     def get_config(self, optimizer: str) -> dict[str, Any]:
         """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
@@ -194,21 +240,62 @@ class Client:
             for info in response.variables
         ]
 
-    def push(self, gradients: Mapping[str, Gradient]) -> dict[str, int]:
-        """Applies gradients: one ``apply_gradients`` per optimizer the push touches.
+    def push(
+        self,
+        gradients: Mapping[str, Gradient],
+        *,
+        worker: str = "",
+        step: int | None = None,
+        request_id: str | None = None,
+    ) -> PushResult:
+        """Pushes gradients; each optimizer touched applies them as its aggregation mode says.
 
-        The whole push is validated before anything changes: it is applied
-        completely or not at all. ``None`` gradients are left out.
+        The whole push is validated before anything changes. ``None`` gradients
+        are left out. In sync mode the call returns once its step is applied,
+        so the worker can pull right after. A stale drop is reported in the
+        result, not raised.
 
         Args:
             gradients: variable name -> dense array or :class:`IndexedSlices`.
+            worker: the pushing worker's id (required by :class:`Sync` optimizers).
+            step: the optimizer ``iterations`` the gradients were computed from.
+            request_id: a unique id; a retry with it is never applied twice.
+                Default: a new random id, reused by the client's own retries.
 
         Returns:
-            The ``iterations`` of every optimizer touched, after the update.
+            Outcome and ``iterations`` per optimizer touched.
         """
-        headers, arrays = _encode_gradients(gradients)
-        response = self._upload(self._stub.Push, pb.PushRequest, {"gradients": headers}, arrays)
-        return dict(response.iterations)
+        request_id = request_id or uuid.uuid4().hex
+        header, arrays = _push_header(gradients, worker, step, request_id)
+        response = self._upload(self._stub.Push, pb.PushRequest, header, arrays)
+        return _push_result(response, request_id)
+
+    def push_pull(
+        self,
+        gradients: Mapping[str, Gradient],
+        pull: Iterable[str],
+        *,
+        worker: str = "",
+        step: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[PushResult, dict[str, np.ndarray]]:
+        """Pushes, then returns the updated values of ``pull``, in one round trip.
+
+        Arguments are those of :meth:`push`; ``pull`` names the variables to return.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        header, arrays = _push_header(gradients, worker, step, request_id)
+        header["pull"] = list(pull)
+        first, values = self._download(
+            lambda request, timeout: self._stub.PushPull(
+                tensors.stream_messages(pb.PushRequest, header, arrays, self._chunk_bytes),
+                timeout=timeout,
+            ),
+            None,
+            lambda first: [t.spec for t in first.tensors],
+        )
+        pulled = {t.name: value for t, value in zip(first.tensors, values, strict=True)}
+        return _push_result(first.push, request_id), pulled
 
     def pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Returns the current values of the named variables (all when ``names`` is None)."""
@@ -229,11 +316,23 @@ class Client:
 
     # Plumbing ---------------------------------------------------------------------------------
 
+    def _with_retries(self, attempt: Callable[[], _T]) -> _T:
+        """Runs ``attempt``, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff."""
+        policy = self.retry
+        backoff = policy.initial_backoff
+        for number in range(1, policy.max_attempts + 1):
+            try:
+                return attempt()
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code not in RETRYABLE or number == policy.max_attempts:
+                    raise from_rpc_error(error) from None
+            time.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * policy.multiplier, policy.max_backoff)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def _unary(self, method: Callable[..., _T], request: Any) -> _T:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        return self._with_retries(lambda: method(request, timeout=self.timeout))
 
     def _upload(
         self,
@@ -242,8 +341,12 @@ class Client:
         header: Mapping[str, Any],
         arrays: Sequence[np.ndarray],
     ) -> _T:
-        stream = tensors.stream_messages(message, header, arrays, self._chunk_bytes)
-        return self._unary(method, stream)
+        return self._with_retries(
+            lambda: method(
+                tensors.stream_messages(message, header, arrays, self._chunk_bytes),
+                timeout=self.timeout,
+            )
+        )
 
     def _download(
         self,
@@ -251,10 +354,9 @@ class Client:
         request: Any,
         specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
     ) -> tuple[Any, list[np.ndarray]]:
-        try:
-            return tensors.read_stream(method(request, timeout=self.timeout), specs_of)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        return self._with_retries(
+            lambda: tensors.read_stream(method(request, timeout=self.timeout), specs_of)
+        )
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -277,6 +379,67 @@ def _as_indexed_slices(value: Any) -> IndexedSlices | None:
             dense_shape=None if dense_shape is None else tuple(dense_shape.numpy().tolist()),
         )
     return None
+
+
+def _push_header(
+    gradients: Mapping[str, Gradient], worker: str, step: int | None, request_id: str
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    headers, arrays = _encode_gradients(gradients)
+    header: dict[str, Any] = {"gradients": headers, "worker": worker, "request_id": request_id}
+    if step is not None:
+        header["step"] = step
+    return header, arrays
+
+
+def _push_result(response: pb.PushResponse, request_id: str) -> PushResult:
+    return PushResult(
+        outcomes={name: _OUTCOMES[r.outcome] for name, r in response.results.items()},
+        iterations={name: r.iterations for name, r in response.results.items()},
+        request_id=request_id,
+    )
+
+
+def _options_message(aggregation: Aggregation, on_non_finite: str) -> pb.OptimizerOptions:
+    if on_non_finite not in ("reject", "skip"):
+        raise ValueError(f"on_non_finite: expected 'reject' or 'skip', received {on_non_finite!r}")
+    message = pb.OptimizerOptions(
+        on_non_finite=pb.NON_FINITE_POLICY_SKIP
+        if on_non_finite == "skip"
+        else pb.NON_FINITE_POLICY_REJECT
+    )
+    if isinstance(aggregation, Sync):
+        message.synchronous.CopyFrom(
+            pb.SyncAggregation(
+                replicas_to_aggregate=aggregation.replicas_to_aggregate,
+                total_num_replicas=aggregation.total_num_replicas or 0,
+                reduction=f"REDUCTION_{aggregation.reduction.upper()}",
+                timeout_seconds=aggregation.timeout,
+                on_timeout=f"TIMEOUT_ACTION_{aggregation.on_timeout.upper()}",
+            )
+        )
+    else:
+        message.asynchronous.SetInParent()
+        if aggregation.max_staleness is not None:
+            message.asynchronous.max_staleness = aggregation.max_staleness
+    return message
+
+
+def _options_from_message(message: pb.OptimizerOptions) -> OptimizerOptions:
+    aggregation: Aggregation
+    if message.HasField("synchronous"):
+        sync = message.synchronous
+        aggregation = Sync(
+            replicas_to_aggregate=sync.replicas_to_aggregate,
+            total_num_replicas=sync.total_num_replicas,
+            reduction="mean" if sync.reduction == pb.REDUCTION_MEAN else "sum",
+            timeout=sync.timeout_seconds,
+            on_timeout="drop" if sync.on_timeout == pb.TIMEOUT_ACTION_DROP else "apply",
+        )
+    else:
+        bounded = message.asynchronous.HasField("max_staleness")
+        aggregation = Async(message.asynchronous.max_staleness if bounded else None)
+    skip = message.on_non_finite == pb.NON_FINITE_POLICY_SKIP
+    return OptimizerOptions(aggregation, "skip" if skip else "reject")
 
 
 def _encode_gradients(

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tfps_client.client import Client
-from tfps_client.types import CreateVariablesResult
+from tfps_client.types import CreateVariablesResult, PushResult
 
 
 def variable_name(variable: Any) -> str:
@@ -39,15 +39,17 @@ def create_variables(
     )
 
 
-def push_gradients(client: Client, grads_and_vars: Iterable[tuple[Any, Any]]) -> dict[str, int]:
+def push_gradients(
+    client: Client, grads_and_vars: Iterable[tuple[Any, Any]], **push_options: Any
+) -> PushResult:
     """Pushes ``zip(grads, variables)`` as one request; ``None`` gradients are skipped.
 
     ``tf.IndexedSlices`` gradients (embedding lookups) travel sparse.
-
-    Returns:
-        ``iterations`` of every optimizer touched, after the update.
+    ``push_options`` (``worker``, ``step``, ``request_id``) go to :meth:`Client.push`.
     """
-    return client.push({variable_name(v): g for g, v in grads_and_vars if g is not None})
+    return client.push(
+        {variable_name(v): g for g, v in grads_and_vars if g is not None}, **push_options
+    )
 
 
 def pull_into(client: Client, variables: Sequence[Any]) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -48,3 +49,111 @@ class CreateVariablesResult(NamedTuple):
     """Names this call created."""
     existing: tuple[str, ...]
     """Names that existed with an identical declaration and were kept as they were."""
+
+
+@dataclass(frozen=True)
+class Async:
+    """Asynchronous training: each push is applied as it arrives (the default).
+
+    Attributes:
+        max_staleness: a push whose ``step`` is more than this many iterations
+            behind the optimizer is dropped and reported stale (bounded
+            staleness); None applies every push.
+    """
+
+    max_staleness: int | None = None
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Synchronous training with the semantics of TF1's SyncReplicasOptimizer.
+
+    Gradients for the same step from ``replicas_to_aggregate`` distinct workers
+    are combined in worker-id order and applied in one ``apply_gradients``.
+    Pushes for a step already applied are dropped and reported stale.
+
+    Attributes:
+        replicas_to_aggregate: contributions that close a step (N).
+        total_num_replicas: workers in the job (M >= N); the extra ones are
+            backups. None means N.
+        reduction: "sum" (Keras's default aggregation) or "mean".
+        timeout: seconds after a step's first contribution before it closes
+            with what arrived.
+        on_timeout: "apply" the contributions that arrived, or "drop" them
+            (iterations unchanged; workers push the step again).
+    """
+
+    replicas_to_aggregate: int
+    total_num_replicas: int | None = None
+    reduction: Literal["sum", "mean"] = "sum"
+    timeout: float = 60.0
+    on_timeout: Literal["apply", "drop"] = "apply"
+
+
+Aggregation = Async | Sync
+"""An optimizer's aggregation mode."""
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """Server-side behaviour of an optimizer beyond its Keras config."""
+
+    aggregation: Aggregation
+    """The aggregation mode."""
+    on_non_finite: Literal["reject", "skip"]
+    """What pushes with NaN or Inf gradients do."""
+
+
+class Outcome(enum.Enum):
+    """What a push did for one optimizer."""
+
+    APPLIED = "applied"
+    """Applied on its own (async)."""
+    AGGREGATED = "aggregated"
+    """Aggregated into a sync step, which was then applied."""
+    STALE = "stale"
+    """Dropped: computed from a step already applied, or beyond max_staleness."""
+    SKIPPED = "skipped"
+    """Skipped for non-finite values ("skip" policy); iterations grew by one."""
+    DROPPED = "dropped"
+    """Dropped with its sync step, closed by timeout with on_timeout="drop"."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did, per optimizer it touched."""
+
+    outcomes: dict[str, Outcome]
+    """Outcome per optimizer name."""
+    iterations: dict[str, int]
+    """``iterations`` per optimizer name, after the push."""
+    request_id: str
+    """The id the push was sent with; a retry with it is never applied twice."""
+
+    @property
+    def stale(self) -> bool:
+        """True if the push was dropped as stale for any optimizer."""
+        return Outcome.STALE in self.outcomes.values()
+
+    @property
+    def applied(self) -> bool:
+        """True if every optimizer applied or aggregated the push."""
+        return all(o in (Outcome.APPLIED, Outcome.AGGREGATED) for o in self.outcomes.values())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries calls that failed with UNAVAILABLE or DEADLINE_EXCEEDED.
+
+    Every call is safe to retry: pushes carry a request id the server
+    deduplicates, and the other calls are idempotent.
+    """
+
+    max_attempts: int = 5
+    """Attempts in all, the first included; 1 disables retries."""
+    initial_backoff: float = 0.1
+    """Seconds before the first retry."""
+    max_backoff: float = 5.0
+    """Longest wait between attempts, in seconds."""
+    multiplier: float = 2.0
+    """Growth of the wait after each attempt."""

@@ -87,7 +87,8 @@ class Metrics:
         )
         self.clip_events = Counter(
             "tfps_gradient_clip_events",
-            "Applied gradients that clipping changed, by kind (clipnorm, clipvalue, global_clipnorm).",
+            "Applied gradients that clipping changed, by kind "
+            "(clipnorm, clipvalue, global_clipnorm).",
             ["optimizer", "kind"],
             registry=r,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -16,6 +16,13 @@ from tfps_client._proto.tfps.v1 import errors_pb2, tensor_pb2
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client.errors import ERROR_DETAIL_KEY
+from tfps_server.aggregation import (
+    AsyncOptions,
+    OptimizerOptions,
+    Outcome,
+    PushResult,
+    SyncOptions,
+)
 from tfps_server.errors import InvalidArgument, ServerError
 from tfps_server.store import DenseGradient, Gradient, SparseGradient, Store
 
@@ -95,7 +102,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def CreateOptimizer(
         self, request: pb.CreateOptimizerRequest, context: grpc.ServicerContext
     ) -> pb.CreateOptimizerResponse:
-        created = self._store.create_optimizer(request.name, request.config_json)
+        options = _options_from_proto(request.options)
+        created = self._store.create_optimizer(request.name, request.config_json, options)
         return pb.CreateOptimizerResponse(created=created)
 
     @_rpc
@@ -128,18 +136,27 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
     ) -> pb.PushResponse:
         first, arrays = self._read(request_iterator, _gradient_specs)
-        iterations = self._store.push(_gradients(first.gradients, arrays))
-        return pb.PushResponse(iterations=iterations)
+        results = self._store.push(_gradients(first.gradients, arrays), **_push_context(first))
+        return _push_response(results)
+
+    @_rpc
+    def PushPull(
+        self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.PushPullResponse]:
+        first, arrays = self._read(request_iterator, _gradient_specs)
+        results, pulled = self._store.push_pull(
+            _gradients(first.gradients, arrays), list(first.pull), **_push_context(first)
+        )
+        header = {"push": _push_response(results), "tensors": _named_specs(pulled)}
+        return self._send(pb.PushPullResponse, header, [value for _, value in pulled])
 
     @_rpc
     def Pull(
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullResponse]:
         pulled = self._store.pull(list(request.names))
-        specs = [
-            pb.NamedTensorSpec(name=name, spec=tensors.spec_of(value)) for name, value in pulled
-        ]
-        return self._send(pb.PullResponse, {"tensors": specs}, [value for _, value in pulled])
+        header = {"tensors": _named_specs(pulled)}
+        return self._send(pb.PullResponse, header, [value for _, value in pulled])
 
     @_rpc
     def PullRows(
@@ -171,7 +188,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self, request: pb.GetOptimizerConfigRequest, context: grpc.ServicerContext
     ) -> pb.GetOptimizerConfigResponse:
         config = self._store.get_config(request.optimizer)
-        return pb.GetOptimizerConfigResponse(config_json=json.dumps(config))
+        options = _options_to_proto(self._store.optimizer(request.optimizer).options)
+        return pb.GetOptimizerConfigResponse(config_json=json.dumps(config), options=options)
 
     @_rpc
     def GetIterations(
@@ -250,3 +268,98 @@ def _gradients(headers: Iterable[pb.GradientHeader], arrays: list[np.ndarray]) -
                 SparseGradient(header.variable, values, indices, tuple(header.sparse.dense_shape))
             )
     return gradients
+
+
+def _named_specs(pulled: Sequence[tuple[str, np.ndarray]]) -> list[pb.NamedTensorSpec]:
+    return [pb.NamedTensorSpec(name=name, spec=tensors.spec_of(value)) for name, value in pulled]
+
+
+def _push_context(first: pb.PushRequest) -> dict[str, Any]:
+    return {
+        "request_id": first.request_id,
+        "worker": first.worker,
+        "step": first.step if first.HasField("step") else None,
+    }
+
+
+_OUTCOMES = {
+    Outcome.APPLIED: pb.PUSH_OUTCOME_APPLIED,
+    Outcome.AGGREGATED: pb.PUSH_OUTCOME_AGGREGATED,
+    Outcome.STALE: pb.PUSH_OUTCOME_STALE,
+    Outcome.SKIPPED: pb.PUSH_OUTCOME_SKIPPED,
+    Outcome.DROPPED: pb.PUSH_OUTCOME_DROPPED,
+}
+_REDUCTIONS = {pb.REDUCTION_UNSPECIFIED: "sum", pb.REDUCTION_SUM: "sum", pb.REDUCTION_MEAN: "mean"}
+_TIMEOUT_ACTIONS = {
+    pb.TIMEOUT_ACTION_UNSPECIFIED: "apply",
+    pb.TIMEOUT_ACTION_APPLY: "apply",
+    pb.TIMEOUT_ACTION_DROP: "drop",
+}
+_NON_FINITE = {
+    pb.NON_FINITE_POLICY_UNSPECIFIED: "reject",
+    pb.NON_FINITE_POLICY_REJECT: "reject",
+    pb.NON_FINITE_POLICY_SKIP: "skip",
+}
+
+
+def _push_response(results: dict[str, PushResult]) -> pb.PushResponse:
+    return pb.PushResponse(
+        results={
+            name: pb.OptimizerPushResult(outcome=_OUTCOMES[r.outcome], iterations=r.iterations)
+            for name, r in results.items()
+        }
+    )
+
+
+def _lookup(table: Mapping[Any, str], value: int, what: str) -> str:
+    if value not in table:
+        raise InvalidArgument(
+            f"{what}: expected one of {sorted(table)}, received enum value {value}",
+            "INVALID_OPTIONS",
+        )
+    return table[value]
+
+
+def _options_from_proto(options: pb.OptimizerOptions) -> OptimizerOptions:
+    aggregation: AsyncOptions | SyncOptions = AsyncOptions()
+    if options.HasField("synchronous"):
+        sync = options.synchronous
+        aggregation = SyncOptions(
+            replicas_to_aggregate=sync.replicas_to_aggregate,
+            total_num_replicas=sync.total_num_replicas or sync.replicas_to_aggregate,
+            reduction=_lookup(_REDUCTIONS, sync.reduction, "reduction"),
+            timeout_seconds=sync.timeout_seconds,
+            on_timeout=_lookup(_TIMEOUT_ACTIONS, sync.on_timeout, "on_timeout"),
+        )
+    elif options.asynchronous.HasField("max_staleness"):
+        aggregation = AsyncOptions(max_staleness=options.asynchronous.max_staleness)
+    on_non_finite = _lookup(_NON_FINITE, options.on_non_finite, "on_non_finite")
+    return OptimizerOptions(aggregation=aggregation, on_non_finite=on_non_finite)
+
+
+def _options_to_proto(options: OptimizerOptions) -> pb.OptimizerOptions:
+    message = pb.OptimizerOptions(
+        on_non_finite=pb.NON_FINITE_POLICY_SKIP
+        if options.on_non_finite == "skip"
+        else pb.NON_FINITE_POLICY_REJECT
+    )
+    aggregation = options.aggregation
+    if isinstance(aggregation, SyncOptions):
+        message.synchronous.CopyFrom(
+            pb.SyncAggregation(
+                replicas_to_aggregate=aggregation.replicas_to_aggregate,
+                total_num_replicas=aggregation.total_num_replicas,
+                reduction=pb.REDUCTION_MEAN
+                if aggregation.reduction == "mean"
+                else pb.REDUCTION_SUM,
+                timeout_seconds=aggregation.timeout_seconds,
+                on_timeout=pb.TIMEOUT_ACTION_DROP
+                if aggregation.on_timeout == "drop"
+                else pb.TIMEOUT_ACTION_APPLY,
+            )
+        )
+    else:
+        message.asynchronous.SetInParent()
+        if aggregation.max_staleness is not None:
+            message.asynchronous.max_staleness = aggregation.max_staleness
+    return message

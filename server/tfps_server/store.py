@@ -8,10 +8,12 @@ that touches several optimizers takes their locks in name order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -21,7 +23,9 @@ import tensorflow as tf
 import tf_keras
 
 from tfps_server import optimizers
-from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound
+from tfps_server.aggregation import OptimizerOptions, Outcome, Policy, Prepared, PushResult
+from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound, ServerError
+from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
 from tfps_server.metrics import Metrics
 
 _log = logging.getLogger(__name__)
@@ -61,15 +65,21 @@ Gradient = DenseGradient | SparseGradient
 
 @dataclass(eq=False)
 class ManagedOptimizer:
-    """A named Keras optimizer and the lock that serializes its use."""
+    """A named Keras optimizer, its aggregation policy, and the lock that serializes its use."""
 
     name: str
     optimizer: tf_keras.optimizers.legacy.Optimizer
     spec: optimizers.OptimizerSpec
     config: dict[str, Any]
     """The Keras config at creation, to compare later declarations with."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    options: OptimizerOptions
+    lock: threading.Condition
+    policy: Policy
     checked_dtypes: set[str] = field(default_factory=set)
+
+    def iterations(self) -> int:
+        """Returns the optimizer's ``iterations``; the caller holds the lock."""
+        return int(self.optimizer.iterations.numpy())
 
 
 @dataclass(eq=False)
@@ -125,23 +135,32 @@ class Store:
         metrics: where to count what happens; a fresh registry if None.
     """
 
-    def __init__(self, device: str | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        device: str | None = None,
+        metrics: Metrics | None = None,
+        request_window: int = DEFAULT_WINDOW,
+    ) -> None:
         self.device = resolve_device(device)
         self.metrics = metrics if metrics is not None else Metrics()
+        self._requests: RequestLog[dict[str, PushResult]] = RequestLog(request_window)
         self._structure = threading.RLock()
         self._optimizers: dict[str, ManagedOptimizer] = {}
         self._variables: dict[str, ManagedVariable] = {}
 
     # Optimizers -------------------------------------------------------------------------------
 
-    def create_optimizer(self, name: str, config_json: str) -> bool:
+    def create_optimizer(
+        self, name: str, config_json: str, options: OptimizerOptions | None = None
+    ) -> bool:
         """Creates a named optimizer; returns False if an equal one exists.
 
         Raises:
-            InvalidArgument: bad name or config.
-            AlreadyExists: the name exists with a different config.
+            InvalidArgument: bad name, config or options.
+            AlreadyExists: the name exists with a different config or options.
         """
         _check_name("optimizer", name)
+        options = options if options is not None else OptimizerOptions()
         spec = optimizers.parse(config_json)
         with self._structure:
             existing = self._optimizers.get(name)
@@ -149,10 +168,10 @@ class Store:
                 candidate = optimizers.instantiate(spec)
             config = optimizers.serialize(candidate)
             if existing is not None:
-                if existing.config != config:
+                if existing.config != config or existing.options != options:
                     raise AlreadyExists(
-                        f"optimizer {name!r}: exists with config {json.dumps(existing.config)}, "
-                        f"received {json.dumps(config)}",
+                        f"optimizer {name!r}: exists with config {json.dumps(existing.config)} "
+                        f"and {existing.options}, received {json.dumps(config)} and {options}",
                         "OPTIMIZER_EXISTS",
                         {"optimizer": name},
                     )
@@ -160,8 +179,12 @@ class Store:
             with tf.device(self.device), tf.init_scope():
                 _ = candidate.iterations
                 candidate._create_hypers()
-            self._optimizers[name] = ManagedOptimizer(name, candidate, spec, config)
-            _log.info("created optimizer %r: %s", name, json.dumps(config))
+            lock = threading.Condition()
+            policy = options.policy(lock, self.metrics, name)
+            self._optimizers[name] = ManagedOptimizer(
+                name, candidate, spec, config, options, lock, policy
+            )
+            _log.info("created optimizer %r: %s, %s", name, json.dumps(config), options)
             return True
 
     def optimizer(self, name: str) -> ManagedOptimizer:
@@ -189,7 +212,7 @@ class Store:
         """Returns the optimizer's ``iterations``."""
         managed = self.optimizer(name)
         with managed.lock:
-            return int(managed.optimizer.iterations.numpy())
+            return managed.iterations()
 
     def slot_names(self, name: str) -> list[str]:
         """Returns the optimizer's slot names in creation order."""
@@ -368,19 +391,61 @@ class Store:
                 )
             return managed.optimizer.optimizer.get_slot(managed.variable, slot).numpy()
 
-    def push(self, gradients: Sequence[Gradient]) -> dict[str, int]:
-        """Applies gradients: one ``apply_gradients`` per optimizer touched.
+    def push(
+        self,
+        gradients: Sequence[Gradient],
+        *,
+        request_id: str = "",
+        worker: str = "",
+        step: int | None = None,
+    ) -> dict[str, PushResult]:
+        """Hands gradients to the aggregation policy of each optimizer they touch.
 
-        Every gradient is checked first; nothing changes unless all are valid.
+        Every gradient is checked first, so nothing changes unless all are valid.
+        A request id seen before returns the original result without applying again.
+
+        Args:
+            gradients: at most one per variable.
+            request_id: makes retries of the same push safe; empty disables that.
+            worker: id of the pushing worker (required by sync optimizers).
+            step: the iterations the gradients were computed from; None means current.
 
         Returns:
-            ``iterations`` of each optimizer touched, after the update.
+            Outcome and ``iterations`` after the push, per optimizer touched.
 
         Raises:
             NotFound: unknown variable.
-            InvalidArgument: duplicate variable, wrong shape, dtype, index or non-finite values.
+            InvalidArgument: duplicate variable, wrong shape, dtype, index, or
+                non-finite values for an optimizer that rejects them.
+            FailedPrecondition: a step ahead of the optimizer, or a second
+                contribution of one worker to a sync step.
         """
-        by_optimizer: dict[str, list[tuple[ManagedVariable, Gradient]]] = {}
+        try:
+            result, _ = self._requests.run(request_id, lambda: self._push(gradients, worker, step))
+        except ServerError as error:
+            self.metrics.push_rejections.labels(error.reason or "UNKNOWN").inc()
+            raise
+        return result
+
+    def push_pull(
+        self,
+        gradients: Sequence[Gradient],
+        pull: Sequence[str],
+        *,
+        request_id: str = "",
+        worker: str = "",
+        step: int | None = None,
+    ) -> tuple[dict[str, PushResult], list[tuple[str, np.ndarray]]]:
+        """Pushes, then pulls ``pull`` (checked before the push): one round trip for workers."""
+        for name in pull:
+            self.variable(name)
+        results = self.push(gradients, request_id=request_id, worker=worker, step=step)
+        return results, self.pull(pull)
+
+    def _push(
+        self, gradients: Sequence[Gradient], worker: str, step: int | None
+    ) -> dict[str, PushResult]:
+        by_optimizer: dict[str, list[Prepared]] = {}
         seen: set[str] = set()
         for gradient in gradients:
             managed = self.variable(gradient.variable)
@@ -392,19 +457,80 @@ class Store:
                 )
             seen.add(gradient.variable)
             _check_gradient(managed, gradient)
-            by_optimizer.setdefault(managed.optimizer.name, []).append((managed, gradient))
-        touched = [self._optimizers[name] for name in by_optimizer]
-        iterations = {}
-        with self._locked(touched), tf.device(self.device):
-            for managed_optimizer in touched:
-                pairs = sorted(by_optimizer[managed_optimizer.name], key=lambda p: p[0].position)
-                managed_optimizer.optimizer.apply_gradients(
-                    [(_to_tensor(m, g), m.variable) for m, g in pairs]
+            if managed.optimizer.options.on_non_finite == "reject":
+                self._check_finite(managed, gradient.values)
+            by_optimizer.setdefault(managed.optimizer.name, []).append(_prepare(managed, gradient))
+        results = {}
+        for name in sorted(by_optimizer):
+            managed_optimizer = self._optimizers[name]
+            with managed_optimizer.lock:
+                result = managed_optimizer.policy.submit(
+                    worker,
+                    step,
+                    by_optimizer[name],
+                    managed_optimizer.iterations,
+                    functools.partial(self._apply, managed_optimizer),
                 )
-                iterations[managed_optimizer.name] = int(
-                    managed_optimizer.optimizer.iterations.numpy()
-                )
-        return iterations
+            self.metrics.pushes.labels(name, result.outcome.value).inc()
+            results[name] = result
+        return results
+
+    def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            self.metrics.non_finite_gradients.labels(managed.optimizer.name, "rejected").inc()
+            raise InvalidArgument(
+                f"variable {managed.name!r}: expected finite gradient values, "
+                f"received {bad} non-finite",
+                "NON_FINITE_GRADIENT",
+                {"variable": managed.name, "received": bad},
+            )
+
+    def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared]) -> Outcome:
+        """Applies one combined gradient list; the caller holds the optimizer's lock.
+
+        Non-finite values (which only reach here under the "skip" policy, or when
+        aggregation overflows) skip the update; ``iterations`` still grows by one,
+        as with Keras's LossScaleOptimizer.
+        """
+        variables = self.variables()
+        squares = [np.square(g.values, dtype=np.float64).sum() for g in gradients]
+        norm = float(np.sqrt(np.sum(squares)))
+        if not np.isfinite(norm):
+            self.metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
+            with tf.device(self.device):
+                managed.optimizer.iterations.assign_add(1)
+            return Outcome.SKIPPED
+        self.metrics.gradient_norm.labels(managed.name).observe(norm)
+        self._count_clipping(managed, gradients, squares, norm)
+        start = time.perf_counter()
+        with tf.device(self.device):
+            managed.optimizer.apply_gradients(
+                [(_to_tensor(g), variables[g.position].variable) for g in gradients]
+            )
+        self.metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
+        return Outcome.APPLIED
+
+    def _count_clipping(
+        self,
+        managed: ManagedOptimizer,
+        gradients: Sequence[Prepared],
+        squares: Sequence[float],
+        norm: float,
+    ) -> None:
+        optimizer = managed.optimizer
+        clipped = {
+            "global_clipnorm": optimizer.global_clipnorm is not None
+            and norm > optimizer.global_clipnorm,
+            "clipnorm": optimizer.clipnorm is not None
+            and any(np.sqrt(sq) > optimizer.clipnorm for sq in squares),
+            "clipvalue": optimizer.clipvalue is not None
+            and any(np.abs(g.values).max(initial=0) > optimizer.clipvalue for g in gradients),
+        }
+        for kind, happened in clipped.items():
+            if happened:
+                self.metrics.clip_events.labels(managed.name, kind).inc()
 
     @contextlib.contextmanager
     def _locked(self, managed: Any) -> Iterator[None]:
@@ -474,14 +600,6 @@ def _check_gradient(managed: ManagedVariable, gradient: Gradient) -> None:
         expected_values = (len(gradient.indices), *managed.shape[1:])
         _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
         _check_rows(managed, gradient.indices)
-    finite = np.isfinite(gradient.values)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise InvalidArgument(
-            f"variable {name!r}: expected finite gradient values, received {bad} non-finite",
-            "NON_FINITE_GRADIENT",
-            {"variable": name, "received": bad},
-        )
 
 
 def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
@@ -512,9 +630,15 @@ def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
             )
 
 
-def _to_tensor(managed: ManagedVariable, gradient: Gradient) -> tf.Tensor | tf.IndexedSlices:
-    dtype = managed.variable.dtype
-    values = tf.cast(tf.constant(gradient.values), dtype)
-    if isinstance(gradient, DenseGradient):
+def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:
+    """Casts a validated gradient up to the variable's dtype."""
+    values = gradient.values.astype(managed.dtype, copy=False)
+    indices = gradient.indices if isinstance(gradient, SparseGradient) else None
+    return Prepared(managed.position, values, indices, managed.shape)
+
+
+def _to_tensor(gradient: Prepared) -> tf.Tensor | tf.IndexedSlices:
+    values = tf.constant(gradient.values)
+    if gradient.indices is None:
         return values
-    return tf.IndexedSlices(values, tf.constant(gradient.indices), tf.constant(managed.shape))
+    return tf.IndexedSlices(values, tf.constant(gradient.indices), tf.constant(gradient.shape))

@@ -1,5 +1,6 @@
 from tfps_client._proto.tfps.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,13 +8,87 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Reduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REDUCTION_UNSPECIFIED: _ClassVar[Reduction]
+    REDUCTION_SUM: _ClassVar[Reduction]
+    REDUCTION_MEAN: _ClassVar[Reduction]
+
+class TimeoutAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIMEOUT_ACTION_UNSPECIFIED: _ClassVar[TimeoutAction]
+    TIMEOUT_ACTION_APPLY: _ClassVar[TimeoutAction]
+    TIMEOUT_ACTION_DROP: _ClassVar[TimeoutAction]
+
+class NonFinitePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NON_FINITE_POLICY_UNSPECIFIED: _ClassVar[NonFinitePolicy]
+    NON_FINITE_POLICY_REJECT: _ClassVar[NonFinitePolicy]
+    NON_FINITE_POLICY_SKIP: _ClassVar[NonFinitePolicy]
+
+class PushOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_OUTCOME_UNSPECIFIED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_APPLIED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_AGGREGATED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_STALE: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_SKIPPED: _ClassVar[PushOutcome]
+    PUSH_OUTCOME_DROPPED: _ClassVar[PushOutcome]
+REDUCTION_UNSPECIFIED: Reduction
+REDUCTION_SUM: Reduction
+REDUCTION_MEAN: Reduction
+TIMEOUT_ACTION_UNSPECIFIED: TimeoutAction
+TIMEOUT_ACTION_APPLY: TimeoutAction
+TIMEOUT_ACTION_DROP: TimeoutAction
+NON_FINITE_POLICY_UNSPECIFIED: NonFinitePolicy
+NON_FINITE_POLICY_REJECT: NonFinitePolicy
+NON_FINITE_POLICY_SKIP: NonFinitePolicy
+PUSH_OUTCOME_UNSPECIFIED: PushOutcome
+PUSH_OUTCOME_APPLIED: PushOutcome
+PUSH_OUTCOME_AGGREGATED: PushOutcome
+PUSH_OUTCOME_STALE: PushOutcome
+PUSH_OUTCOME_SKIPPED: PushOutcome
+PUSH_OUTCOME_DROPPED: PushOutcome
+
 class CreateOptimizerRequest(_message.Message):
-    __slots__ = ("name", "config_json")
+    __slots__ = ("name", "config_json", "options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     config_json: str
-    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ...) -> None: ...
+    options: OptimizerOptions
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., options: _Optional[_Union[OptimizerOptions, _Mapping]] = ...) -> None: ...
+
+class AsyncAggregation(_message.Message):
+    __slots__ = ("max_staleness",)
+    MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
+    max_staleness: int
+    def __init__(self, max_staleness: _Optional[int] = ...) -> None: ...
+
+class SyncAggregation(_message.Message):
+    __slots__ = ("replicas_to_aggregate", "total_num_replicas", "reduction", "timeout_seconds", "on_timeout")
+    REPLICAS_TO_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_NUM_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ON_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    replicas_to_aggregate: int
+    total_num_replicas: int
+    reduction: Reduction
+    timeout_seconds: float
+    on_timeout: TimeoutAction
+    def __init__(self, replicas_to_aggregate: _Optional[int] = ..., total_num_replicas: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., timeout_seconds: _Optional[float] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ...) -> None: ...
+
+class OptimizerOptions(_message.Message):
+    __slots__ = ("asynchronous", "synchronous", "on_non_finite")
+    ASYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
+    ON_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
+    asynchronous: AsyncAggregation
+    synchronous: SyncAggregation
+    on_non_finite: NonFinitePolicy
+    def __init__(self, asynchronous: _Optional[_Union[AsyncAggregation, _Mapping]] = ..., synchronous: _Optional[_Union[SyncAggregation, _Mapping]] = ..., on_non_finite: _Optional[_Union[NonFinitePolicy, str]] = ...) -> None: ...
 
 class CreateOptimizerResponse(_message.Message):
     __slots__ = ("created",)
@@ -80,25 +155,51 @@ class GradientHeader(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., dense: _Optional[_Union[_tensor_pb2.DenseSpec, _Mapping]] = ..., sparse: _Optional[_Union[_tensor_pb2.IndexedSlicesSpec, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "chunks")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    worker: str
+    step: int
+    pull: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OptimizerPushResult(_message.Message):
+    __slots__ = ("outcome", "iterations")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    outcome: PushOutcome
+    iterations: int
+    def __init__(self, outcome: _Optional[_Union[PushOutcome, str]] = ..., iterations: _Optional[int] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("iterations",)
-    class IterationsEntry(_message.Message):
+    __slots__ = ("results",)
+    class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: int
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
-    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
-    iterations: _containers.ScalarMap[str, int]
-    def __init__(self, iterations: _Optional[_Mapping[str, int]] = ...) -> None: ...
+        value: OptimizerPushResult
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[OptimizerPushResult, _Mapping]] = ...) -> None: ...
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.MessageMap[str, OptimizerPushResult]
+    def __init__(self, results: _Optional[_Mapping[str, OptimizerPushResult]] = ...) -> None: ...
+
+class PushPullResponse(_message.Message):
+    __slots__ = ("push", "tensors", "chunks")
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    push: PushResponse
+    tensors: _containers.RepeatedCompositeFieldContainer[NamedTensorSpec]
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, push: _Optional[_Union[PushResponse, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[NamedTensorSpec, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("names",)
@@ -173,10 +274,12 @@ class GetOptimizerConfigRequest(_message.Message):
     def __init__(self, optimizer: _Optional[str] = ...) -> None: ...
 
 class GetOptimizerConfigResponse(_message.Message):
-    __slots__ = ("config_json",)
+    __slots__ = ("config_json", "options")
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     config_json: str
-    def __init__(self, config_json: _Optional[str] = ...) -> None: ...
+    options: OptimizerOptions
+    def __init__(self, config_json: _Optional[str] = ..., options: _Optional[_Union[OptimizerOptions, _Mapping]] = ...) -> None: ...
 
 class GetIterationsRequest(_message.Message):
     __slots__ = ("optimizer",)

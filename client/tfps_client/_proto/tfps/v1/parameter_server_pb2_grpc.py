@@ -60,6 +60,11 @@ class ParameterServerStub:
                 request_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
                 response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.PushPull = channel.stream_stream(
+                '/tfps.v1.ParameterServer/PushPull',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.FromString,
+                _registered_method=True)
         self.Pull = channel.unary_stream(
                 '/tfps.v1.ParameterServer/Pull',
                 request_serializer=tfps_dot_v1_dot_parameter__server__pb2.PullRequest.SerializeToString,
@@ -138,7 +143,14 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Push(self, request_iterator, context):
-        """Applies gradients: one apply_gradients call per optimizer touched.
+        """Applies gradients as each touched optimizer's aggregation mode says.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushPull(self, request_iterator, context):
+        """Pushes, then returns the updated values of the variables named in the request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +241,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.FromString,
                     response_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushResponse.SerializeToString,
+            ),
+            'PushPull': grpc.stream_stream_rpc_method_handler(
+                    servicer.PushPull,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.SerializeToString,
             ),
             'Pull': grpc.unary_stream_rpc_method_handler(
                     servicer.Pull,
@@ -390,6 +407,33 @@ class ParameterServer:
             '/tfps.v1.ParameterServer/Push',
             tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
             tfps_dot_v1_dot_parameter__server__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushPull(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tfps.v1.ParameterServer/PushPull',
+            tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.FromString,
             options,
             channel_credentials,
             insecure,
