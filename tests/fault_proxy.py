@@ -13,6 +13,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+
 from tfps_client import channel_options
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 from prometheus_client import generate_latest
+
 from tfps_client import (
     Async,
     Client,
@@ -134,7 +135,7 @@ def test_max_staleness_drops_only_pushes_beyond_the_bound(client: Client) -> Non
     np.testing.assert_array_equal(client.pull(["w"])["w"], np.full(SHAPE, -5.0))
     inside = client.push({"w": np.ones(SHAPE, np.float32)}, step=3)
     assert inside.outcomes == {"sgd": Outcome.APPLIED} and inside.iterations == {"sgd": 6}
-    with pytest.raises(FailedPreconditionError, match="computed at step 99.*iterations 6"):
+    with pytest.raises(FailedPreconditionError, match=r"computed at step 99.*iterations 6"):
         client.push({"w": np.ones(SHAPE, np.float32)}, step=99)
 
 
@@ -204,8 +205,8 @@ def test_sync_steps_are_order_independent_and_equal_a_local_apply(
             shuffle.shuffle(order)
             results: list[PushResult] = run_concurrently(
                 [
-                    lambda w=w, g=g: client.push(
-                        {f"v{run}": as_push(g)}, worker=WORKERS[w], step=step
+                    lambda w=w, g=g, v=f"v{run}", s=step: client.push(
+                        {v: as_push(g)}, worker=WORKERS[w], step=s
                     )
                     for w, g in enumerate(gradients)
                 ],
@@ -353,7 +354,9 @@ def test_non_finite_reject_and_skip(client: Client, server: RunningServer) -> No
     assert result.outcomes == {"skip": Outcome.SKIPPED} and result.iterations == {"skip": 1}
     np.testing.assert_array_equal(client.pull(["s"])["s"], np.ones(SHAPE, np.float32))
     after = client.get_weights("skip")
-    assert after[0] == 1 and all(np.array_equal(a, b) for a, b in zip(before[1:], after[1:]))
+    assert after[0] == 1 and all(
+        np.array_equal(a, b) for a, b in zip(before[1:], after[1:], strict=True)
+    )
     scrape = generate_latest(server.store.metrics.registry).decode()
     assert 'tfps_non_finite_gradients_total{action="rejected",optimizer="reject"} 1.0' in scrape
     assert 'tfps_non_finite_gradients_total{action="skipped",optimizer="skip"} 1.0' in scrape

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
+
 from tfps_client import Client, Outcome, RetryPolicy, UnavailableError
 from tfps_server import RunningServer
 
