@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -18,10 +20,11 @@ from tfps_client import tensors
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client._proto.tfps.v1 import tensor_pb2
-from tfps_client.errors import from_rpc_error
+from tfps_client.errors import DataLossError, from_rpc_error
 from tfps_client.types import (
     Aggregation,
     Async,
+    CheckpointInfo,
     CreateVariablesResult,
     IndexedSlices,
     OptimizerOptions,
@@ -229,16 +232,7 @@ class Client:
     def list_variables(self) -> list[VariableInfo]:
         """Returns every variable the server holds, in creation order."""
         response = self._unary(self._stub.ListVariables, pb.ListVariablesRequest())
-        return [
-            VariableInfo(
-                name=info.name,
-                shape=tensors.spec_shape(info.spec),
-                dtype=tensors.numpy_dtype(info.spec.dtype),
-                optimizer=info.optimizer,
-                device=info.device,
-            )
-            for info in response.variables
-        ]
+        return [_variable_info(info) for info in response.variables]
 
     def push(
         self,
@@ -314,6 +308,44 @@ class Client:
         _, (rows,) = self._download(self._stub.PullRows, request, lambda first: [first.rows])
         return rows
 
+    # Checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> CheckpointInfo:
+        """Makes the server write a checkpoint of its whole state now."""
+        response = self._unary(self._stub.SaveCheckpoint, pb.SaveCheckpointRequest())
+        return _checkpoint_info(response.checkpoint)
+
+    def list_checkpoints(self) -> list[CheckpointInfo]:
+        """Returns the checkpoints the server retains, oldest first."""
+        response = self._unary(self._stub.ListCheckpoints, pb.ListCheckpointsRequest())
+        return [_checkpoint_info(c) for c in response.checkpoints]
+
+    def restore_checkpoint(self, checkpoint_id: int | None = None) -> CheckpointInfo:
+        """Replaces the server's whole state with a checkpoint's (the latest when None)."""
+        request = pb.RestoreCheckpointRequest(id=checkpoint_id or 0)
+        return _checkpoint_info(self._unary(self._stub.RestoreCheckpoint, request).checkpoint)
+
+    def download_checkpoint(self, checkpoint_id: int | None, dest_dir: str | Path) -> str:
+        """Downloads a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
+
+        Files are written as ``*.partial`` and renamed only once verified, so an
+        interrupted download never leaves a checkpoint that looks complete.
+
+        Args:
+            checkpoint_id: the checkpoint; None for the latest.
+            dest_dir: the local directory (created if needed).
+
+        Returns:
+            The local path prefix, as ``tf.train.load_checkpoint`` takes it.
+
+        Raises:
+            DataLossError: a file's size or digest does not match the server's.
+        """
+        request = pb.DownloadCheckpointRequest(id=checkpoint_id or 0)
+        return self._with_retries(
+            lambda: _download_files(self._stub, request, dest_dir, self.timeout)
+        )
+
     # Plumbing ---------------------------------------------------------------------------------
 
     def _with_retries(self, attempt: Callable[[], _T]) -> _T:
@@ -379,6 +411,73 @@ def _as_indexed_slices(value: Any) -> IndexedSlices | None:
             dense_shape=None if dense_shape is None else tuple(dense_shape.numpy().tolist()),
         )
     return None
+
+
+def _checkpoint_info(message: pb.CheckpointInfo) -> CheckpointInfo:
+    return CheckpointInfo(
+        id=message.id,
+        path=message.path,
+        saved_at=message.saved_at,
+        size_bytes=message.size_bytes,
+        iterations=dict(message.iterations),
+        variables=tuple(_variable_info(v) for v in message.variables),
+    )
+
+
+def _variable_info(info: pb.VariableInfo) -> VariableInfo:
+    return VariableInfo(
+        name=info.name,
+        shape=tensors.spec_shape(info.spec),
+        dtype=tensors.numpy_dtype(info.spec.dtype),
+        optimizer=info.optimizer,
+        device=info.device,
+    )
+
+
+def _download_files(
+    stub: pb_grpc.ParameterServerStub,
+    request: pb.DownloadCheckpointRequest,
+    dest_dir: str | Path,
+    timeout: float | None,
+) -> str:
+    directory = Path(dest_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    digests: dict[str, Any] = {}
+    handles: dict[str, BinaryIO] = {}
+    manifest = None
+    try:
+        for message in stub.DownloadCheckpoint(request, timeout=timeout):
+            if message.HasField("manifest"):
+                manifest = message.manifest
+                break
+            chunk = message.chunk
+            name = Path(chunk.file).name
+            if name not in handles:
+                handles[name] = (directory / f"{name}.partial").open("wb")
+                digests[name] = hashlib.sha256()
+            if handles[name].tell() != chunk.offset:
+                raise DataLossError(
+                    f"{name}: expected offset {handles[name].tell()}, received {chunk.offset}"
+                )
+            handles[name].write(chunk.data)
+            digests[name].update(chunk.data)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    if manifest is None:
+        raise DataLossError("checkpoint download ended without its manifest")
+    for expected in manifest.files:
+        partial = directory / f"{expected.file}.partial"
+        size = partial.stat().st_size if partial.exists() else -1
+        digest = digests[expected.file].hexdigest() if expected.file in digests else ""
+        if size != expected.size or digest != expected.sha256:
+            raise DataLossError(
+                f"{expected.file}: expected {expected.size} bytes with sha256 {expected.sha256}, "
+                f"received {size} bytes with sha256 {digest or 'none'}"
+            )
+    for expected in manifest.files:
+        (directory / f"{expected.file}.partial").replace(directory / expected.file)
+    return str(directory / Path(manifest.checkpoint.path).name)
 
 
 def _push_header(

@@ -13,9 +13,11 @@ Typical worker loop::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from tfps_client import checkpoint_layout as layout
 from tfps_client.client import Client
 from tfps_client.types import CreateVariablesResult, PushResult
 
@@ -57,3 +59,123 @@ def pull_into(client: Client, variables: Sequence[Any]) -> None:
     values = client.pull([variable_name(v) for v in variables])
     for variable in variables:
         variable.assign(values[variable_name(variable)])
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_into` matched between a model and a checkpoint."""
+
+    loaded: tuple[str, ...]
+    """Checkpoint names loaded into the model."""
+    missing: tuple[str, ...]
+    """Model variables (checkpoint names after the name map) the checkpoint lacks."""
+    unexpected: tuple[str, ...]
+    """Checkpoint variables no model variable maps to."""
+    mismatched: tuple[str, ...]
+    """Names whose shapes differ, as ``"name: model [..] vs checkpoint [..]"``."""
+
+
+def load_into(
+    model: Any,
+    checkpoint: str,
+    optimizer: Any = None,
+    name_map: Mapping[str, str] | None = None,
+    strict: bool = True,
+) -> LoadReport:
+    """Loads a tfps checkpoint into a tf_keras model, and optionally a local optimizer.
+
+    Model variables are matched by name (``dense/kernel``); ``name_map`` maps a
+    model name to a different checkpoint name. Given a local
+    ``tf_keras.optimizers.legacy`` optimizer of the same class as the server's,
+    its slots, ``iterations`` and hyperparameters are loaded too, so local
+    training continues exactly where the server was.
+
+    Args:
+        model: a built tf_keras model; its trainable variables are loaded.
+        checkpoint: a checkpoint path prefix (``.../ckpt-3``) or a directory
+            (its latest checkpoint).
+        optimizer: a local legacy optimizer to load, or None.
+        name_map: model name -> checkpoint name, for renamed variables.
+        strict: raise when a model variable is missing or has another shape.
+
+    Raises:
+        ValueError: ``strict`` and names are missing or mismatched, or the
+            optimizer's class differs from the server optimizer's.
+    """
+    import tensorflow as tf
+
+    prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
+    reader = tf.train.load_checkpoint(prefix)
+    metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
+    declared = {v.name: v for v in metadata.variables}
+    names = dict(name_map or {})
+    pairs, missing, mismatched, mismatched_names = [], [], [], set()
+    for variable in model.trainable_variables:
+        local = variable_name(variable)
+        name = names.get(local, local)
+        entry = declared.get(name)
+        if entry is None:
+            missing.append(name)
+        elif tuple(variable.shape.as_list()) != entry.shape:
+            mismatched_names.add(name)
+            mismatched.append(
+                f"{name}: model {variable.shape.as_list()} vs checkpoint {list(entry.shape)}"
+            )
+        else:
+            pairs.append((entry, variable))
+    matched = {entry.name for entry, _ in pairs}
+    report = LoadReport(
+        loaded=tuple(sorted(matched)),
+        missing=tuple(missing),
+        unexpected=tuple(n for n in declared if n not in matched | mismatched_names),
+        mismatched=tuple(mismatched),
+    )
+    if strict and (report.missing or report.mismatched):
+        raise ValueError(
+            f"load_into {prefix}: missing {list(report.missing)}, "
+            f"shape mismatches {list(report.mismatched)}, unexpected {list(report.unexpected)}"
+        )
+    for entry, variable in pairs:
+        variable.assign(reader.get_tensor(layout.variable_key(entry.name)))
+    if optimizer is not None:
+        _load_optimizer(reader, metadata, optimizer, pairs)
+    return report
+
+
+def _load_optimizer(
+    reader: Any,
+    metadata: layout.CheckpointMetadata,
+    optimizer: Any,
+    pairs: Sequence[tuple[layout.VariableEntry, Any]],
+) -> None:
+    import tf_keras
+
+    owners = {entry.optimizer for entry, _ in pairs}
+    if len(owners) != 1:
+        raise ValueError(
+            f"load_into: the model's variables belong to optimizers {sorted(owners)}; "
+            "expected exactly one to load into the local optimizer"
+        )
+    saved = next(o for o in metadata.optimizers if o.name in owners)
+    if type(optimizer).__name__ != saved.class_name:
+        raise ValueError(
+            f"load_into: expected a {saved.class_name} optimizer as on the server, "
+            f"received {type(optimizer).__name__}"
+        )
+    ordered = sorted(pairs, key=lambda pair: metadata.variables.index(pair[0]))
+    for key, value in saved.config["config"].items():
+        if key in optimizer._hyper:
+            if isinstance(value, dict):
+                value = tf_keras.optimizers.schedules.deserialize(value)
+            setattr(optimizer, key, value)
+    optimizer._create_all_weights([variable for _, variable in ordered])
+    for entry, variable in ordered:
+        for slot in saved.slots:
+            optimizer.get_slot(variable, slot).assign(
+                reader.get_tensor(layout.slot_key(entry.name, slot))
+            )
+    slots = {id(optimizer.get_slot(v, s)) for _, v in ordered for s in saved.slots}
+    for weight in optimizer.weights:
+        if id(weight) not in slots:
+            short = layout.weight_name(weight.name)
+            weight.assign(reader.get_tensor(layout.optimizer_weight_key(saved.name, short)))

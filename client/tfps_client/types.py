@@ -157,3 +157,21 @@ class RetryPolicy:
     """Longest wait between attempts, in seconds."""
     multiplier: float = 2.0
     """Growth of the wait after each attempt."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint on the server's disk."""
+
+    id: int
+    """Its number, growing with every save."""
+    path: str
+    """Path prefix on the server's disk."""
+    saved_at: float
+    """Unix time of the save."""
+    size_bytes: int
+    """Bytes of its files."""
+    iterations: dict[str, int]
+    """``iterations`` of every optimizer at the save."""
+    variables: tuple[VariableInfo, ...]
+    """The variables it holds (``device`` is empty), in creation order."""

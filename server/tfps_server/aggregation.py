@@ -13,9 +13,9 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -306,3 +306,20 @@ class OptimizerOptions:
         if isinstance(self.aggregation, SyncOptions):
             return SyncPolicy(self.aggregation, lock, metrics, optimizer)
         return AsyncPolicy(self.aggregation)
+
+
+def options_to_dict(options: OptimizerOptions) -> dict[str, Any]:
+    """Returns JSON-ready options, as checkpoints record them."""
+    mode = "sync" if isinstance(options.aggregation, SyncOptions) else "async"
+    return {
+        "aggregation": mode,
+        **asdict(options.aggregation),
+        "on_non_finite": options.on_non_finite,
+    }
+
+
+def options_from_dict(data: Mapping[str, Any]) -> OptimizerOptions:
+    """Inverse of :func:`options_to_dict`."""
+    fields = {k: v for k, v in data.items() if k not in ("aggregation", "on_non_finite")}
+    mode = SyncOptions if data["aggregation"] == "sync" else AsyncOptions
+    return OptimizerOptions(mode(**fields), data["on_non_finite"])

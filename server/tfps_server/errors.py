@@ -50,3 +50,9 @@ class FailedPrecondition(ServerError):
     """The server's state does not allow the operation."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DataLoss(ServerError):
+    """Stored data (a checkpoint) is unreadable, truncated or corrupted."""
+
+    code = grpc.StatusCode.DATA_LOSS

@@ -3,33 +3,40 @@
 A retried request id is answered with the original result instead of being
 applied again; a retry that arrives while the original is still running waits
 for it. Failed requests are forgotten, so a retry is validated afresh.
+
+A push records its result for each optimizer while it holds that optimizer's
+lock, so a snapshot taken under all optimizer locks (a checkpoint) holds
+exactly the results whose updates it holds. After a restore, a retry of a push
+that the checkpoint caught half-way applies only the optimizers still missing.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Generic, TypeVar
-
-_Result = TypeVar("_Result")
+from collections.abc import Callable, Mapping
+from typing import Any
 
 DEFAULT_WINDOW = 100_000
 """Request ids remembered by default (the oldest are forgotten first)."""
 
+Results = dict[str, Any]
+"""Per-optimizer results of one push, filled in as each optimizer handles it."""
 
-class _Entry(Generic[_Result]):
-    def __init__(self) -> None:
+
+class _Entry:
+    def __init__(self, results: Results | None = None, complete: bool = False) -> None:
+        self.results: Results = dict(results or {})
+        self.complete = complete
         self.done = threading.Event()
-        self.result: _Result | None = None
         self.error: BaseException | None = None
 
 
-class RequestLog(Generic[_Result]):
+class RequestLog:
     """Remembers the results of the last ``window`` request ids.
 
     Args:
-        window: how many finished request ids are remembered.
+        window: how many request ids are remembered.
     """
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
@@ -37,28 +44,34 @@ class RequestLog(Generic[_Result]):
             raise ValueError(f"window: expected >= 1, received {window}")
         self.window = window
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry[_Result]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
-    def run(self, request_id: str, action: Callable[[], _Result]) -> tuple[_Result, bool]:
-        """Runs ``action`` once per request id; returns (result, replayed).
+    def run(self, request_id: str, action: Callable[[Results], None]) -> tuple[Results, bool]:
+        """Runs ``action`` once per request id; returns (results, replayed).
 
-        An empty request id always runs. An error is re-raised to every caller
-        waiting on the same id, and the id is forgotten.
+        ``action`` fills the results it is given, one optimizer at a time. An
+        empty request id always runs. An error reaches every caller waiting on
+        the same id, and the id is forgotten.
         """
         if not request_id:
-            return action(), False
+            results: Results = {}
+            action(results)
+            return results, False
         with self._lock:
             entry = self._entries.get(request_id)
-            fresh = entry is None
+            owner = entry is None or (entry.done.is_set() and not entry.complete)
             if entry is None:
                 entry = self._entries[request_id] = _Entry()
-        if not fresh:
+            elif owner:
+                entry.done.clear()
+        if not owner:
             entry.done.wait()
             if entry.error is not None:
                 raise entry.error
-            return entry.result, True  # type: ignore[return-value]
+            return dict(entry.results), True
         try:
-            entry.result = action()
+            action(entry.results)
+            entry.complete = True
         except BaseException as error:
             entry.error = error
             with self._lock:
@@ -67,24 +80,26 @@ class RequestLog(Generic[_Result]):
         finally:
             entry.done.set()
         self._trim()
-        return entry.result, False
+        return dict(entry.results), False
 
-    def snapshot(self) -> list[tuple[str, _Result]]:
-        """Returns the finished (request id, result) pairs, oldest first."""
+    def snapshot(self) -> list[tuple[str, Results, bool]]:
+        """Returns (request id, results so far, complete) of every entry with results, oldest first.
+
+        Call it while holding every optimizer's lock for a consistent cut.
+        """
         with self._lock:
             return [
-                (request_id, entry.result)  # type: ignore[misc]
+                (request_id, dict(entry.results), entry.complete)
                 for request_id, entry in self._entries.items()
-                if entry.done.is_set() and entry.error is None
+                if entry.results and entry.error is None
             ]
 
-    def restore(self, pairs: list[tuple[str, _Result]]) -> None:
-        """Replaces the window with finished (request id, result) pairs, oldest first."""
+    def restore(self, entries: list[tuple[str, Mapping[str, Any], bool]]) -> None:
+        """Replaces the window with (request id, results, complete) entries, oldest first."""
         with self._lock:
             self._entries.clear()
-            for request_id, result in pairs:
-                entry: _Entry[_Result] = _Entry()
-                entry.result = result
+            for request_id, results, complete in entries:
+                entry = _Entry(dict(results), complete)
                 entry.done.set()
                 self._entries[request_id] = entry
         self._trim()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 import numpy as np
@@ -23,6 +24,7 @@ from tfps_server.aggregation import (
     PushResult,
     SyncOptions,
 )
+from tfps_server.checkpoints import Checkpointer, CheckpointInfo, checkpoint_files, require
 from tfps_server.errors import InvalidArgument, ServerError
 from tfps_server.store import DenseGradient, Gradient, SparseGradient, Store
 
@@ -76,6 +78,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         store: the state.
         chunk_bytes: tensor bytes per response message.
         max_request_bytes: the most tensor bytes one request may announce.
+        checkpointer: serves the checkpoint RPCs; None when there is no checkpoint directory.
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         store: Store,
         chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
         max_request_bytes: int | None = None,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._store = store
+        self._checkpointer = checkpointer
         self._chunk_bytes = chunk_bytes
         self._max_request_bytes = max_request_bytes
 
@@ -237,6 +242,38 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self._store.set_hyperparameter(request.optimizer, request.name, value)
         return pb.SetHyperparameterResponse()
 
+    @_rpc
+    def SaveCheckpoint(
+        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.SaveCheckpointResponse:
+        info = require(self._checkpointer).save()
+        return pb.SaveCheckpointResponse(checkpoint=_checkpoint_info(info))
+
+    @_rpc
+    def ListCheckpoints(
+        self, request: pb.ListCheckpointsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCheckpointsResponse:
+        infos = require(self._checkpointer).list()
+        return pb.ListCheckpointsResponse(checkpoints=[_checkpoint_info(i) for i in infos])
+
+    @_rpc
+    def RestoreCheckpoint(
+        self, request: pb.RestoreCheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.RestoreCheckpointResponse:
+        info = require(self._checkpointer).restore(request.id or "latest")
+        return pb.RestoreCheckpointResponse(checkpoint=_checkpoint_info(info))
+
+    @_rpc
+    def DownloadCheckpoint(
+        self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadCheckpointResponse]:
+        checkpointer = require(self._checkpointer)
+        prefix = checkpointer.find(request.id or "latest")
+        info = checkpointer.describe(prefix)
+        # Open every file now: retention may delete them while the stream is read.
+        handles = [(path.name, path.open("rb")) for path in checkpoint_files(prefix)]
+        return _file_stream(handles, _checkpoint_info(info), self._chunk_bytes)
+
 
 def _gradient_specs(first: pb.PushRequest) -> list[tensor_pb2.TensorSpec]:
     specs: list[tensor_pb2.TensorSpec] = []
@@ -363,3 +400,44 @@ def _options_to_proto(options: OptimizerOptions) -> pb.OptimizerOptions:
         if aggregation.max_staleness is not None:
             message.asynchronous.max_staleness = aggregation.max_staleness
     return message
+
+
+def _checkpoint_info(info: CheckpointInfo) -> pb.CheckpointInfo:
+    metadata = info.metadata
+    return pb.CheckpointInfo(
+        id=info.id,
+        path=info.prefix,
+        saved_at=metadata.saved_at,
+        size_bytes=info.size_bytes,
+        iterations={o.name: o.iterations for o in metadata.optimizers},
+        variables=[
+            pb.VariableInfo(
+                name=v.name,
+                spec=tensor_pb2.TensorSpec(dtype=tensors.wire_dtype(v.dtype), shape=v.shape),
+                optimizer=v.optimizer,
+            )
+            for v in metadata.variables
+        ],
+    )
+
+
+def _file_stream(
+    handles: Sequence[tuple[str, BinaryIO]], info: pb.CheckpointInfo, chunk_bytes: int
+) -> Iterator[pb.DownloadCheckpointResponse]:
+    """Yields every file's pieces, then the manifest with sizes and SHA-256 digests."""
+    digests = []
+    try:
+        for name, handle in handles:
+            digest, offset = hashlib.sha256(), 0
+            while data := handle.read(chunk_bytes):
+                digest.update(data)
+                yield pb.DownloadCheckpointResponse(
+                    chunk=pb.FileChunk(file=name, offset=offset, data=data)
+                )
+                offset += len(data)
+            digests.append(pb.FileDigest(file=name, size=offset, sha256=digest.hexdigest()))
+    finally:
+        for _, handle in handles:
+            handle.close()
+    manifest = pb.CheckpointManifest(checkpoint=info, files=digests)
+    yield pb.DownloadCheckpointResponse(manifest=manifest)

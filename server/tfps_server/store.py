@@ -22,8 +22,17 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfps_client import checkpoint_layout as layout
 from tfps_server import optimizers
-from tfps_server.aggregation import OptimizerOptions, Outcome, Policy, Prepared, PushResult
+from tfps_server.aggregation import (
+    OptimizerOptions,
+    Outcome,
+    Policy,
+    Prepared,
+    PushResult,
+    options_from_dict,
+    options_to_dict,
+)
 from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound, ServerError
 from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
 from tfps_server.metrics import Metrics
@@ -63,6 +72,18 @@ class SparseGradient(NamedTuple):
 Gradient = DenseGradient | SparseGradient
 
 
+class Snapshot(NamedTuple):
+    """The whole state at one instant: what a checkpoint holds."""
+
+    metadata: layout.CheckpointMetadata
+    variables: Mapping[str, Any]
+    """Variable name -> value."""
+    slots: Mapping[str, Mapping[str, Any]]
+    """Variable name -> slot name -> value."""
+    optimizer_weights: Mapping[str, Mapping[str, Any]]
+    """Optimizer name -> non-slot weight name (``iter``, ...) -> value."""
+
+
 @dataclass(eq=False)
 class ManagedOptimizer:
     """A named Keras optimizer, its aggregation policy, and the lock that serializes its use."""
@@ -90,6 +111,8 @@ class ManagedVariable:
     variable: tf.Variable
     optimizer: ManagedOptimizer
     position: int
+    batch: int
+    """Creation request the variable came in; slots were created per request."""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,10 +166,12 @@ class Store:
     ) -> None:
         self.device = resolve_device(device)
         self.metrics = metrics if metrics is not None else Metrics()
-        self._requests: RequestLog[dict[str, PushResult]] = RequestLog(request_window)
+        self._requests = RequestLog(request_window)
         self._structure = threading.RLock()
         self._optimizers: dict[str, ManagedOptimizer] = {}
         self._variables: dict[str, ManagedVariable] = {}
+        self._by_position: list[ManagedVariable] = []
+        self._batches = 0
 
     # Optimizers -------------------------------------------------------------------------------
 
@@ -346,9 +371,12 @@ class Store:
                 # One call for the whole request: slots are then ordered as a local
                 # apply_gradients over the same variable list orders them.
                 managed_optimizer.optimizer._create_all_weights(variables)
+                self._batches += 1
                 for (name, _), variable in zip(fresh, variables, strict=True):
-                    self._variables[name] = ManagedVariable(
-                        name, variable, managed_optimizer, len(self._variables)
+                    self._add_variable(
+                        ManagedVariable(
+                            name, variable, managed_optimizer, len(self._variables), self._batches
+                        )
                     )
                     created.append(name)
             if created:
@@ -356,6 +384,10 @@ class Store:
                     "created variables %s on %s for optimizer %r", created, self.device, optimizer
                 )
             return created, existing
+
+    def _add_variable(self, managed: ManagedVariable) -> None:
+        self._variables[managed.name] = managed
+        self._by_position.append(managed)
 
     def pull(self, names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
         """Returns (name, value) of the named variables, all of them when ``names`` is empty."""
@@ -421,11 +453,13 @@ class Store:
                 contribution of one worker to a sync step.
         """
         try:
-            result, _ = self._requests.run(request_id, lambda: self._push(gradients, worker, step))
+            results, _ = self._requests.run(
+                request_id, lambda results: self._push(gradients, worker, step, results)
+            )
         except ServerError as error:
             self.metrics.push_rejections.labels(error.reason or "UNKNOWN").inc()
             raise
-        return result
+        return results
 
     def push_pull(
         self,
@@ -443,8 +477,16 @@ class Store:
         return results, self.pull(pull)
 
     def _push(
-        self, gradients: Sequence[Gradient], worker: str, step: int | None
-    ) -> dict[str, PushResult]:
+        self,
+        gradients: Sequence[Gradient],
+        worker: str,
+        step: int | None,
+        results: dict[str, PushResult],
+    ) -> None:
+        """Validates everything, then records each optimizer's result under its lock.
+
+        Optimizers already in ``results`` (a push a checkpoint caught half-way) are skipped.
+        """
         by_optimizer: dict[str, list[Prepared]] = {}
         seen: set[str] = set()
         for gradient in gradients:
@@ -460,8 +502,7 @@ class Store:
             if managed.optimizer.options.on_non_finite == "reject":
                 self._check_finite(managed, gradient.values)
             by_optimizer.setdefault(managed.optimizer.name, []).append(_prepare(managed, gradient))
-        results = {}
-        for name in sorted(by_optimizer):
+        for name in sorted(set(by_optimizer) - set(results)):
             managed_optimizer = self._optimizers[name]
             with managed_optimizer.lock:
                 result = managed_optimizer.policy.submit(
@@ -471,9 +512,8 @@ class Store:
                     managed_optimizer.iterations,
                     functools.partial(self._apply, managed_optimizer),
                 )
+                results[name] = result
             self.metrics.pushes.labels(name, result.outcome.value).inc()
-            results[name] = result
-        return results
 
     def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:
         finite = np.isfinite(values)
@@ -494,7 +534,6 @@ class Store:
         aggregation overflows) skip the update; ``iterations`` still grows by one,
         as with Keras's LossScaleOptimizer.
         """
-        variables = self.variables()
         squares = [np.square(g.values, dtype=np.float64).sum() for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
@@ -507,7 +546,7 @@ class Store:
         start = time.perf_counter()
         with tf.device(self.device):
             managed.optimizer.apply_gradients(
-                [(_to_tensor(g), variables[g.position].variable) for g in gradients]
+                [(_to_tensor(g), self._by_position[g.position].variable) for g in gradients]
             )
         self.metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
         return Outcome.APPLIED
@@ -531,6 +570,125 @@ class Store:
         for kind, happened in clipped.items():
             if happened:
                 self.metrics.clip_events.labels(managed.name, kind).inc()
+
+    # Snapshots --------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Captures the whole state as a consistent cut, for a checkpoint.
+
+        Holds every optimizer's lock only while reading values: the tensors read
+        keep their values while training goes on (TensorFlow copies a variable's
+        buffer before updating it in place while another reference is alive).
+        """
+        with self._structure, self._locked(self._optimizers.values()):
+            optimizer_entries: list[layout.OptimizerEntry] = []
+            weights: dict[str, dict[str, tf.Tensor]] = {}
+            slots: dict[str, dict[str, tf.Tensor]] = {}
+            for managed in self._optimizers.values():
+                optimizer = managed.optimizer
+                bound = [v for v in self._by_position if v.optimizer is managed]
+                slot_refs = {
+                    (v.name, slot): optimizer.get_slot(v.variable, slot)
+                    for v in bound
+                    for slot in optimizer.get_slot_names()
+                }
+                slot_ids = {id(ref) for ref in slot_refs.values()}
+                weights[managed.name] = {
+                    layout.weight_name(w.name): w.read_value()
+                    for w in optimizer.weights
+                    if id(w) not in slot_ids
+                }
+                for (variable, slot), ref in slot_refs.items():
+                    slots.setdefault(variable, {})[slot] = ref.read_value()
+                optimizer_entries.append(
+                    layout.OptimizerEntry(
+                        name=managed.name,
+                        class_name=type(optimizer).__name__,
+                        creation_config=managed.config,
+                        config=optimizers.serialize(optimizer),
+                        options=options_to_dict(managed.options),
+                        iterations=managed.iterations(),
+                        weights=tuple(weights[managed.name]),
+                        slots=tuple(optimizer.get_slot_names()),
+                    )
+                )
+            values = {v.name: v.variable.read_value() for v in self._by_position}
+            requests = tuple(
+                (request_id, {o: [r.outcome.value, r.iterations] for o, r in results.items()}, done)
+                for request_id, results, done in self._requests.snapshot()
+            )
+        metadata = layout.CheckpointMetadata(
+            saved_at=time.time(),
+            optimizers=tuple(optimizer_entries),
+            variables=tuple(
+                layout.VariableEntry(v.name, v.optimizer.name, v.shape, v.dtype, v.batch)
+                for v in self._by_position
+            ),
+            requests=requests,
+        )
+        return Snapshot(metadata, values, slots, weights)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replaces the whole state with a snapshot (from a checkpoint).
+
+        Everything is rebuilt aside and swapped in at once, so a failure leaves
+        the current state as it was.
+
+        Raises:
+            InvalidArgument: the snapshot's configs or values do not fit together.
+        """
+        metadata = snapshot.metadata
+        rebuilt: dict[str, ManagedOptimizer] = {}
+        variables: list[ManagedVariable] = []
+        with tf.device(self.device), tf.init_scope():
+            for entry in metadata.optimizers:
+                spec = optimizers.parse_serialized(entry.config)
+                optimizer = optimizers.instantiate(spec)
+                _ = optimizer.iterations
+                optimizer._create_hypers()
+                options = options_from_dict(entry.options)
+                lock = threading.Condition()
+                rebuilt[entry.name] = ManagedOptimizer(
+                    entry.name,
+                    optimizer,
+                    spec,
+                    entry.creation_config,
+                    options,
+                    lock,
+                    options.policy(lock, self.metrics, entry.name),
+                    checked_dtypes={v.dtype for v in metadata.variables},
+                )
+            batches: dict[int, list[ManagedVariable]] = {}
+            for position, declared in enumerate(metadata.variables):
+                variable = tf.Variable(
+                    snapshot.variables[declared.name], name=_TF_NAME_CHARS.sub("_", declared.name)
+                )
+                managed = ManagedVariable(
+                    declared.name, variable, rebuilt[declared.optimizer], position, declared.batch
+                )
+                variables.append(managed)
+                batches.setdefault(declared.batch, []).append(managed)
+            for batch in sorted(batches):
+                owner = batches[batch][0].optimizer.optimizer
+                owner._create_all_weights([m.variable for m in batches[batch]])
+            for managed_optimizer in rebuilt.values():
+                _assign_optimizer_state(managed_optimizer, variables, snapshot)
+        results = {
+            request_id: {
+                name: PushResult(Outcome(outcome), iterations)
+                for name, (outcome, iterations) in by_optimizer.items()
+            }
+            for request_id, by_optimizer, _ in metadata.requests
+        }
+        with self._structure, self._locked(self._optimizers.values()):
+            self._optimizers = rebuilt
+            self._variables = {m.name: m for m in variables}
+            self._by_position = variables
+            self._batches = max((m.batch for m in variables), default=0)
+            self._requests.restore(
+                [(rid, results[rid], done) for rid, _, done in metadata.requests]
+            )
+        _log.info("restored %d optimizers and %d variables", len(rebuilt), len(variables))
 
     @contextlib.contextmanager
     def _locked(self, managed: Any) -> Iterator[None]:
@@ -628,6 +786,37 @@ def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
                 "INDEX_OUT_OF_RANGE",
                 {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
             )
+
+
+def _assign_optimizer_state(
+    managed: ManagedOptimizer, variables: Sequence[ManagedVariable], snapshot: Snapshot
+) -> None:
+    optimizer = managed.optimizer
+    weights = snapshot.optimizer_weights.get(managed.name, {})
+    slot_ids = set()
+    for variable in (v for v in variables if v.optimizer is managed):
+        for slot in optimizer.get_slot_names():
+            ref = optimizer.get_slot(variable.variable, slot)
+            slot_ids.add(id(ref))
+            _assign(
+                ref, snapshot.slots.get(variable.name, {}).get(slot), f"slot {variable.name}/{slot}"
+            )
+    for weight in optimizer.weights:
+        if id(weight) not in slot_ids:
+            name = layout.weight_name(weight.name)
+            _assign(weight, weights.get(name), f"optimizer {managed.name!r} weight {name}")
+
+
+def _assign(target: tf.Variable, value: Any, what: str) -> None:
+    if value is None:
+        raise InvalidArgument(f"{what}: missing from the checkpoint", "CHECKPOINT_MISMATCH")
+    value = np.asarray(value)
+    if tuple(target.shape.as_list()) != value.shape:
+        raise InvalidArgument(
+            f"{what}: expected shape {target.shape.as_list()}, received {list(value.shape)}",
+            "CHECKPOINT_MISMATCH",
+        )
+    target.assign(value.astype(target.dtype.as_numpy_dtype))
 
 
 def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:

@@ -110,6 +110,26 @@ class ParameterServerStub:
                 request_serializer=tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterRequest.SerializeToString,
                 response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterResponse.FromString,
                 _registered_method=True)
+        self.SaveCheckpoint = channel.unary_unary(
+                '/tfps.v1.ParameterServer/SaveCheckpoint',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/tfps.v1.ParameterServer/ListCheckpoints',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.RestoreCheckpoint = channel.unary_unary(
+                '/tfps.v1.ParameterServer/RestoreCheckpoint',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointResponse.FromString,
+                _registered_method=True)
+        self.DownloadCheckpoint = channel.unary_stream(
+                '/tfps.v1.ParameterServer/DownloadCheckpoint',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -219,6 +239,34 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveCheckpoint(self, request, context):
+        """Writes a checkpoint of the whole state now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Lists the retained checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreCheckpoint(self, request, context):
+        """Replaces the whole state with a checkpoint's (an admin operation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadCheckpoint(self, request, context):
+        """Streams a checkpoint's files, then their sizes and SHA-256 digests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +339,26 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SetHyperparameter,
                     request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterRequest.FromString,
                     response_serializer=tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterResponse.SerializeToString,
+            ),
+            'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpoint,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointResponse.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'RestoreCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreCheckpoint,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointResponse.SerializeToString,
+            ),
+            'DownloadCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCheckpoint,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -677,6 +745,114 @@ class ParameterServer:
             '/tfps.v1.ParameterServer/SetHyperparameter',
             tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterRequest.SerializeToString,
             tfps_dot_v1_dot_parameter__server__pb2.SetHyperparameterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfps.v1.ParameterServer/SaveCheckpoint',
+            tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.SaveCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfps.v1.ParameterServer/ListCheckpoints',
+            tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfps.v1.ParameterServer/RestoreCheckpoint',
+            tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.RestoreCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tfps.v1.ParameterServer/DownloadCheckpoint',
+            tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

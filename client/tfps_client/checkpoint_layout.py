@@ -1,0 +1,152 @@
+"""The key layout of tfps checkpoints, readable without TensorFlow's object graph.
+
+A tfps checkpoint is a TensorFlow checkpoint (``tf.train.Checkpoint`` written by
+``tf.train.CheckpointManager`` as ``ckpt-<id>.index`` and ``ckpt-<id>.data-*``)
+whose keys are::
+
+    variables/<variable>/.ATTRIBUTES/VARIABLE_VALUE          a variable's value
+    slots/<variable>/<slot>/.ATTRIBUTES/VARIABLE_VALUE       a slot, e.g. Adam's m
+    optimizers/<optimizer>/<weight>/.ATTRIBUTES/VARIABLE_VALUE
+                                                             iter, momentum_cache, ...
+    metadata/.ATTRIBUTES/VARIABLE_VALUE                      JSON, see CheckpointMetadata
+
+Names are escaped as TensorFlow escapes object-graph names: ``.`` becomes ``..``
+and ``/`` becomes ``.S`` (``dense/kernel`` -> ``dense.Skernel``). Read any of
+them with ``tf.train.load_checkpoint(prefix).get_tensor(key)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+FORMAT = "tfps-checkpoint"
+"""The ``format`` field of the metadata."""
+
+VERSION = 1
+"""The layout version written by this code."""
+
+METADATA_KEY = "metadata/.ATTRIBUTES/VARIABLE_VALUE"
+"""Key of the JSON metadata tensor."""
+
+_SUFFIX = ".ATTRIBUTES/VARIABLE_VALUE"
+
+
+def escape(name: str) -> str:
+    """Escapes one object-graph name as TensorFlow does."""
+    return name.replace(".", "..").replace("/", ".S")
+
+
+def variable_key(variable: str) -> str:
+    """Key of a variable's value."""
+    return f"variables/{escape(variable)}/{_SUFFIX}"
+
+
+def slot_key(variable: str, slot: str) -> str:
+    """Key of one slot of one variable."""
+    return f"slots/{escape(variable)}/{escape(slot)}/{_SUFFIX}"
+
+
+def optimizer_weight_key(optimizer: str, weight: str) -> str:
+    """Key of an optimizer's non-slot weight (``iter``, Nadam's ``momentum_cache``)."""
+    return f"optimizers/{escape(optimizer)}/{escape(weight)}/{_SUFFIX}"
+
+
+def weight_name(tf_name: str) -> str:
+    """``Adam/iter:0`` -> ``iter``: how a non-slot optimizer weight is named in checkpoints."""
+    return tf_name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class VariableEntry:
+    """A variable recorded in a checkpoint."""
+
+    name: str
+    """Name of the variable."""
+    optimizer: str
+    """Optimizer it is bound to."""
+    shape: tuple[int, ...]
+    """Shape of the variable."""
+    dtype: str
+    """Element type, for example ``"float32"``."""
+    batch: int
+    """The creation request it came in (slots are created per request)."""
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer recorded in a checkpoint."""
+
+    name: str
+    """Name of the optimizer."""
+    class_name: str
+    """Keras class, for example ``"Adam"``."""
+    creation_config: dict[str, Any]
+    """``{"class_name", "config"}`` as created (what idempotent creation compares with)."""
+    config: dict[str, Any]
+    """``{"class_name", "config"}`` at save time (hyperparameters as changed since)."""
+    options: dict[str, Any]
+    """Aggregation mode and non-finite policy."""
+    iterations: int
+    """``iterations`` at save time."""
+    weights: tuple[str, ...]
+    """Non-slot weights (``iter`` first), under ``optimizers/<name>/<weight>``."""
+    slots: tuple[str, ...]
+    """Slot names, under ``slots/<variable>/<slot>``."""
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """What the ``metadata`` tensor of a checkpoint says."""
+
+    saved_at: float
+    """Unix time of the save."""
+    optimizers: tuple[OptimizerEntry, ...]
+    """Optimizers, by name."""
+    variables: tuple[VariableEntry, ...]
+    """Variables, in creation order."""
+    requests: tuple[tuple[str, dict[str, list[Any]], bool], ...]
+    """Exactly-once window: (request id, {optimizer: [outcome, iterations]}, complete)."""
+
+    def to_json(self) -> str:
+        """Serializes the metadata."""
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "saved_at": self.saved_at,
+                "optimizers": [
+                    vars(o) | {"weights": list(o.weights), "slots": list(o.slots)}
+                    for o in self.optimizers
+                ],
+                "variables": [vars(v) | {"shape": list(v.shape)} for v in self.variables],
+                "requests": [list(r) for r in self.requests],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CheckpointMetadata:
+        """Parses metadata written by :meth:`to_json`.
+
+        Raises:
+            ValueError: not tfps checkpoint metadata of a known version.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"expected {FORMAT} metadata, received {str(text)[:80]!r}")
+        if data.get("version") != VERSION:
+            raise ValueError(
+                f"expected checkpoint layout version {VERSION}, received {data.get('version')}"
+            )
+        return cls(
+            saved_at=float(data["saved_at"]),
+            optimizers=tuple(
+                OptimizerEntry(**(o | {"weights": tuple(o["weights"]), "slots": tuple(o["slots"])}))
+                for o in data["optimizers"]
+            ),
+            variables=tuple(
+                VariableEntry(**(v | {"shape": tuple(v["shape"])})) for v in data["variables"]
+            ),
+            requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
+        )
