@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +48,10 @@ MAX_GAP_POINTS = 2.0
 """Largest accepted accuracy difference, server vs local, in percentage points."""
 SERVER_START_SECONDS = 120.0
 SERVER_STOP_SECONDS = 30.0
+
+
+class DemoError(RuntimeError):
+    """A process of the demo failed, or the two accuracies differ too much."""
 
 
 @contextlib.contextmanager
@@ -145,14 +150,8 @@ def check_gradient_kinds(
             )
 
 
-def train_step(
-    client: Client, model: tf_keras.Model, x: np.ndarray, y: np.ndarray
-) -> tuple[float, int]:
-    """Pulls the weights, computes the gradients of one batch and pushes them.
-
-    Returns:
-        The batch loss and the server's iterations after the update.
-    """
+def train_step(client: Client, model: tf_keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    """Pulls the weights, computes the gradients of one batch, pushes them; returns the loss."""
     variables = model.trainable_variables
     pull_into(client, variables)
     with tf.GradientTape() as tape:
@@ -160,13 +159,12 @@ def train_step(
         loss = tf.reduce_mean(loss)
     gradients = tape.gradient(loss, variables)
     check_gradient_kinds(variables, gradients)
-    iterations = push_gradients(client, zip(gradients, variables, strict=True))
-    return float(loss), iterations[OPTIMIZER]
+    push_gradients(client, zip(gradients, variables, strict=True))
+    return float(loss)
 
 
 def run_worker(index: int, address: str, settings: Settings) -> None:
     """Trains on shard ``index`` of the training split; prints the mean loss per epoch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator stops the workers
     data = load_data(settings.seed)
     x, y = data.x_train[index::NUM_WORKERS], data.y_train[index::NUM_WORKERS]
     rng = np.random.default_rng(settings.seed + 1 + index)
@@ -179,22 +177,27 @@ def run_worker(index: int, address: str, settings: Settings) -> None:
             losses = []
             for start in range(0, len(x), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
-                loss, iterations = train_step(client, model, x[batch], y[batch])
-                losses.append(loss)
+                losses.append(train_step(client, model, x[batch], y[batch]))
             print(
                 f"  worker {index}  epoch {epoch:2d}/{settings.epochs}  "
-                f"loss {np.mean(losses):.4f}  server iterations {iterations}",
+                f"loss {np.mean(losses):.4f}  server iterations {client.iterations(OPTIMIZER)}",
                 flush=True,
             )
 
 
+def _worker_process(index: int, address: str, settings: Settings) -> None:
+    """Runs a worker in its own process; Ctrl-C is left to the coordinator, which stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_worker(index, address, settings)
+
+
 @contextlib.contextmanager
-def running_workers(address: str, settings: Settings) -> Iterator[list[multiprocessing.Process]]:
+def running_workers(address: str, settings: Settings) -> Iterator[Sequence[BaseProcess]]:
     """Starts the worker processes; on exit terminates any still running."""
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(
-            target=run_worker, args=(i, address, settings), name=f"worker {i}", daemon=True
+            target=_worker_process, args=(i, address, settings), name=f"worker {i}", daemon=True
         )
         for i in range(NUM_WORKERS)
     ]
@@ -210,19 +213,20 @@ def running_workers(address: str, settings: Settings) -> Iterator[list[multiproc
                 worker.join()
 
 
-def wait_for_workers(workers: Sequence[multiprocessing.Process]) -> None:
+def wait_for_workers(workers: Sequence[BaseProcess]) -> None:
     """Waits until every worker has finished.
 
     Raises:
-        RuntimeError: a worker failed; the others are left to :func:`running_workers`.
+        DemoError: a worker failed; the others are left to :func:`running_workers`.
     """
-    pending = {worker.sentinel: worker for worker in workers}
+    pending = list(workers)
     while pending:
-        for sentinel in multiprocessing.connection.wait(list(pending)):
-            worker = pending.pop(sentinel)
+        ended = multiprocessing.connection.wait([worker.sentinel for worker in pending])
+        for worker in [worker for worker in pending if worker.sentinel in ended]:
+            pending.remove(worker)
             worker.join()
             if worker.exitcode != 0:
-                raise RuntimeError(f"{worker.name} failed with exit code {worker.exitcode}")
+                raise DemoError(f"{worker.name} failed with exit code {worker.exitcode}")
 
 
 # Server ----------------------------------------------------------------------------------------
@@ -244,7 +248,7 @@ def wait_for_server(process: subprocess.Popen[bytes], client: Client, log: Path)
     """Blocks until the server accepts connections.
 
     Raises:
-        RuntimeError: the server exited, or was not ready in time.
+        DemoError: the server exited, or was not ready in time.
     """
     deadline = time.monotonic() + SERVER_START_SECONDS
     while True:
@@ -253,11 +257,11 @@ def wait_for_server(process: subprocess.Popen[bytes], client: Client, log: Path)
             return
         except grpc.FutureTimeoutError:
             if process.poll() is not None:
-                raise RuntimeError(
+                raise DemoError(
                     f"the server exited with code {process.returncode}:\n{log_tail(log)}"
                 ) from None
             if time.monotonic() > deadline:
-                raise RuntimeError(
+                raise DemoError(
                     f"the server was not ready in {SERVER_START_SECONDS:.0f} s:\n{log_tail(log)}"
                 ) from None
 
@@ -280,14 +284,18 @@ def running_server(settings: Settings, log: Path) -> Iterator[Client]:
     On exit the server is stopped with SIGTERM.
 
     Raises:
-        RuntimeError: the server did not start, or did not stop cleanly.
+        DemoError: the server did not start, or did not stop cleanly.
     """
-    address = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
     command = [
-        sys.executable, "-m", "tfps_server",
-        "--port", address.rsplit(":", 1)[1],
-        "--optimizer", json.dumps(settings.optimizer_config()),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "tfps_server",
+        f"--port={port}",
+        "--metrics-port=0",  # off: the fixed default port would clash between two servers
+        f"--optimizer={json.dumps(settings.optimizer_config())}",
+    ]
     print(f"starting the server on {address}", flush=True)
     with log.open("wb") as log_file:
         process = subprocess.Popen(
@@ -303,7 +311,7 @@ def running_server(settings: Settings, log: Path) -> Iterator[Client]:
     finally:
         stop_server(process)
     if process.returncode != 0:
-        raise RuntimeError(f"the server exited with code {process.returncode}:\n{log_tail(log)}")
+        raise DemoError(f"the server exited with code {process.returncode}:\n{log_tail(log)}")
     print("server stopped cleanly", flush=True)
 
 
@@ -330,31 +338,36 @@ def train_locally(settings: Settings, data: Data) -> float:
     optimizer = tf_keras.optimizers.legacy.Adam(**settings.optimizer_config()["config"])
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     model.fit(
-        data.x_train, data.y_train, batch_size=settings.batch_size, epochs=settings.epochs,
-        shuffle=True, verbose=0,
-    )  # fmt: skip
+        data.x_train,
+        data.y_train,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        shuffle=True,
+        verbose=0,
+    )
     return accuracy(model, data)
 
 
-def report(server_accuracy: float, local_accuracy: float) -> int:
-    """Prints both accuracies and their difference; returns the exit code."""
+def report(server_accuracy: float, local_accuracy: float) -> None:
+    """Prints both accuracies side by side and their difference.
+
+    Raises:
+        DemoError: they differ by more than :data:`MAX_GAP_POINTS`.
+    """
     gap = server_accuracy - local_accuracy
-    print(f"test accuracy, server ({NUM_WORKERS} workers): {server_accuracy:6.2f} %")
-    print(f"test accuracy, local (1 process):     {local_accuracy:6.2f} %")
-    print(f"difference:                           {gap:+6.2f} points")
+    print("test accuracy")
+    print(f"  {f'server ({NUM_WORKERS} workers)':<20} {server_accuracy:6.2f} %")
+    print(f"  {'local (1 process)':<20} {local_accuracy:6.2f} %")
+    print(f"  {'difference':<20} {gap:+6.2f} points")
     if abs(gap) > MAX_GAP_POINTS:
-        print(
-            f"FAILED: the accuracies differ by more than {MAX_GAP_POINTS} points", file=sys.stderr
-        )
-        return 1
-    print(f"OK: within {MAX_GAP_POINTS} points")
-    return 0
+        raise DemoError(f"the accuracies differ by more than {MAX_GAP_POINTS} points")
+    print(f"OK: the accuracies are within {MAX_GAP_POINTS} points")
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
     """Parses the command line into training settings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15, help="default %(default)s")
+    parser.add_argument("--epochs", type=int, default=10, help="default %(default)s")
     parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="default %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="default %(default)s")
@@ -372,20 +385,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
-    data = load_data(settings.seed)
     try:
+        data = load_data(settings.seed)
         with (
             tempfile.TemporaryDirectory(prefix="tfps-demo-") as tmp,
             running_server(settings, Path(tmp) / "server.log") as client,
         ):
             server_accuracy = train_on_server(client, settings, data)
         local_accuracy = train_locally(settings, data)
+        report(server_accuracy, local_accuracy)
+    except DemoError as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; everything stopped", file=sys.stderr)
         return 130
-    code = report(server_accuracy, local_accuracy)
     print(f"done in {time.monotonic() - started:.0f} s")
-    return code
+    return 0
 
 
 if __name__ == "__main__":

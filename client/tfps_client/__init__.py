@@ -24,9 +24,11 @@ from tfps_client.errors import (
     UnimplementedError,
     UnknownError,
 )
+from tfps_client.tf_config import ps_addresses
 from tfps_client.types import (
     Aggregation,
     Async,
+    CheckpointInfo,
     CreateVariablesResult,
     IndexedSlices,
     OptimizerOptions,
@@ -44,6 +46,7 @@ __all__ = [
     "AlreadyExistsError",
     "Async",
     "CancelledError",
+    "CheckpointInfo",
     "Client",
     "CreateVariablesResult",
     "DataLossError",
@@ -68,4 +71,5 @@ __all__ = [
     "UnknownError",
     "VariableInfo",
     "channel_options",
+    "ps_addresses",
 ]

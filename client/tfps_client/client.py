@@ -293,20 +293,27 @@ class Client:
 
     def pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Returns the current values of the named variables (all when ``names`` is None)."""
-        request = pb.PullRequest(names=list(names or ()))
+        wanted = None if names is None else [str(name) for name in names]
+        if wanted == []:
+            return {}
+        request = pb.PullRequest(names=wanted or ())
         first, values = self._download(
             self._stub.Pull, request, lambda first: [t.spec for t in first.tensors]
         )
         return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
 
     def pull_rows(self, name: str, ids: npt.ArrayLike) -> np.ndarray:
-        """Returns ``variable[ids]``, as an embedding lookup, without sending the whole table."""
+        """Returns ``variable[ids]``, as an embedding lookup, without sending the whole table.
+
+        ``ids`` may have any shape; the result has shape ``ids.shape + variable.shape[1:]``.
+        """
+        shape = np.shape(ids)
         indices = np.asarray(ids).reshape(-1)
         if indices.size and not np.issubdtype(indices.dtype, np.integer):
             raise TypeError(f"pull_rows: expected integer ids, received dtype {indices.dtype}")
         request = pb.PullRowsRequest(variable=name, indices=indices.astype(np.int64).tolist())
         _, (rows,) = self._download(self._stub.PullRows, request, lambda first: [first.rows])
-        return rows
+        return rows.reshape(shape + rows.shape[1:])
 
     # Checkpoints ------------------------------------------------------------------------------
 

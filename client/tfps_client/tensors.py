@@ -49,6 +49,10 @@ class CodecError(ValueError):
     """A tensor could not be encoded or decoded; the message says why."""
 
 
+class TooLargeError(CodecError):
+    """Tensors announced more bytes than the receiver accepts."""
+
+
 def numpy_dtype(wire: int) -> np.dtype:
     """Returns the numpy dtype of a wire dtype.
 
@@ -119,6 +123,7 @@ def iter_chunks(
     """
     batch: list[tensor_pb2.TensorChunk] = []
     room = chunk_bytes
+    yielded = False
     for index, array in enumerate(arrays):
         data = _little_endian_bytes(array)
         offset = 0
@@ -133,39 +138,47 @@ def iter_chunks(
             room -= take
             if room == 0:
                 yield batch
-                batch, room = [], chunk_bytes
-    if batch or room == chunk_bytes:
+                batch, room, yielded = [], chunk_bytes, True
+    if batch or not yielded:
         yield batch
 
 
 class TensorAssembler:
     """Rebuilds tensors from their specs and chunks, checking every byte.
 
-    Chunks of a tensor must arrive in order, without gaps or overlaps. A tensor
-    sent in a single chunk is decoded without a copy.
+    Chunks of a tensor must arrive in order, without gaps or overlaps. Memory
+    for a tensor is reserved when its first chunk arrives and committed by the
+    operating system only as bytes are written.
 
     Args:
         specs: the tensors announced by the sender, in tensor-index order.
         max_total_bytes: refuse announcements larger than this, before allocating.
+        writable: return writable arrays. When False, a tensor that came in a
+            single chunk is decoded without a copy, as a read-only array.
 
     Raises:
-        CodecError: a spec is invalid or announces more than ``max_total_bytes``.
+        CodecError: a spec is invalid.
+        TooLargeError: the specs announce more than ``max_total_bytes``.
     """
 
     def __init__(
-        self, specs: Sequence[tensor_pb2.TensorSpec], max_total_bytes: int | None = None
+        self,
+        specs: Sequence[tensor_pb2.TensorSpec],
+        max_total_bytes: int | None = None,
+        writable: bool = True,
     ) -> None:
         self._specs = list(specs)
         self._sizes = [spec_nbytes(spec) for spec in self._specs]
         total = sum(self._sizes)
         if max_total_bytes is not None and total > max_total_bytes:
-            raise CodecError(
+            raise TooLargeError(
                 f"expected at most {max_total_bytes} bytes of tensors, "
                 f"received a request for {total}"
             )
+        self._writable = writable
         self._received = [0] * len(self._specs)
         self._single: list[bytes | None] = [None] * len(self._specs)
-        self._buffers: list[bytearray | None] = [None] * len(self._specs)
+        self._buffers: list[np.ndarray | None] = [None] * len(self._specs)
 
     def add(self, chunks: Iterable[tensor_pb2.TensorChunk]) -> None:
         """Adds the chunks of one stream message.
@@ -190,13 +203,13 @@ class TensorAssembler:
                 raise CodecError(
                     f"tensor {index}: expected {self._sizes[index]} bytes, received at least {end}"
                 )
-            if expected_offset == 0 and end == self._sizes[index]:
+            if expected_offset == 0 and end == self._sizes[index] and not self._writable:
                 self._single[index] = chunk.data
             else:
                 buffer = self._buffers[index]
                 if buffer is None:
-                    buffer = self._buffers[index] = bytearray(self._sizes[index])
-                buffer[expected_offset:end] = chunk.data
+                    buffer = self._buffers[index] = np.empty(self._sizes[index], np.uint8)
+                buffer[expected_offset:end] = np.frombuffer(chunk.data, np.uint8)
             self._received[index] = end
 
     def finish(self) -> list[np.ndarray]:
@@ -212,10 +225,14 @@ class TensorAssembler:
                     f"tensor {index}: expected {self._sizes[index]} bytes, "
                     f"received {self._received[index]}"
                 )
-            data = self._single[index]
-            source: bytes | bytearray = data if data is not None else (self._buffers[index] or b"")
-            dtype = numpy_dtype(spec.dtype)
-            arrays.append(np.frombuffer(source, dtype=dtype).reshape(spec_shape(spec)))
+            dtype, shape = numpy_dtype(spec.dtype), spec_shape(spec)
+            data, buffer = self._single[index], self._buffers[index]
+            if data is not None:
+                arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
+            elif buffer is not None:
+                arrays.append(buffer.view(dtype).reshape(shape))
+            else:
+                arrays.append(np.empty(shape, dtype))
         return arrays
 
 
@@ -241,6 +258,7 @@ def read_stream(
     messages: Iterable[_Message],
     specs_of: Callable[[_Message], Sequence[tensor_pb2.TensorSpec]],
     max_total_bytes: int | None = None,
+    writable: bool = True,
 ) -> tuple[_Message, list[np.ndarray]]:
     """Reads a tensor stream and returns its first message and its tensors.
 
@@ -248,6 +266,7 @@ def read_stream(
         messages: the stream; its first message carries the header.
         specs_of: returns the tensor specs announced by the first message.
         max_total_bytes: refuse announcements larger than this, before allocating.
+        writable: see :class:`TensorAssembler`.
 
     Raises:
         CodecError: the stream is empty or its tensors are malformed.
@@ -256,7 +275,7 @@ def read_stream(
     first = next(iterator, None)
     if first is None:
         raise CodecError("expected at least one message in the stream, received none")
-    assembler = TensorAssembler(specs_of(first), max_total_bytes)
+    assembler = TensorAssembler(specs_of(first), max_total_bytes, writable)
     assembler.add(first.chunks)
     for message in iterator:
         assembler.add(message.chunks)

@@ -86,7 +86,7 @@ def read_checkpoint(prefix: str) -> Snapshot:
             o.name: {w: tensor(layout.optimizer_weight_key(o.name, w)) for w in o.weights}
             for o in metadata.optimizers
         }
-    except (tf.errors.OpError, ValueError, KeyError) as error:
+    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataLoss(
             f"checkpoint {prefix!r} is unreadable: {message}",
@@ -253,3 +253,57 @@ def require(checkpointer: Checkpointer | None) -> Checkpointer:
             "checkpoints: the server runs without --checkpoint-dir", "NO_CHECKPOINT_DIR"
         )
     return checkpointer
+
+
+class PeriodicSaver:
+    """Saves a checkpoint every ``every_seconds`` and/or every ``every_steps`` iterations.
+
+    Steps are the sum of every optimizer's ``iterations``. Saves run on a
+    background thread; a failed save is logged and counted, and retried at the
+    next due time.
+
+    Args:
+        checkpointer: what saves.
+        every_seconds: seconds between saves; 0 disables.
+        every_steps: iterations between saves; 0 disables.
+    """
+
+    def __init__(
+        self, checkpointer: Checkpointer, every_seconds: float = 0, every_steps: int = 0
+    ) -> None:
+        self._checkpointer = checkpointer
+        self._every_seconds = every_seconds
+        self._every_steps = every_steps
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tfps-checkpoints", daemon=True)
+
+    def start(self) -> None:
+        """Starts saving in the background, if any interval is set."""
+        if self._every_seconds > 0 or self._every_steps > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stops saving; waits for a save in progress."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        store = self._checkpointer.store
+        last_time, last_steps = time.monotonic(), store.total_iterations()
+        poll = min(self._every_seconds or 1.0, 1.0) if not self._every_steps else 0.05
+        while not self._stop.wait(poll):
+            steps = store.total_iterations()
+            due_by_time = (
+                self._every_seconds > 0 and time.monotonic() - last_time >= self._every_seconds
+            )
+            due_by_steps = self._every_steps > 0 and steps - last_steps >= self._every_steps
+            if not (due_by_time or due_by_steps):
+                continue
+            try:
+                info = self._checkpointer.save()
+            except Exception:
+                _log.exception("periodic checkpoint failed")
+                continue
+            last_time = time.monotonic()
+            last_steps = sum(o.iterations for o in info.metadata.optimizers)

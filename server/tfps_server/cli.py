@@ -10,15 +10,38 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tfps_client import tf_config
+from tfps_server import logs
+from tfps_server.errors import FailedPrecondition
+
+if TYPE_CHECKING:
+    from tfps_server.checkpoints import Checkpointer
+    from tfps_server.server import RunningServer
 
 _log = logging.getLogger("tfps_server")
 
 ENV_PREFIX = "TFPS_"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+ALL_INTERFACES = "0.0.0.0"
+"""Where a ``ps`` task of ``TF_CONFIG`` listens: its address names the pod, not an interface."""
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 def _env_default(flag: str, default: str | None) -> str | None:
     return os.environ.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper(), default)
+
+
+def _boolean(text: str) -> bool:
+    """Parses a boolean flag or environment value (true/false, 1/0, yes/no, on/off)."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     def add(flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
         parser.add_argument(flag, default=_env_default(flag, default), help=help_text, **kwargs)  # type: ignore[arg-type]
 
-    add("--host", "127.0.0.1", "interface to listen on (0.0.0.0 for all); default %(default)s")
-    add("--port", "50051", "gRPC port (0 picks a free one); default %(default)s", type=int)
+    add(
+        "--host",
+        None,
+        f"interface to listen on (0.0.0.0 for all); default {DEFAULT_HOST}, "
+        f"or {ALL_INTERFACES} when TF_CONFIG names this process a ps task",
+    )
+    add(
+        "--port",
+        None,
+        f"gRPC port (0 picks a free one); default {DEFAULT_PORT}, "
+        "or the port of this ps task's address in TF_CONFIG",
+        type=int,
+    )
     add(
         "--device",
         "auto",
@@ -47,10 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
         "Keras config JSON of an optimizer created at start under the name 'default', "
         'e.g. \'{"class_name": "Adam", "config": {"learning_rate": 0.001}}\'',
     )
+    add("--checkpoint-dir", None, "directory for checkpoints; none: checkpoints are off")
     add(
-        "--checkpoint-dir",
-        None,
-        "directory for checkpoints (accepted and created; periodic saving is not implemented yet)",
+        "--checkpoint-every-seconds",
+        "600",
+        "seconds between periodic checkpoints; 0 disables; default %(default)s",
+        type=float,
+    )
+    add(
+        "--checkpoint-every-steps",
+        "0",
+        "optimizer iterations (summed over optimizers) between checkpoints; 0 disables; "
+        "default %(default)s",
+        type=int,
+    )
+    add("--keep-checkpoints", "5", "newest checkpoints kept; default %(default)s", type=int)
+    add(
+        "--restore",
+        "latest",
+        "checkpoint to start from: latest (in --checkpoint-dir, if any), an id, a path "
+        "prefix, or none; default %(default)s",
+    )
+    add(
+        "--request-window",
+        "100000",
+        "push request ids remembered for exactly-once retries; default %(default)s",
+        type=int,
+    )
+    add(
+        "--max-request-gib",
+        "8",
+        "largest tensor payload one request may announce, in GiB; default %(default)s",
+        type=float,
     )
     add("--max-workers", "64", "threads serving RPCs; default %(default)s", type=int)
     add(
@@ -59,52 +121,185 @@ def build_parser() -> argparse.ArgumentParser:
         "time in-flight RPCs get to finish on SIGTERM; default %(default)s",
         type=float,
     )
+    add(
+        "--metrics-port",
+        "9464",
+        "port serving Prometheus metrics at /metrics over HTTP; 0 disables; default %(default)s",
+        type=int,
+    )
+    add("--metrics-host", None, "interface for the metrics port; default: the gRPC host's")
+    add(
+        "--metrics-variable-labels",
+        "false",
+        "label the per-variable byte gauges by variable name (one series per variable: "
+        "mind the cardinality); default %(default)s",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+    )
     add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR; default %(default)s")
+    add(
+        "--log-format",
+        "text",
+        "text (human-readable) or json (one object per line); default %(default)s",
+        choices=logs.LOG_FORMATS,
+    )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the server until SIGTERM or SIGINT; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tfps_server.errors import ServerError
-    from tfps_server.server import create_server
-    from tfps_server.store import Store
+def listen_address(
+    host: str | None, port: int | None, config: tf_config.TFConfig | None
+) -> tuple[str, int]:
+    """Returns the host and port to listen on.
 
-    try:
-        store = Store(args.device)
-        if args.optimizer:
-            store.create_optimizer("default", args.optimizer)
-    except ServerError as error:
-        _log.error("cannot start: %s", error.message)
-        return 2
-    if args.checkpoint_dir:
-        Path(args.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    running = create_server(store, f"{args.host}:{args.port}", max_workers=args.max_workers)
-    _log.info(
-        "tfps-server listening on %s:%d, device %s, config %s",
-        args.host,
-        running.port,
-        store.device,
-        json.dumps(vars(args)),
-    )
+    A host or port given by flag or environment wins. Otherwise, when ``TF_CONFIG``
+    has a ``ps`` job, this process must be one of its tasks and listens on all
+    interfaces at the port of its own address there; else the defaults apply.
+
+    Raises:
+        ValueError: ``TF_CONFIG`` has a ``ps`` job but does not make this process one
+            of its tasks, or the task's address has no port.
+    """
+    if config is None or tf_config.PS_JOB not in config.cluster:
+        return host or DEFAULT_HOST, DEFAULT_PORT if port is None else port
+    if config.task_type != tf_config.PS_JOB:
+        raise ValueError(
+            f"TF_CONFIG: expected task type {tf_config.PS_JOB!r} for a tfps server, "
+            f"received {config.task_type!r}"
+        )
+    address = config.task_address()
+    _, _, own_port = address.rpartition(":")
+    if not own_port.isdigit():
+        raise ValueError(f"TF_CONFIG: expected host:port for this ps task, received {address!r}")
+    return host or ALL_INTERFACES, int(own_port) if port is None else port
+
+
+def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully; returns the exit code.
+
+    Shutdown is :meth:`RunningServer.stop`: health NOT_SERVING, no new RPCs,
+    in-flight ones finish within ``grace_seconds``, then the shutdown hooks run
+    (the place for a final checkpoint). A second signal ends the process at once.
+    """
+    received: list[int] = []
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
-        _log.info("received %s, shutting down", signal.Signals(signum).name)
+        received.append(signum)
+        for other in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(other, signal.SIG_DFL)
         stopping.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     stopping.wait()
-    running.stop(args.grace_seconds)
+    _log.info(
+        "received %s: shutting down, in-flight RPCs get %.1f s",
+        signal.Signals(received[0]).name,
+        grace_seconds,
+    )
+    try:
+        running.stop(grace_seconds)
+    except Exception:
+        _log.error("shutdown failed")
+        return 1
     _log.info("stopped")
     return 0
+
+
+def restore(checkpointer: Checkpointer | None, which: str) -> None:
+    """Restores the checkpoint ``--restore`` names, before the server reports SERVING.
+
+    ``latest`` with no checkpoint yet starts empty; an unreadable checkpoint is
+    an error, never skipped silently.
+
+    Raises:
+        ServerError: the checkpoint is missing or unreadable, or there is no directory.
+    """
+    if which.lower() == "none":
+        return
+    if checkpointer is None:
+        if which == "latest":
+            return
+        raise FailedPrecondition(f"--restore {which}: needs --checkpoint-dir", "NO_CHECKPOINT_DIR")
+    if which == "latest" and not checkpointer.list():
+        _log.info("no checkpoint in %s: starting empty", checkpointer.directory)
+        return
+    info = checkpointer.restore(which)
+    _log.info("restored checkpoint %d from %s", info.id, info.prefix)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the server until SIGTERM or SIGINT; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as error:
+        parser.error(str(error))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args.host, args.port = listen_address(args.host, args.port, tf_config.load())
+    except ValueError as error:
+        _log.error("cannot start: %s", error)
+        return 2
+    args.metrics_host = args.metrics_host or args.host
+
+    from tfps_server.checkpoints import Checkpointer, PeriodicSaver
+    from tfps_server.errors import ServerError
+    from tfps_server.server import create_server
+    from tfps_server.store import Store
+
+    try:
+        store = Store(args.device, request_window=args.request_window)
+        checkpointer = (
+            Checkpointer(store, args.checkpoint_dir, keep=args.keep_checkpoints)
+            if args.checkpoint_dir
+            else None
+        )
+        running = create_server(
+            store,
+            f"{args.host}:{args.port}",
+            max_workers=args.max_workers,
+            metrics_address=f"{args.metrics_host}:{args.metrics_port}"
+            if args.metrics_port
+            else None,
+            metrics_variable_labels=args.metrics_variable_labels,
+            checkpointer=checkpointer,
+            max_request_bytes=int(args.max_request_gib * (1 << 30)),
+            serving=False,
+        )
+    except (ServerError, RuntimeError, ValueError) as error:
+        _log.error("cannot start: %s", getattr(error, "message", error))
+        return 2
+    try:
+        restore(checkpointer, args.restore)
+        if args.optimizer:
+            store.create_optimizer("default", args.optimizer)
+    except ServerError as error:
+        _log.error("cannot start: %s", error.message)
+        running.stop(0)
+        return 2
+    if checkpointer is not None:
+        saver = PeriodicSaver(
+            checkpointer, args.checkpoint_every_seconds, args.checkpoint_every_steps
+        )
+        saver.start()
+        running.add_shutdown_hook(saver.stop)
+        running.add_shutdown_hook(checkpointer.save)
+    running.set_serving(True)
+    _log.info("effective configuration: %s", json.dumps(logs.redacted(vars(args))))
+    _log.info(
+        "tfps-server listening on %s:%d, device %s, metrics %s",
+        args.host,
+        running.port,
+        store.device,
+        f"http://{args.metrics_host}:{running.metrics_port}/metrics"
+        if running.metrics_port
+        else "off",
+    )
+    return serve_until_signalled(running, args.grace_seconds)
 
 
 if __name__ == "__main__":

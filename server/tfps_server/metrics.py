@@ -4,11 +4,18 @@ Each server owns a :class:`Metrics` with its own registry, so several servers in
 one process (as in the tests) never mix their numbers. Names follow Prometheus
 conventions: one ``tfps_`` prefix, base units, ``_total`` on counters, and
 low-cardinality labels (optimizer, RPC method, outcome, reason).
+
+Metrics the code updates as things happen live in :class:`Metrics`; gauges read
+from the server's state at scrape time are described by the :class:`StateMetric`
+constants below and computed by :mod:`tfps_server.state_metrics`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (
@@ -44,7 +51,7 @@ class Metrics:
         )
         self.rpc_duration = Histogram(
             "tfps_rpc_duration_seconds",
-            "RPC latency, from first byte received to status sent.",
+            "RPC latency, from the handler's start to its response (the last one of a stream).",
             ["method"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -137,3 +144,64 @@ class Metrics:
         self.checkpoint_failures = Counter(
             "tfps_checkpoint_failures", "Checkpoints that failed to write.", registry=r
         )
+
+
+@dataclass(frozen=True)
+class StateMetric:
+    """A gauge read from the server's state at scrape time.
+
+    Attributes:
+        name: the metric name.
+        documentation: its help text.
+        labels: its labels.
+        per_variable: it also takes a ``variable`` label when variable labels are enabled
+            (``--metrics-variable-labels``); off by default, as variable names are unbounded.
+    """
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    per_variable: bool = False
+
+    def family(self, variable_labels: bool = False) -> GaugeMetricFamily:
+        """Returns an empty family of this metric, to add samples to."""
+        extra = ("variable",) if self.per_variable and variable_labels else ()
+        return GaugeMetricFamily(self.name, self.documentation, labels=[*self.labels, *extra])
+
+
+OPTIMIZER_ITERATIONS = StateMetric(
+    "tfps_optimizer_iterations", "The optimizer's iterations (applied steps).", ("optimizer",)
+)
+LEARNING_RATE = StateMetric(
+    "tfps_learning_rate",
+    "The learning rate the next step uses: a schedule's value at the current iterations, "
+    "with legacy decay applied.",
+    ("optimizer",),
+)
+VARIABLES = StateMetric("tfps_variables", "Variables held.", ("device",))
+VARIABLE_BYTES = StateMetric(
+    "tfps_variable_bytes", "Bytes of variable values held.", ("device",), per_variable=True
+)
+SLOT_BYTES = StateMetric(
+    "tfps_slot_bytes", "Bytes of optimizer slot variables held.", ("device",), per_variable=True
+)
+DEVICE_MEMORY = StateMetric(
+    "tfps_device_memory_bytes",
+    "Device memory TensorFlow has allocated now (GPUs; TensorFlow reports none for CPUs).",
+    ("device",),
+)
+DEVICE_MEMORY_PEAK = StateMetric(
+    "tfps_device_memory_peak_bytes",
+    "Most device memory TensorFlow has had allocated at once since start (GPUs).",
+    ("device",),
+)
+STATE_METRICS = (
+    OPTIMIZER_ITERATIONS,
+    LEARNING_RATE,
+    VARIABLES,
+    VARIABLE_BYTES,
+    SLOT_BYTES,
+    DEVICE_MEMORY,
+    DEVICE_MEMORY_PEAK,
+)
+"""Every state metric, in exposition order."""

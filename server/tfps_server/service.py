@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar
 
@@ -32,6 +33,9 @@ _log = logging.getLogger(__name__)
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
+DEFAULT_MAX_REQUEST_BYTES = 8 << 30
+"""Most tensor bytes one request may announce (8 GiB); larger is RESOURCE_EXHAUSTED."""
+
 
 def _abort(
     context: grpc.ServicerContext,
@@ -50,10 +54,20 @@ def _rpc(handler: _Handler) -> _Handler:
 
     @functools.wraps(handler)
     def wrapper(self: ParameterServerServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        if not self.ready.is_set():
+            _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"{handler.__name__}: the server is restoring a checkpoint; retry shortly",
+                "NOT_READY",
+                {},
+            )
         try:
             return handler(self, request, context)
         except ServerError as error:
             _abort(context, error.code, error.message, error.reason, error.metadata)
+        except tensors.TooLargeError as error:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), "TOO_LARGE", {})
         except tensors.CodecError as error:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), "MALFORMED_TENSOR", {})
         except Exception as error:
@@ -77,7 +91,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     Args:
         store: the state.
         chunk_bytes: tensor bytes per response message.
-        max_request_bytes: the most tensor bytes one request may announce.
+        max_request_bytes: the most tensor bytes one request may announce; None: no limit.
         checkpointer: serves the checkpoint RPCs; None when there is no checkpoint directory.
     """
 
@@ -85,18 +99,21 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self,
         store: Store,
         chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
-        max_request_bytes: int | None = None,
+        max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self._store = store
         self._checkpointer = checkpointer
+        self.ready = threading.Event()
+        """Set once the server may answer; RPCs before that get UNAVAILABLE."""
+        self.ready.set()
         self._chunk_bytes = chunk_bytes
         self._max_request_bytes = max_request_bytes
 
     def _read(
         self, stream: Iterable[Any], specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]]
     ) -> tuple[Any, list[np.ndarray]]:
-        return tensors.read_stream(stream, specs_of, self._max_request_bytes)
+        return tensors.read_stream(stream, specs_of, self._max_request_bytes, writable=False)
 
     def _send(
         self, message: Callable[..., Any], header: dict[str, Any], arrays: Sequence[np.ndarray]

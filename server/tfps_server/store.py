@@ -186,11 +186,18 @@ class Store:
         """
         _check_name("optimizer", name)
         options = options if options is not None else OptimizerOptions()
-        spec = optimizers.parse(config_json)
         with self._structure:
             existing = self._optimizers.get(name)
-            with tf.device(self.device):
-                candidate = optimizers.instantiate(spec)
+            try:
+                spec = optimizers.parse(config_json)
+                with tf.device(self.device):
+                    candidate = optimizers.instantiate(spec)
+            except InvalidArgument as error:
+                raise InvalidArgument(
+                    f"optimizer {name!r}: {error.message}",
+                    error.reason,
+                    {**error.metadata, "optimizer": name},
+                ) from None
             config = optimizers.serialize(candidate)
             if existing is not None:
                 if existing.config != config or existing.options != options:
@@ -226,6 +233,19 @@ class Store:
                 {"optimizer": name},
             )
         return managed
+
+    def optimizers(self) -> list[ManagedOptimizer]:
+        """Returns every optimizer, in name order."""
+        with self._structure:
+            return [self._optimizers[name] for name in sorted(self._optimizers)]
+
+    def total_iterations(self) -> int:
+        """Returns the sum of every optimizer's ``iterations``: the server's step count."""
+        total = 0
+        for managed in self.optimizers():
+            with managed.lock:
+                total += managed.iterations()
+        return total
 
     def get_config(self, name: str) -> dict[str, Any]:
         """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
@@ -276,6 +296,7 @@ class Store:
         optimizer = managed.optimizer
         known = sorted(optimizer._hyper)
         where = f"optimizer {name!r}"
+        key = "learning_rate" if key == "lr" else key  # Keras's alias, as opt.lr = ...
         if key not in optimizer._hyper:
             raise InvalidArgument(
                 f"{where}: expected a hyperparameter in {known}, received {key!r}",
@@ -534,7 +555,7 @@ class Store:
         aggregation overflows) skip the update; ``iterations`` still grows by one,
         as with Keras's LossScaleOptimizer.
         """
-        squares = [np.square(g.values, dtype=np.float64).sum() for g in gradients]
+        squares = [_sum_of_squares(g.values) for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
             self.metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
@@ -786,6 +807,16 @@ def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
                 "INDEX_OUT_OF_RANGE",
                 {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
             )
+
+
+def _sum_of_squares(values: np.ndarray, block: int = 1 << 20) -> float:
+    """Sum of squares in float64, a block at a time so no full-size copy is made."""
+    flat = values.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block].astype(np.float64)
+        total += float(np.dot(part, part))
+    return total
 
 
 def _assign_optimizer_state(

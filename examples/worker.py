@@ -1,0 +1,66 @@
+"""One demo worker on its own: the worker process of ``examples/demo.py``, as a program.
+
+``docker compose up``, the Kubernetes worker Job and the TFJob example run it
+against a server started with ``--optimizer`` (the optimizer named ``default``).
+Worker ``--index`` i of 2 trains on shard i of scikit-learn's digits, pulling
+weights and pushing gradients per batch, and prints its loss per epoch.
+
+The server address is ``--server``, else the environment variable ``TFPS_SERVER``,
+else the first ``ps`` task of ``TF_CONFIG``; the index, when not given, is this
+task's index in ``TF_CONFIG``, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from demo import NUM_WORKERS, Settings, run_worker
+
+from tfps_client import Client, ps_addresses, tf_config
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses the command line; the server and index fall back as the module says."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default=os.environ.get("TFPS_SERVER"), help="host:port")
+    parser.add_argument("--index", type=int, default=None, help=f"0 to {NUM_WORKERS - 1}")
+    parser.add_argument("--epochs", type=int, default=10, help="default %(default)s")
+    parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    parser.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=300.0,
+        help="how long to wait for the server to accept connections; default %(default)s",
+    )
+    args = parser.parse_args(argv)
+    config = tf_config.load()
+    if args.server is None:
+        try:
+            args.server = ps_addresses()[0]
+        except ValueError as error:
+            parser.error(f"--server: expected host:port, TFPS_SERVER or TF_CONFIG ({error})")
+    if args.index is None:
+        args.index = config.task_index if config is not None else 0
+    if not 0 <= args.index < NUM_WORKERS:
+        parser.error(f"--index: expected 0 to {NUM_WORKERS - 1}, received {args.index}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Waits for the server, then trains; returns the exit code."""
+    args = parse_args(argv)
+    print(f"worker {args.index}: waiting for {args.server}", flush=True)
+    with Client(args.server) as client:
+        client.wait_for_ready(timeout=args.wait_seconds)
+    # The learning rate is the server's (its --optimizer); the worker only computes gradients.
+    settings = Settings(args.epochs, args.batch_size, learning_rate=0.0, seed=args.seed)
+    run_worker(args.index, args.server, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
