@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/_proto
 
-.PHONY: demo test serve proto proto-check lint format bench clean
+.PHONY: demo test serve proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -139,10 +139,16 @@ def assert_refused(
 
 
 def keras_optimizer(config: Mapping[str, Any]) -> tf_keras.optimizers.legacy.Optimizer:
-    """Builds a local legacy optimizer from ``{"class_name": ..., "config": {...}}``."""
+    """Builds a local legacy optimizer from ``{"class_name": ..., "config": {...}}``.
+
+    The way a user would, straight from tf_keras; a serialized schedule is
+    deserialized first (Adagrad's own ``from_config`` would not do it).
+    """
+    kwargs = dict(config.get("config", {}))
+    if isinstance(kwargs.get("learning_rate"), Mapping):
+        kwargs["learning_rate"] = tf_keras.optimizers.schedules.deserialize(kwargs["learning_rate"])
     classes = {name.lower(): name for name in dir(tf_keras.optimizers.legacy)}
-    cls = getattr(tf_keras.optimizers.legacy, classes[config["class_name"].lower()])
-    return cls.from_config(dict(config.get("config", {})))
+    return getattr(tf_keras.optimizers.legacy, classes[config["class_name"].lower()])(**kwargs)
 
 
 def tf_gradient(gradient: Any, variable: tf.Variable) -> tf.Tensor | tf.IndexedSlices:
@@ -289,8 +295,17 @@ class ServerProcess:
         raise AssertionError(f"no line matched {pattern.pattern!r} in {timeout} s:\n{self.output}")
 
     def wait_exit(self, timeout: float = 180.0) -> int:
-        """Waits for the process to exit and for its output to be read; returns the exit code."""
-        code = self.process.wait(timeout)
+        """Waits for the process to exit and for its output to be read; returns the exit code.
+
+        A process that does not exit in time is asked for its thread stacks (SIGUSR1),
+        which the failure then shows with the rest of its output.
+        """
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            raise AssertionError(f"no exit in {timeout} s:\n{self.output}") from None
         self._reader.join(10)
         return code
 

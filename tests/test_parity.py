@@ -14,9 +14,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
 from tfps_client import Client, IndexedSlices
+
+from helpers import assert_bitwise_equal, keras_optimizer
 
 
 def schedule(class_name: str, **config: Any) -> dict[str, Any]:
@@ -30,6 +31,11 @@ class OptimizerCase(NamedTuple):
     id: str
     class_name: str
     config: dict[str, Any]
+
+    @property
+    def serialized(self) -> dict[str, Any]:
+        """``{"class_name": ..., "config": ...}``, as Keras serializes an optimizer."""
+        return {"class_name": self.class_name, "config": self.config}
 
 
 OPTIMIZERS = [
@@ -137,15 +143,6 @@ KERNEL_SHAPE = (4, 3)
 TABLE_SHAPE = (6, 3)
 
 
-def local_optimizer(case: OptimizerCase) -> tf_keras.optimizers.legacy.Optimizer:
-    """Builds the reference optimizer the way a user would, straight from tf_keras."""
-    kwargs = dict(case.config)
-    if isinstance(kwargs.get("learning_rate"), dict):
-        kwargs["learning_rate"] = tf_keras.optimizers.schedules.deserialize(kwargs["learning_rate"])
-    classes = {name.lower(): name for name in dir(tf_keras.optimizers.legacy)}
-    return getattr(tf_keras.optimizers.legacy, classes[case.class_name.lower()])(**kwargs)
-
-
 def table_gradient(
     kind: str, rng: np.random.Generator, dtype: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -154,13 +151,6 @@ def table_gradient(
         return rng.standard_normal(TABLE_SHAPE).astype(dtype), None
     indices = np.array([4, 1, 4, 4] if kind == "sparse-repeated" else [0, 5, 2], np.int64)
     return rng.standard_normal((len(indices), TABLE_SHAPE[1])).astype(dtype), indices
-
-
-def assert_bitwise_equal(server: np.ndarray, local: np.ndarray, what: str) -> None:
-    """Fails unless both arrays have the same dtype, shape and bytes."""
-    assert server.dtype == local.dtype, f"{what}: dtype {server.dtype} != {local.dtype}"
-    assert server.shape == local.shape, f"{what}: shape {server.shape} != {local.shape}"
-    assert server.tobytes() == local.tobytes(), f"{what}: values differ\n{server}\n{local}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -172,12 +162,10 @@ def test_server_update_is_bitwise_local_update(
     rng = np.random.default_rng(7)
     kernel = rng.standard_normal(KERNEL_SHAPE).astype(dtype)
     table = rng.standard_normal(TABLE_SHAPE).astype(dtype)
-    assert client.create_optimizer(
-        "opt", json.dumps({"class_name": case.class_name, "config": case.config})
-    )
+    assert client.create_optimizer("opt", json.dumps(case.serialized))
     client.create_variables({"dense/kernel": kernel, "emb/embeddings": table}, optimizer="opt")
 
-    reference = local_optimizer(case)
+    reference = keras_optimizer(case.serialized)
     local_kernel, local_table = tf.Variable(kernel), tf.Variable(table)
     for step in range(1, STEPS + 1):
         kernel_grad = rng.standard_normal(KERNEL_SHAPE).astype(dtype)
@@ -211,9 +199,12 @@ def test_bfloat16_variables_match_local_update(client: Client, case: OptimizerCa
 
     rng = np.random.default_rng(3)
     table = rng.standard_normal(TABLE_SHAPE).astype(ml_dtypes.bfloat16)
-    client.create_optimizer("opt", {"class_name": case.class_name, "config": case.config})
+    client.create_optimizer("opt", case.serialized)
     client.create_variables({"table": table}, optimizer="opt")
-    reference, local_table = local_optimizer(case), tf.Variable(table)
+    reference, local_table = (
+        keras_optimizer(case.serialized),
+        tf.Variable(table),
+    )
     for _ in range(STEPS):
         values = rng.standard_normal((3, TABLE_SHAPE[1])).astype(ml_dtypes.bfloat16)
         indices = np.array([2, 0, 2])

@@ -86,6 +86,8 @@ def read_checkpoint(prefix: str) -> Snapshot:
             o.name: {w: tensor(layout.optimizer_weight_key(o.name, w)) for w in o.weights}
             for o in metadata.optimizers
         }
+        for key in shapes:  # TensorFlow's own entries too: each read checks the entry's CRC
+            reader.get_tensor(key)
     except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataLoss(

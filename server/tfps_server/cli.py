@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -193,6 +194,7 @@ def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump thread stacks
     stopping.wait()
     _log.info(
         "received %s: shutting down, in-flight RPCs get %.1f s",
