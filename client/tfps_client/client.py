@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client import tensors
+from tfps_client import messages, tensors
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client._proto.tfps.v1 import tensor_pb2
@@ -28,10 +28,8 @@ from tfps_client.types import (
     CreateVariablesResult,
     IndexedSlices,
     OptimizerOptions,
-    Outcome,
     PushResult,
     RetryPolicy,
-    Sync,
     VariableInfo,
 )
 
@@ -46,14 +44,6 @@ _T = TypeVar("_T")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Status codes the client retries by itself."""
-
-_OUTCOMES = {
-    pb.PUSH_OUTCOME_APPLIED: Outcome.APPLIED,
-    pb.PUSH_OUTCOME_AGGREGATED: Outcome.AGGREGATED,
-    pb.PUSH_OUTCOME_STALE: Outcome.STALE,
-    pb.PUSH_OUTCOME_SKIPPED: Outcome.SKIPPED,
-    pb.PUSH_OUTCOME_DROPPED: Outcome.DROPPED,
-}
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -144,14 +134,17 @@ class Client:
         request = pb.CreateOptimizerRequest(
             name=name,
             config_json=config_json,
-            options=_options_message(aggregation or Async(), on_non_finite),
+            options=messages.options_to_message(
+                OptimizerOptions(aggregation or Async(), on_non_finite)
+            ),
         )
         return self._unary(self._stub.CreateOptimizer, request).created
 
     def get_options(self, optimizer: str) -> OptimizerOptions:
         """Returns the aggregation mode and non-finite policy the optimizer was created with."""
         request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
-        return _options_from_message(self._unary(self._stub.GetOptimizerConfig, request).options)
+        response = self._unary(self._stub.GetOptimizerConfig, request)
+        return messages.options_from_message(response.options)
 
     def get_config(self, optimizer: str) -> dict[str, Any]:
         """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
@@ -499,53 +492,12 @@ def _push_header(
 
 def _push_result(response: pb.PushResponse, request_id: str) -> PushResult:
     return PushResult(
-        outcomes={name: _OUTCOMES[r.outcome] for name, r in response.results.items()},
+        outcomes={
+            name: messages.outcome_from_wire(r.outcome) for name, r in response.results.items()
+        },
         iterations={name: r.iterations for name, r in response.results.items()},
         request_id=request_id,
     )
-
-
-def _options_message(aggregation: Aggregation, on_non_finite: str) -> pb.OptimizerOptions:
-    if on_non_finite not in ("reject", "skip"):
-        raise ValueError(f"on_non_finite: expected 'reject' or 'skip', received {on_non_finite!r}")
-    message = pb.OptimizerOptions(
-        on_non_finite=pb.NON_FINITE_POLICY_SKIP
-        if on_non_finite == "skip"
-        else pb.NON_FINITE_POLICY_REJECT
-    )
-    if isinstance(aggregation, Sync):
-        message.synchronous.CopyFrom(
-            pb.SyncAggregation(
-                replicas_to_aggregate=aggregation.replicas_to_aggregate,
-                total_num_replicas=aggregation.total_num_replicas or 0,
-                reduction=f"REDUCTION_{aggregation.reduction.upper()}",
-                timeout_seconds=aggregation.timeout,
-                on_timeout=f"TIMEOUT_ACTION_{aggregation.on_timeout.upper()}",
-            )
-        )
-    else:
-        message.asynchronous.SetInParent()
-        if aggregation.max_staleness is not None:
-            message.asynchronous.max_staleness = aggregation.max_staleness
-    return message
-
-
-def _options_from_message(message: pb.OptimizerOptions) -> OptimizerOptions:
-    aggregation: Aggregation
-    if message.HasField("synchronous"):
-        sync = message.synchronous
-        aggregation = Sync(
-            replicas_to_aggregate=sync.replicas_to_aggregate,
-            total_num_replicas=sync.total_num_replicas,
-            reduction="mean" if sync.reduction == pb.REDUCTION_MEAN else "sum",
-            timeout=sync.timeout_seconds,
-            on_timeout="drop" if sync.on_timeout == pb.TIMEOUT_ACTION_DROP else "apply",
-        )
-    else:
-        bounded = message.asynchronous.HasField("max_staleness")
-        aggregation = Async(message.asynchronous.max_staleness if bounded else None)
-    skip = message.on_non_finite == pb.NON_FINITE_POLICY_SKIP
-    return OptimizerOptions(aggregation, "skip" if skip else "reject")
 
 
 def _encode_gradients(

@@ -98,9 +98,9 @@ Aggregation = Async | Sync
 class OptimizerOptions:
     """Server-side behaviour of an optimizer beyond its Keras config."""
 
-    aggregation: Aggregation
+    aggregation: Aggregation = Async()
     """The aggregation mode."""
-    on_non_finite: Literal["reject", "skip"]
+    on_non_finite: Literal["reject", "skip"] = "reject"
     """What pushes with NaN or Inf gradients do."""
 
 

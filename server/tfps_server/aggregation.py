@@ -9,28 +9,18 @@ state still changes in one place. Policies run under the optimizer's lock, a
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from tfps_client.types import Async, OptimizerOptions, Outcome, Sync
 from tfps_server.errors import FailedPrecondition, InvalidArgument
 from tfps_server.metrics import Metrics
-
-
-class Outcome(enum.Enum):
-    """What a push did for one optimizer."""
-
-    APPLIED = "applied"
-    AGGREGATED = "aggregated"
-    STALE = "stale"
-    SKIPPED = "skipped"
-    DROPPED = "dropped"
 
 
 class PushResult(NamedTuple):
@@ -56,55 +46,40 @@ ApplyFn = Callable[[Sequence[Prepared]], Outcome]
 """Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite)."""
 
 
-@dataclass(frozen=True)
-class AsyncOptions:
-    """Each push is applied as it arrives.
+def checked(options: OptimizerOptions) -> OptimizerOptions:
+    """Returns the options with defaults filled in (backups: none), refusing impossible ones.
 
-    Attributes:
-        max_staleness: pushes computed more than this many iterations ago are
-            dropped as stale; None for no bound.
+    Raises:
+        InvalidArgument: what is wrong, with the expected and received values.
     """
-
-    max_staleness: int | None = None
-
-
-@dataclass(frozen=True)
-class SyncOptions:
-    """Pushes of ``replicas_to_aggregate`` distinct workers for a step are applied as one.
-
-    Attributes:
-        replicas_to_aggregate: contributions that close a step.
-        total_num_replicas: workers in the job; the extra ones are backups.
-        reduction: "sum" or "mean".
-        timeout_seconds: a step closes this long after its first contribution.
-        on_timeout: "apply" what arrived, or "drop" it.
-    """
-
-    replicas_to_aggregate: int
-    total_num_replicas: int
-    reduction: str = "sum"
-    timeout_seconds: float = 60.0
-    on_timeout: str = "apply"
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.replicas_to_aggregate < 1:
-            problems.append(f"replicas_to_aggregate >= 1, received {self.replicas_to_aggregate}")
-        if self.total_num_replicas < self.replicas_to_aggregate:
+    aggregation = options.aggregation
+    problems = []
+    if options.on_non_finite not in ("reject", "skip"):
+        problems.append(f"on_non_finite 'reject' or 'skip', received {options.on_non_finite!r}")
+    if isinstance(aggregation, Async):
+        if aggregation.max_staleness is not None and aggregation.max_staleness < 0:
+            problems.append(f"max_staleness >= 0, received {aggregation.max_staleness}")
+    else:
+        wanted = aggregation.replicas_to_aggregate
+        total = aggregation.total_num_replicas or wanted
+        if wanted < 1:
+            problems.append(f"replicas_to_aggregate >= 1, received {wanted}")
+        if total < wanted:
             problems.append(
-                f"total_num_replicas >= replicas_to_aggregate ({self.replicas_to_aggregate}), "
-                f"received {self.total_num_replicas}"
+                f"total_num_replicas >= replicas_to_aggregate ({wanted}), received {total}"
             )
-        if self.reduction not in ("sum", "mean"):
-            problems.append(f"reduction 'sum' or 'mean', received {self.reduction!r}")
-        if not 0 < self.timeout_seconds < float("inf"):
-            problems.append(f"a positive finite timeout_seconds, received {self.timeout_seconds}")
-        if self.on_timeout not in ("apply", "drop"):
-            problems.append(f"on_timeout 'apply' or 'drop', received {self.on_timeout!r}")
-        if problems:
-            raise InvalidArgument(
-                "sync aggregation: expected " + "; ".join(problems), "INVALID_AGGREGATION"
-            )
+        if aggregation.reduction not in ("sum", "mean"):
+            problems.append(f"reduction 'sum' or 'mean', received {aggregation.reduction!r}")
+        if not 0 < aggregation.timeout < float("inf"):
+            problems.append(f"a positive finite timeout, received {aggregation.timeout}")
+        if aggregation.on_timeout not in ("apply", "drop"):
+            problems.append(f"on_timeout 'apply' or 'drop', received {aggregation.on_timeout!r}")
+        aggregation = replace(aggregation, total_num_replicas=total)
+    if problems:
+        raise InvalidArgument(
+            "optimizer options: expected " + "; ".join(problems), "INVALID_OPTIONS"
+        )
+    return OptimizerOptions(aggregation, options.on_non_finite)
 
 
 def combine(contributions: Sequence[Sequence[Prepared]], reduction: str) -> list[Prepared]:
@@ -152,7 +127,7 @@ def _dense_sum(parts: Sequence[Prepared]) -> np.ndarray:
 class AsyncPolicy:
     """Applies each push as it arrives, dropping those beyond ``max_staleness``."""
 
-    def __init__(self, options: AsyncOptions) -> None:
+    def __init__(self, options: Async) -> None:
         self.options = options
 
     def submit(
@@ -185,7 +160,7 @@ class SyncPolicy:
     _KEPT_ROUNDS = 4096
 
     def __init__(
-        self, options: SyncOptions, lock: threading.Condition, metrics: Metrics, optimizer: str
+        self, options: Sync, lock: threading.Condition, metrics: Metrics, optimizer: str
     ) -> None:
         self.options = options
         self._lock = lock
@@ -234,7 +209,7 @@ class SyncPolicy:
         my_round = self._round
         if len(self._contributions) >= self.options.replicas_to_aggregate:
             self._close(iterations, apply, timed_out=False)
-        deadline = self._opened_at + self.options.timeout_seconds
+        deadline = self._opened_at + self.options.timeout
         while my_round not in self._results:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and self._round == my_round:
@@ -276,41 +251,18 @@ def _check_not_ahead(worker: str, step: int | None, current: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class OptimizerOptions:
-    """Server-side behaviour of an optimizer beyond its Keras config.
-
-    Attributes:
-        aggregation: async (the default) or sync.
-        on_non_finite: "reject" pushes with NaN/Inf, or "skip" their update.
-    """
-
-    aggregation: AsyncOptions | SyncOptions = AsyncOptions()
-    on_non_finite: str = "reject"
-
-    def __post_init__(self) -> None:
-        if self.on_non_finite not in ("reject", "skip"):
-            raise InvalidArgument(
-                f"on_non_finite: expected 'reject' or 'skip', received {self.on_non_finite!r}",
-                "INVALID_OPTIONS",
-            )
-        bound = getattr(self.aggregation, "max_staleness", None)
-        if bound is not None and bound < 0:
-            raise InvalidArgument(
-                f"async aggregation: expected max_staleness >= 0, received {bound}",
-                "INVALID_AGGREGATION",
-            )
-
-    def policy(self, lock: threading.Condition, metrics: Metrics, optimizer: str) -> Policy:
-        """Returns the policy that carries out these options."""
-        if isinstance(self.aggregation, SyncOptions):
-            return SyncPolicy(self.aggregation, lock, metrics, optimizer)
-        return AsyncPolicy(self.aggregation)
+def make_policy(
+    options: OptimizerOptions, lock: threading.Condition, metrics: Metrics, optimizer: str
+) -> Policy:
+    """Returns the policy that carries out checked options."""
+    if isinstance(options.aggregation, Sync):
+        return SyncPolicy(options.aggregation, lock, metrics, optimizer)
+    return AsyncPolicy(options.aggregation)
 
 
 def options_to_dict(options: OptimizerOptions) -> dict[str, Any]:
     """Returns JSON-ready options, as checkpoints record them."""
-    mode = "sync" if isinstance(options.aggregation, SyncOptions) else "async"
+    mode = "sync" if isinstance(options.aggregation, Sync) else "async"
     return {
         "aggregation": mode,
         **asdict(options.aggregation),
@@ -321,5 +273,5 @@ def options_to_dict(options: OptimizerOptions) -> dict[str, Any]:
 def options_from_dict(data: Mapping[str, Any]) -> OptimizerOptions:
     """Inverse of :func:`options_to_dict`."""
     fields = {k: v for k, v in data.items() if k not in ("aggregation", "on_non_finite")}
-    mode = SyncOptions if data["aggregation"] == "sync" else AsyncOptions
-    return OptimizerOptions(mode(**fields), data["on_non_finite"])
+    mode: type[Async] | type[Sync] = Sync if data["aggregation"] == "sync" else Async
+    return checked(OptimizerOptions(mode(**fields), data["on_non_finite"]))

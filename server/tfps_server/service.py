@@ -7,24 +7,19 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
 import numpy as np
 
-from tfps_client import tensors
+from tfps_client import messages, tensors
 from tfps_client._proto.tfps.v1 import errors_pb2, tensor_pb2
 from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
 from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
 from tfps_client.errors import ERROR_DETAIL_KEY
-from tfps_server.aggregation import (
-    AsyncOptions,
-    OptimizerOptions,
-    Outcome,
-    PushResult,
-    SyncOptions,
-)
+from tfps_client.types import OptimizerOptions
+from tfps_server.aggregation import PushResult, checked
 from tfps_server.checkpoints import Checkpointer, CheckpointInfo, checkpoint_files, require
 from tfps_server.errors import InvalidArgument, ServerError
 from tfps_server.store import DenseGradient, Gradient, SparseGradient, Store
@@ -210,7 +205,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self, request: pb.GetOptimizerConfigRequest, context: grpc.ServicerContext
     ) -> pb.GetOptimizerConfigResponse:
         config = self._store.get_config(request.optimizer)
-        options = _options_to_proto(self._store.optimizer(request.optimizer).options)
+        options = messages.options_to_message(self._store.optimizer(request.optimizer).options)
         return pb.GetOptimizerConfigResponse(config_json=json.dumps(config), options=options)
 
     @_rpc
@@ -336,87 +331,23 @@ def _push_context(first: pb.PushRequest) -> dict[str, Any]:
     }
 
 
-_OUTCOMES = {
-    Outcome.APPLIED: pb.PUSH_OUTCOME_APPLIED,
-    Outcome.AGGREGATED: pb.PUSH_OUTCOME_AGGREGATED,
-    Outcome.STALE: pb.PUSH_OUTCOME_STALE,
-    Outcome.SKIPPED: pb.PUSH_OUTCOME_SKIPPED,
-    Outcome.DROPPED: pb.PUSH_OUTCOME_DROPPED,
-}
-_REDUCTIONS = {pb.REDUCTION_UNSPECIFIED: "sum", pb.REDUCTION_SUM: "sum", pb.REDUCTION_MEAN: "mean"}
-_TIMEOUT_ACTIONS = {
-    pb.TIMEOUT_ACTION_UNSPECIFIED: "apply",
-    pb.TIMEOUT_ACTION_APPLY: "apply",
-    pb.TIMEOUT_ACTION_DROP: "drop",
-}
-_NON_FINITE = {
-    pb.NON_FINITE_POLICY_UNSPECIFIED: "reject",
-    pb.NON_FINITE_POLICY_REJECT: "reject",
-    pb.NON_FINITE_POLICY_SKIP: "skip",
-}
-
-
 def _push_response(results: dict[str, PushResult]) -> pb.PushResponse:
     return pb.PushResponse(
         results={
-            name: pb.OptimizerPushResult(outcome=_OUTCOMES[r.outcome], iterations=r.iterations)
+            name: pb.OptimizerPushResult(
+                outcome=messages.outcome_to_wire(r.outcome), iterations=r.iterations
+            )
             for name, r in results.items()
         }
     )
 
 
-def _lookup(table: Mapping[Any, str], value: int, what: str) -> str:
-    if value not in table:
-        raise InvalidArgument(
-            f"{what}: expected one of {sorted(table)}, received enum value {value}",
-            "INVALID_OPTIONS",
-        )
-    return table[value]
-
-
-def _options_from_proto(options: pb.OptimizerOptions) -> OptimizerOptions:
-    aggregation: AsyncOptions | SyncOptions = AsyncOptions()
-    if options.HasField("synchronous"):
-        sync = options.synchronous
-        aggregation = SyncOptions(
-            replicas_to_aggregate=sync.replicas_to_aggregate,
-            total_num_replicas=sync.total_num_replicas or sync.replicas_to_aggregate,
-            reduction=_lookup(_REDUCTIONS, sync.reduction, "reduction"),
-            timeout_seconds=sync.timeout_seconds,
-            on_timeout=_lookup(_TIMEOUT_ACTIONS, sync.on_timeout, "on_timeout"),
-        )
-    elif options.asynchronous.HasField("max_staleness"):
-        aggregation = AsyncOptions(max_staleness=options.asynchronous.max_staleness)
-    on_non_finite = _lookup(_NON_FINITE, options.on_non_finite, "on_non_finite")
-    return OptimizerOptions(aggregation=aggregation, on_non_finite=on_non_finite)
-
-
-def _options_to_proto(options: OptimizerOptions) -> pb.OptimizerOptions:
-    message = pb.OptimizerOptions(
-        on_non_finite=pb.NON_FINITE_POLICY_SKIP
-        if options.on_non_finite == "skip"
-        else pb.NON_FINITE_POLICY_REJECT
-    )
-    aggregation = options.aggregation
-    if isinstance(aggregation, SyncOptions):
-        message.synchronous.CopyFrom(
-            pb.SyncAggregation(
-                replicas_to_aggregate=aggregation.replicas_to_aggregate,
-                total_num_replicas=aggregation.total_num_replicas,
-                reduction=pb.REDUCTION_MEAN
-                if aggregation.reduction == "mean"
-                else pb.REDUCTION_SUM,
-                timeout_seconds=aggregation.timeout_seconds,
-                on_timeout=pb.TIMEOUT_ACTION_DROP
-                if aggregation.on_timeout == "drop"
-                else pb.TIMEOUT_ACTION_APPLY,
-            )
-        )
-    else:
-        message.asynchronous.SetInParent()
-        if aggregation.max_staleness is not None:
-            message.asynchronous.max_staleness = aggregation.max_staleness
-    return message
+def _options_from_proto(message: pb.OptimizerOptions) -> OptimizerOptions:
+    try:
+        options = messages.options_from_message(message)
+    except ValueError as error:
+        raise InvalidArgument(f"optimizer options: {error}", "INVALID_OPTIONS") from None
+    return checked(options)
 
 
 def _checkpoint_info(info: CheckpointInfo) -> pb.CheckpointInfo:

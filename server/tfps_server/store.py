@@ -23,13 +23,14 @@ import tensorflow as tf
 import tf_keras
 
 from tfps_client import checkpoint_layout as layout
+from tfps_client.types import OptimizerOptions, Outcome
 from tfps_server import optimizers
 from tfps_server.aggregation import (
-    OptimizerOptions,
-    Outcome,
     Policy,
     Prepared,
     PushResult,
+    checked,
+    make_policy,
     options_from_dict,
     options_to_dict,
 )
@@ -185,7 +186,7 @@ class Store:
             AlreadyExists: the name exists with a different config or options.
         """
         _check_name("optimizer", name)
-        options = options if options is not None else OptimizerOptions()
+        options = checked(options if options is not None else OptimizerOptions())
         with self._structure:
             existing = self._optimizers.get(name)
             try:
@@ -212,7 +213,7 @@ class Store:
                 _ = candidate.iterations
                 candidate._create_hypers()
             lock = threading.Condition()
-            policy = options.policy(lock, self.metrics, name)
+            policy = make_policy(options, lock, self.metrics, name)
             self._optimizers[name] = ManagedOptimizer(
                 name, candidate, spec, config, options, lock, policy
             )
@@ -676,7 +677,7 @@ class Store:
                     entry.creation_config,
                     options,
                     lock,
-                    options.policy(lock, self.metrics, entry.name),
+                    make_policy(options, lock, self.metrics, entry.name),
                     checked_dtypes={v.dtype for v in metadata.variables},
                 )
             batches: dict[int, list[ManagedVariable]] = {}
