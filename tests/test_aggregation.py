@@ -65,6 +65,14 @@ def local_apply(config: dict[str, Any], initial: np.ndarray, steps: Sequence[Any
     return variable
 
 
+def unit_sgd(client: Client, aggregation: Async | Sync) -> None:
+    """Creates optimizer "sgd" (SGD, learning rate 1) with a zero variable "w" of SHAPE."""
+    client.create_optimizer(
+        "sgd", {"class_name": "SGD", "config": {"learning_rate": 1.0}}, aggregation=aggregation
+    )
+    client.create_variables({"w": np.zeros(SHAPE, np.float32)}, optimizer="sgd")
+
+
 # Async -----------------------------------------------------------------------------------------
 
 
@@ -121,12 +129,7 @@ def test_worker_processes_lose_no_update(client: Client, server: RunningServer) 
 
 
 def test_max_staleness_drops_only_pushes_beyond_the_bound(client: Client) -> None:
-    client.create_optimizer(
-        "sgd",
-        {"class_name": "SGD", "config": {"learning_rate": 1.0}},
-        aggregation=Async(max_staleness=2),
-    )
-    client.create_variables({"w": np.zeros(SHAPE, np.float32)}, optimizer="sgd")
+    unit_sgd(client, Async(max_staleness=2))
     for step in range(5):
         assert client.push({"w": np.ones(SHAPE, np.float32)}, step=step).applied
     stale = client.push({"w": np.ones(SHAPE, np.float32)}, step=2)
@@ -248,12 +251,7 @@ def test_a_step_mixing_dense_and_sparse_contributions(client: Client) -> None:
 
 
 def test_backup_worker_push_is_dropped_as_stale(client: Client) -> None:
-    client.create_optimizer(
-        "sgd",
-        {"class_name": "SGD", "config": {"learning_rate": 1.0}},
-        aggregation=Sync(2, total_num_replicas=3),
-    )
-    client.create_variables({"w": np.zeros(SHAPE, np.float32)}, optimizer="sgd")
+    unit_sgd(client, Sync(2, total_num_replicas=3))
     ones = np.ones(SHAPE, np.float32)
     first = run_concurrently(
         [lambda w=w: client.push({"w": ones}, worker=w, step=0) for w in ("a", "b")]
@@ -268,12 +266,7 @@ def test_backup_worker_push_is_dropped_as_stale(client: Client) -> None:
 def test_timeout_with_a_dead_worker_answers_the_others(
     client: Client, server: RunningServer, on_timeout: str
 ) -> None:
-    client.create_optimizer(
-        "sgd",
-        {"class_name": "SGD", "config": {"learning_rate": 1.0}},
-        aggregation=Sync(3, timeout=0.5, on_timeout=on_timeout),
-    )
-    client.create_variables({"w": np.zeros(SHAPE, np.float32)}, optimizer="sgd")
+    unit_sgd(client, Sync(3, timeout=0.5, on_timeout=on_timeout))
     ones = np.ones(SHAPE, np.float32)
     results = run_concurrently(
         [lambda w=w: client.push({"w": ones}, worker=w, step=0) for w in ("a", "b")]
@@ -291,12 +284,7 @@ def test_timeout_with_a_dead_worker_answers_the_others(
 
 
 def test_sync_refuses_a_second_contribution_and_a_missing_worker(client: Client) -> None:
-    client.create_optimizer(
-        "sgd",
-        {"class_name": "SGD", "config": {"learning_rate": 1.0}},
-        aggregation=Sync(2, timeout=5),
-    )
-    client.create_variables({"w": np.zeros(SHAPE, np.float32)}, optimizer="sgd")
+    unit_sgd(client, Sync(2, timeout=5))
     ones = np.ones(SHAPE, np.float32)
     with pytest.raises(InvalidArgumentError, match="expected a worker id"):
         client.push({"w": ones})
