@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from tfps_client import Client, Outcome, RetryPolicy, UnavailableError
 from tfps_server import RunningServer, Store
 from tfps_server.aggregation import PushResult
-from tfps_server.store import DenseGradient
+from tfps_server.validation import DenseGradient
 
 from fault_proxy import DROP_RESPONSE, DUPLICATE, PASS, FaultProxy
 

@@ -22,7 +22,8 @@ from tfps_client.types import OptimizerOptions
 from tfps_server.aggregation import PushResult, checked
 from tfps_server.checkpoints import Checkpointer, CheckpointInfo, checkpoint_files, require
 from tfps_server.errors import InvalidArgument, ServerError
-from tfps_server.store import DenseGradient, Gradient, SparseGradient, Store
+from tfps_server.store import Store
+from tfps_server.validation import DenseGradient, Gradient, SparseGradient
 
 _log = logging.getLogger(__name__)
 

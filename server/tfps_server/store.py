@@ -37,40 +37,19 @@ from tfps_server.aggregation import (
 from tfps_server.errors import AlreadyExists, InvalidArgument, NotFound, ServerError
 from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
 from tfps_server.metrics import Metrics
+from tfps_server.validation import (
+    Gradient,
+    SparseGradient,
+    check_declarations,
+    check_gradient,
+    check_name,
+    check_rows,
+    check_same_declaration,
+)
 
 _log = logging.getLogger(__name__)
 
-VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
-"""Element types a variable may have."""
-
-_UPCASTS = {
-    "float16": ("float16", "float32", "float64"),
-    "bfloat16": ("bfloat16", "float32", "float64"),
-    "float32": ("float32", "float64"),
-    "float64": ("float64",),
-}
-"""Gradient dtype -> variable dtypes it may update (cast up, never down)."""
-
 _TF_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
-
-
-class DenseGradient(NamedTuple):
-    """A dense gradient of one variable."""
-
-    variable: str
-    values: np.ndarray
-
-
-class SparseGradient(NamedTuple):
-    """Row updates of one variable; ``dense_shape`` empty means the variable's shape."""
-
-    variable: str
-    values: np.ndarray
-    indices: np.ndarray
-    dense_shape: tuple[int, ...]
-
-
-Gradient = DenseGradient | SparseGradient
 
 
 class Snapshot(NamedTuple):
@@ -185,7 +164,7 @@ class Store:
             InvalidArgument: bad name, config or options.
             AlreadyExists: the name exists with a different config or options.
         """
-        _check_name("optimizer", name)
+        check_name("optimizer", name)
         options = checked(options if options is not None else OptimizerOptions())
         with self._structure:
             existing = self._optimizers.get(name)
@@ -356,28 +335,13 @@ class Store:
             AlreadyExists: a name exists with a different shape, dtype or optimizer.
         """
         managed_optimizer = self.optimizer(optimizer)
-        seen: set[str] = set()
-        for name, value in declarations:
-            _check_name("variable", name)
-            if name in seen:
-                raise InvalidArgument(
-                    f"variable {name!r}: declared twice in one request",
-                    "DUPLICATE_VARIABLE",
-                    {"variable": name},
-                )
-            seen.add(name)
-            if value.dtype.name not in VARIABLE_DTYPES:
-                raise InvalidArgument(
-                    f"variable {name!r}: expected dtype in {list(VARIABLE_DTYPES)}, "
-                    f"received {value.dtype.name}",
-                    "INVALID_DTYPE",
-                    {"variable": name, "expected": VARIABLE_DTYPES, "received": value.dtype.name},
-                )
+        check_declarations(declarations)
         with self._structure:
             created, existing = [], []
             for name, value in declarations:
                 if name in self._variables:
-                    _check_same_declaration(self._variables[name], optimizer, value)
+                    declared = self._variables[name]
+                    check_same_declaration(declared, declared.optimizer.name, optimizer, value)
                     existing.append(name)
             fresh = [(n, v) for n, v in declarations if n not in self._variables]
             for dtype in sorted(
@@ -424,7 +388,7 @@ class Store:
             InvalidArgument: the variable is a scalar or an index is out of range.
         """
         managed = self.variable(name)
-        _check_rows(managed, indices)
+        check_rows(managed, indices)
         with managed.optimizer.lock, tf.device(self.device):
             return tf.gather(managed.variable, indices).numpy()
 
@@ -520,7 +484,7 @@ class Store:
                     {"variable": gradient.variable},
                 )
             seen.add(gradient.variable)
-            _check_gradient(managed, gradient)
+            check_gradient(managed, gradient)
             if managed.optimizer.options.on_non_finite == "reject":
                 self._check_finite(managed, gradient.values)
             by_optimizer.setdefault(managed.optimizer.name, []).append(_prepare(managed, gradient))
@@ -718,96 +682,6 @@ class Store:
             for optimizer in sorted(managed, key=lambda m: m.name):
                 stack.enter_context(optimizer.lock)
             yield
-
-
-def _check_name(kind: str, name: str) -> None:
-    if not name or not name.isprintable():
-        raise InvalidArgument(
-            f"{kind} name: expected a non-empty printable string, received {name!r}",
-            "INVALID_NAME",
-            {kind: name},
-        )
-
-
-def _check_same_declaration(existing: ManagedVariable, optimizer: str, value: np.ndarray) -> None:
-    differences: list[tuple[str, object, object]] = []
-    if existing.shape != value.shape:
-        differences.append(("shape", list(existing.shape), list(value.shape)))
-    if existing.dtype != value.dtype.name:
-        differences.append(("dtype", existing.dtype, value.dtype.name))
-    if existing.optimizer.name != optimizer:
-        differences.append(("optimizer", existing.optimizer.name, optimizer))
-    if differences:
-        text = "; ".join(
-            f"{what}: exists with {old}, received {new}" for what, old, new in differences
-        )
-        what, old, new = differences[0]
-        raise AlreadyExists(
-            f"variable {existing.name!r}: {text}",
-            "VARIABLE_EXISTS",
-            {"variable": existing.name, "field": what, "expected": old, "received": new},
-        )
-
-
-def _check_gradient(managed: ManagedVariable, gradient: Gradient) -> None:
-    name = managed.name
-    dtype = gradient.values.dtype.name
-    if managed.dtype not in _UPCASTS.get(dtype, ()):
-        allowed = [d for d, targets in _UPCASTS.items() if managed.dtype in targets]
-        raise InvalidArgument(
-            f"variable {name!r}: expected a gradient dtype in {allowed}, received {dtype}",
-            "DTYPE_MISMATCH",
-            {"variable": name, "expected": allowed, "received": dtype},
-        )
-    if isinstance(gradient, DenseGradient):
-        _check_shape(name, "gradient shape", managed.shape, gradient.values.shape)
-    else:
-        if not managed.shape:
-            raise InvalidArgument(
-                f"variable {name!r}: a scalar cannot take a sparse gradient",
-                "SPARSE_SCALAR",
-                {"variable": name},
-            )
-        if gradient.dense_shape:
-            _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
-        if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
-            raise InvalidArgument(
-                f"variable {name!r}: expected int32 or int64 indices of rank 1, received "
-                f"{gradient.indices.dtype.name} of shape {list(gradient.indices.shape)}",
-                "INVALID_INDICES",
-                {"variable": name},
-            )
-        expected_values = (len(gradient.indices), *managed.shape[1:])
-        _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
-        _check_rows(managed, gradient.indices)
-
-
-def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
-    if tuple(expected) != tuple(received):
-        raise InvalidArgument(
-            f"variable {name!r}: expected {what} {list(expected)}, received {list(received)}",
-            "SHAPE_MISMATCH",
-            {"variable": name, "expected": list(expected), "received": list(received)},
-        )
-
-
-def _check_rows(managed: ManagedVariable, indices: np.ndarray) -> None:
-    if not managed.shape:
-        raise InvalidArgument(
-            f"variable {managed.name!r}: a scalar has no rows",
-            "SPARSE_SCALAR",
-            {"variable": managed.name},
-        )
-    rows = managed.shape[0]
-    if indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= rows:
-            bad = low if low < 0 else high
-            raise InvalidArgument(
-                f"variable {managed.name!r}: expected row indices in [0, {rows}), received {bad}",
-                "INDEX_OUT_OF_RANGE",
-                {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
-            )
 
 
 def _sum_of_squares(values: np.ndarray, block: int = 1 << 20) -> float:
