@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PROTO_OUT := client/tfps_client/_proto
+PROTO_OUT := client/tfps_client/wire/_proto
 
 .PHONY: demo test serve proto lint format clean
 

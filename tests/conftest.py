@@ -11,13 +11,13 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import pytest
 
 from tfps_client import Client
-from tfps_server import RunningServer, Store, create_server
+from tfps_server import Registry, RunningServer, create_server
 
 
 @pytest.fixture
 def server() -> Iterator[RunningServer]:
     """A real gRPC server on a free loopback port, with an empty store on the default device."""
-    running = create_server(Store(), "127.0.0.1:0")
+    running = create_server(Registry(), "127.0.0.1:0")
     yield running
     running.stop(None)
 

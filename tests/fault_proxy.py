@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from tfps_client import channel_options
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ParameterServer"]
 

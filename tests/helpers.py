@@ -23,11 +23,11 @@ import tensorflow as tf
 import tf_keras
 
 import tfps_client
-from tfps_client import Client, IndexedSlices, tensors
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
-from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
-from tfps_client._proto.tfps.v1 import tensor_pb2
+from tfps_client import Client, IndexedSlices
 from tfps_client.errors import from_rpc_error
+from tfps_client.wire import codec, tensor_pb2
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 """Root of the repository."""
@@ -227,14 +227,12 @@ def chunk(index: int, offset: int, data: bytes) -> tensor_pb2.TensorChunk:
 
 def dense_header(name: str, array: np.ndarray) -> pb.GradientHeader:
     """The header of a dense gradient."""
-    return pb.GradientHeader(
-        variable=name, dense=tensor_pb2.DenseSpec(tensor=tensors.spec_of(array))
-    )
+    return pb.GradientHeader(variable=name, dense=tensor_pb2.DenseSpec(tensor=codec.spec_of(array)))
 
 
 def push_request(headers: Sequence[pb.GradientHeader], arrays: Sequence[np.ndarray]) -> Any:
     """The message stream of a push with the given headers and tensors."""
-    return tensors.stream_messages(pb.PushRequest, {"gradients": list(headers)}, arrays)
+    return codec.stream_messages(pb.PushRequest, {"gradients": list(headers)}, arrays)
 
 
 # Server subprocesses ---------------------------------------------------------------------------

@@ -279,7 +279,7 @@ def test_timeout_with_a_dead_worker_answers_the_others(
         assert [r.outcomes["sgd"] for r in results] == [Outcome.DROPPED] * 2
         assert client.iterations("sgd") == 0
         np.testing.assert_array_equal(client.pull(["w"])["w"], 0 * ones)
-    scrape = generate_latest(server.store.metrics.registry).decode()
+    scrape = generate_latest(server.registry.metrics.registry).decode()
     assert 'tfps_sync_steps_timed_out_total{optimizer="sgd"} 1.0' in scrape
 
 
@@ -345,7 +345,7 @@ def test_non_finite_reject_and_skip(client: Client, server: RunningServer) -> No
     assert after[0] == 1 and all(
         np.array_equal(a, b) for a, b in zip(before[1:], after[1:], strict=True)
     )
-    scrape = generate_latest(server.store.metrics.registry).decode()
+    scrape = generate_latest(server.registry.metrics.registry).decode()
     assert 'tfps_non_finite_gradients_total{action="rejected",optimizer="reject"} 1.0' in scrape
     assert 'tfps_non_finite_gradients_total{action="skipped",optimizer="skip"} 1.0' in scrape
 

@@ -20,9 +20,9 @@ from tfps_client import (
     IndexedSlices,
     NotFoundError,
 )
-from tfps_client import checkpoint_layout as layout
 from tfps_client.keras import create_variables, load_into, pull_into, push_gradients
-from tfps_server import RunningServer, Store, create_server
+from tfps_client.wire import checkpoint_layout as layout
+from tfps_server import Registry, RunningServer, create_server
 from tfps_server.checkpoints import Checkpointer
 
 from helpers import State, assert_same_state, snapshot
@@ -33,9 +33,9 @@ SHAPE = (6, 4)
 @pytest.fixture
 def ckpt_server(tmp_path: Path) -> Iterator[RunningServer]:
     """A real server whose checkpoints go to tmp_path/ckpts, three kept."""
-    store = Store()
+    registry = Registry()
     running = create_server(
-        store, "127.0.0.1:0", checkpointer=Checkpointer(store, tmp_path / "ckpts", keep=3)
+        registry, "127.0.0.1:0", checkpointer=Checkpointer(registry, tmp_path / "ckpts", keep=3)
     )
     yield running
     running.stop(None)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfps_client import Client, IndexedSlices
-from tfps_server.store import default_device
+from tfps_server.devices import default_device
 
 from helpers import (
     LISTENING,

@@ -32,7 +32,7 @@ import ml_dtypes
 import numpy as np
 import tfps_client
 import tfps_client.keras
-from tfps_client import tensors
+from tfps_client.wire import codec
 
 arrays = [
     np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 3,
@@ -42,10 +42,10 @@ arrays = [
     np.array([7, -1, 2**40], np.int64),
     np.array([[1, 2], [3, 4]], np.int32).T,
 ]
-specs = [tensors.spec_of(a) for a in arrays]
-lists = list(tensors.iter_chunks(arrays, chunk_bytes=5))
+specs = [codec.spec_of(a) for a in arrays]
+lists = list(codec.iter_chunks(arrays, chunk_bytes=5))
 assert len(lists) > 10 and all(sum(len(c.data) for c in cs) <= 5 for cs in lists)
-assembler = tensors.TensorAssembler(specs)
+assembler = codec.TensorAssembler(specs)
 for chunks in lists:
     assembler.add(chunks)
 for got, want in zip(assembler.finish(), arrays, strict=True):
@@ -192,8 +192,8 @@ def test_importing_the_client_does_not_import_tensorflow() -> None:
     """Even where TensorFlow is installed, tfps_client and tfps_client.keras leave it unloaded."""
     script = (
         "import sys, numpy as np, tfps_client, tfps_client.keras\n"
-        "from tfps_client import tensors\n"
-        "list(tensors.iter_chunks([np.zeros(3, np.float32)]))\n"
+        "from tfps_client.wire import codec\n"
+        "list(codec.iter_chunks([np.zeros(3, np.float32)]))\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
     )
     assert _run(Path(sys.executable), script) == ""

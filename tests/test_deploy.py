@@ -22,8 +22,8 @@ import yaml
 from scrape import Scrape, scrape
 
 from tfps_client import Client
-from tfps_server import Store, create_server
-from tfps_server.server import SERVICE_NAME
+from tfps_server import Registry, create_server
+from tfps_server.app import SERVICE_NAME
 
 from helpers import REPO
 
@@ -43,7 +43,7 @@ PROMETHEUS_METRICS = {"up"}
 @pytest.fixture(scope="module")
 def exported() -> Scrape:
     """A live scrape of a server that has served a push and a pull."""
-    running = create_server(Store(), "127.0.0.1:0", metrics_address="127.0.0.1:0")
+    running = create_server(Registry(), "127.0.0.1:0", metrics_address="127.0.0.1:0")
     try:
         with Client(f"127.0.0.1:{running.port}", timeout=60) as client:
             client.create_optimizer("default", {"class_name": "SGD", "config": {}})
@@ -404,7 +404,7 @@ def healthcheck() -> Iterator[Any]:
 def test_container_healthcheck_follows_the_health_service(healthcheck: Any) -> None:
     """Exit 0 while SERVING, 1 while NOT_SERVING and once the server is gone; the default
     address takes its port from TFPS_PORT."""
-    running = create_server(Store(), "127.0.0.1:0")
+    running = create_server(Registry(), "127.0.0.1:0")
     address = f"127.0.0.1:{running.port}"
     try:
         assert healthcheck(address) == (0, f"{address} {SERVICE_NAME}: SERVING\n")

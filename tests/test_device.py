@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
+from tfps_server.devices import default_device, resolve_device
 from tfps_server.errors import InvalidArgument
-from tfps_server.store import Store, default_device, resolve_device
+from tfps_server.registry import Registry
 
 PLACEMENT_SCRIPT = textwrap.dedent(
     """
@@ -21,20 +22,20 @@ PLACEMENT_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
     from tfps_client import Client, IndexedSlices
-    from tfps_server import Store, create_server
+    from tfps_server import Registry, create_server
 
-    running = create_server(Store("/CPU:1"), "127.0.0.1:0")
+    running = create_server(Registry("/CPU:1"), "127.0.0.1:0")
     client = Client(f"127.0.0.1:{running.port}")
     client.create_optimizer("opt", {"class_name": "Adam", "config": {}})
     client.create_variables({"w": np.ones((4, 2), np.float32)}, optimizer="opt")
     client.push({"w": IndexedSlices(np.ones((1, 2), np.float32), np.array([3]))})
-    store = running.store
-    managed = store.variable("w")
+    registry = running.registry
+    managed = registry.current().variable("w")
     optimizer = managed.optimizer.optimizer
     devices = [managed.variable.device, optimizer.iterations.device]
     devices += [optimizer.get_slot(managed.variable, s).device for s in optimizer.get_slot_names()]
     info = client.list_variables()[0]
-    print(store.device, info.device, *devices, sep="\\n")
+    print(registry.device, info.device, *devices, sep="\\n")
     running.stop(None)
     """
 )
@@ -55,9 +56,9 @@ def test_auto_picks_the_first_gpu_else_the_cpu() -> None:
 
     expected = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
     assert default_device().endswith(expected)
-    assert Store("auto").device == resolve_device(f"/{expected}")
+    assert Registry("auto").device == resolve_device(f"/{expected}")
 
 
 def test_unknown_device_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"device: expected one of .*received '/GPU:7'"):
-        Store("/GPU:7")
+        Registry("/GPU:7")

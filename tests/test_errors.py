@@ -21,8 +21,8 @@ from tfps_client import (
     NotFoundError,
     TfpsError,
 )
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
-from tfps_client._proto.tfps.v1 import tensor_pb2
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import tensor_pb2
 from tfps_server import RunningServer
 
 from helpers import (
@@ -424,7 +424,7 @@ CASES = [
         lambda env: env.client.set_weights("default", env.client.get_weights("default")[:-1]),
         InvalidArgumentError,
         "WEIGHTS_MISMATCH",
-        ("'default'", f"length {WEIGHT_COUNT - 1}", f"expecting {WEIGHT_COUNT} weights"),
+        ("'default'", f"expected {WEIGHT_COUNT} weights", f"received {WEIGHT_COUNT - 1}"),
         {"optimizer": "default"},
     ),
     Case(
@@ -432,19 +432,65 @@ CASES = [
         _set_weights_replacing(1, _f32(2, 3)),
         InvalidArgumentError,
         "WEIGHTS_MISMATCH",
-        (
-            "'default'",
-            "Optimizer weight shape (3, 2) not compatible with provided weight shape (2, 3)",
-        ),
-        {"optimizer": "default"},
+        ("'default'", "weight 1 (slot 'm' of 'dense')", "expected shape [3, 2]", "received [2, 3]"),
+        {"optimizer": "default", "expected": "[3, 2]", "received": "(2, 3)"},
     ),
     Case(
         "set-weights-wrong-shape-last-slot",
-        _set_weights_replacing(-1, _f32(5)),
+        _set_weights_replacing(-1, np.ones(5, np.float16)),
         InvalidArgumentError,
         "WEIGHTS_MISMATCH",
-        ("'default'", "Optimizer weight shape (4,) not compatible with provided weight shape (5,)"),
+        ("'default'", "(slot 'v' of 'half')", "expected shape [4]", "received [5]"),
         {"optimizer": "default"},
+    ),
+    Case(
+        "set-weights-narrowing-dtype",
+        _set_weights_replacing(1, np.ones((3, 2), np.float64)),
+        InvalidArgumentError,
+        "WEIGHTS_MISMATCH",
+        ("(slot 'm' of 'dense')", "expected dtype in ['float16', 'bfloat16', 'float32']"),
+        {"optimizer": "default", "received": "float64"},
+    ),
+    Case(
+        "set-weights-non-finite-slot",
+        _set_weights_replacing(
+            2, np.array([[0, 1], [NAN, 2], [3, INF], [4, 5], [6, 7]], np.float32)
+        ),
+        InvalidArgumentError,
+        "NON_FINITE_VALUE",
+        ("weight 2 (slot 'm' of 'emb')", "expected finite values", "received 2 non-finite"),
+        {"optimizer": "default", "received": "2"},
+    ),
+    Case(
+        "set-weights-float-iterations",
+        _set_weights_replacing(0, np.float64(3.5)),
+        InvalidArgumentError,
+        "INVALID_ITERATIONS",
+        ("'default'", "expected iterations as an integer scalar", "received float64"),
+    ),
+    Case(
+        "set-weights-iterations-out-of-range",
+        _set_weights_replacing(0, np.int64(2**63 - 1)),
+        InvalidArgumentError,
+        "INVALID_ITERATIONS",
+        ("'default'", "expected iterations in [0, 2**62]", f"received {2**63 - 1}"),
+    ),
+    Case(
+        "set-weights-negative-iterations",
+        _set_weights_replacing(0, np.int64(-1)),
+        InvalidArgumentError,
+        "INVALID_ITERATIONS",
+        ("expected iterations in [0, 2**62]", "received -1"),
+    ),
+    Case(
+        "create-non-finite-initial-value",
+        lambda env: env.client.create_variables(
+            {"fine": _f32(2), "bad": np.array([1, NAN, INF], np.float32)}
+        ),
+        InvalidArgumentError,
+        "NON_FINITE_VALUE",
+        ("variable 'bad'", "expected finite initial values", "received 2 non-finite"),
+        {"variable": "bad", "received": "2"},
     ),
     # Hyperparameters ---------------------------------------------------------------------------
     Case(
@@ -459,12 +505,12 @@ CASES = [
             "received": "bogus",
         },
     ),
-    _hyper(
-        "nan", "learning_rate", NAN, "INVALID_HYPERPARAMETER", "'learning_rate'", "received nan"
-    ),
-    _hyper("inf", "beta_1", INF, "INVALID_HYPERPARAMETER", "'beta_1'", "received inf"),
-    _hyper("negative-decay", "decay", -0.5, "INVALID_HYPERPARAMETER", "non-negative", "-0.5"),
-    _hyper("schedule-for-beta", "beta_1", SCHEDULE, "INVALID_HYPERPARAMETER", "'beta_1'"),
+    _hyper("nan", "learning_rate", NAN, "INVALID_CONFIG", "'learning_rate'", "received nan"),
+    _hyper("inf", "beta_1", INF, "INVALID_CONFIG", "'beta_1'", "received inf"),
+    _hyper("negative-decay", "decay", -0.5, "INVALID_CONFIG", "decay >= 0", "-0.5"),
+    _hyper("schedule-for-beta", "beta_1", SCHEDULE, "INVALID_CONFIG", "expected a number"),
+    _hyper("beta-one", "beta_1", 1.0, "INVALID_CONFIG", "non-finite"),
+    _hyper("huge-learning-rate", "learning_rate", 1e39, "INVALID_CONFIG", "cannot update float32"),
     Case(
         "hyperparameter-unknown-schedule",
         lambda env: env.client.set_hyperparameter(
@@ -485,7 +531,7 @@ CASES = [
         ),
         InvalidArgumentError,
         "INVALID_CONFIG",
-        ("'default'", "expected schedule JSON", "'{oops'"),
+        ("'default'", "schedule JSON: expected JSON", "'{oops'"),
         {"optimizer": "default"},
     ),
     Case(

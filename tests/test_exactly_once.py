@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from tfps_client import Client, Outcome, RetryPolicy, UnavailableError
-from tfps_server import RunningServer, Store
-from tfps_server.aggregation import PushResult
-from tfps_server.validation import DenseGradient
+from tfps_client.wire.convert import DenseGradient, OptimizerResult
+from tfps_server import Pusher, Registry, RunningServer
+from tfps_server import snapshot as snapshots
 
 from fault_proxy import DROP_RESPONSE, DUPLICATE, PASS, FaultProxy
 
@@ -61,30 +61,31 @@ def test_without_retries_a_lost_response_surfaces(server: RunningServer) -> None
                 client.push({"w": np.ones(3, np.float32)})
     finally:
         faulty.stop()
-    scrape = generate_latest(server.store.metrics.registry).decode()
+    scrape = generate_latest(server.registry.metrics.registry).decode()
     assert 'tfps_pushes_total{optimizer="sgd",outcome="applied"} 1.0' in scrape
 
 
 def test_a_push_a_checkpoint_caught_half_way_is_completed_not_repeated() -> None:
     """A restored window entry with only some optimizers' results applies only the rest."""
-    store = Store()
+    registry = Registry()
+    pusher = Pusher(registry)
     for name in ("a", "b"):
-        store.create_optimizer(name, '{"class_name": "SGD", "config": {"learning_rate": 1.0}}')
-        store.create_variables(name, [(f"w_{name}", np.zeros(3, np.float32))])
+        registry.create_optimizer(name, '{"class_name": "SGD", "config": {"learning_rate": 1.0}}')
+        registry.create_variables(name, [(f"w_{name}", np.zeros(3, np.float32))])
     gradients = [DenseGradient(f"w_{name}", np.ones(3, np.float32)) for name in ("a", "b")]
-    store.push(gradients[:1], request_id="earlier")  # optimizer a is at iterations 1
-    snapshot = store.snapshot()
+    pusher.push(gradients[:1], request_id="earlier")  # optimizer a is at iterations 1
+    snapshot = snapshots.capture(registry)
     # As if the checkpoint was cut while "half" had updated a (recorded) but not yet b.
     half = ("half", {"a": ["applied", 1]}, False)
     metadata = dataclasses.replace(snapshot.metadata, requests=(*snapshot.metadata.requests, half))
-    store.restore(snapshot._replace(metadata=metadata))
+    snapshots.restore(registry, snapshot._replace(metadata=metadata))
 
-    results = store.push(gradients, request_id="half")
+    results = pusher.push(gradients, request_id="half")
     assert results == {
-        "a": PushResult(Outcome.APPLIED, 1),  # recorded before the cut: not applied again
-        "b": PushResult(Outcome.APPLIED, 1),  # missing from the cut: applied now
+        "a": OptimizerResult(Outcome.APPLIED, 1),  # recorded before the cut: not applied again
+        "b": OptimizerResult(Outcome.APPLIED, 1),  # missing from the cut: applied now
     }
-    assert store.iterations("a") == 1 and store.iterations("b") == 1
-    assert dict(store.pull(["w_a", "w_b"]))["w_a"].tolist() == [-1.0, -1.0, -1.0]
-    assert store.push(gradients, request_id="half") == results  # now complete: replayed
-    assert store.iterations("b") == 1
+    assert registry.iterations("a") == 1 and registry.iterations("b") == 1
+    assert dict(registry.pull(["w_a", "w_b"]))["w_a"].tolist() == [-1.0, -1.0, -1.0]
+    assert pusher.push(gradients, request_id="half") == results  # now complete: replayed
+    assert registry.iterations("b") == 1

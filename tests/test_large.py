@@ -9,8 +9,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tfps_client import Client, IndexedSlices, tensors
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
+from tfps_client import Client, IndexedSlices
+from tfps_client.wire import codec
+from tfps_client.wire import parameter_server_pb2 as pb
 
 from helpers import assert_bitwise_equal
 
@@ -66,10 +67,10 @@ def _sample(shape: tuple[int, ...], dtype: Any, seed: int) -> np.ndarray:
 
 def _round_trip(arrays: list[np.ndarray], chunk_bytes: int) -> tuple[int, list[np.ndarray]]:
     """Streams arrays as serialized PullResponse messages; returns (messages, decoded arrays)."""
-    specs = [pb.NamedTensorSpec(name=str(i), spec=tensors.spec_of(a)) for i, a in enumerate(arrays)]
+    specs = [pb.NamedTensorSpec(name=str(i), spec=codec.spec_of(a)) for i, a in enumerate(arrays)]
     wire = [
         message.SerializeToString()
-        for message in tensors.stream_messages(
+        for message in codec.stream_messages(
             pb.PullResponse, {"tensors": specs}, arrays, chunk_bytes
         )
     ]
@@ -77,7 +78,7 @@ def _round_trip(arrays: list[np.ndarray], chunk_bytes: int) -> tuple[int, list[n
     for message in messages:
         assert sum(len(c.data) for c in message.chunks) <= chunk_bytes
     assert all(not m.tensors for m in messages[1:]), "specs travel in the first message only"
-    _, decoded = tensors.read_stream(messages, lambda first: [t.spec for t in first.tensors])
+    _, decoded = codec.read_stream(messages, lambda first: [t.spec for t in first.tensors])
     return len(messages), decoded
 
 
@@ -112,7 +113,7 @@ def test_codec_round_trips_many_tensors_in_one_stream() -> None:
 def test_iter_chunks_cuts_large_tensors_and_packs_small_ones() -> None:
     """Chunk lists hold at most chunk_bytes each, in order, without gaps, across tensors."""
     arrays = [np.arange(10, dtype=np.int32), np.zeros(0, np.float32), np.arange(3, dtype=np.int64)]
-    lists = list(tensors.iter_chunks(arrays, chunk_bytes=16))
+    lists = list(codec.iter_chunks(arrays, chunk_bytes=16))
     sizes = [sum(len(c.data) for c in chunks) for chunks in lists]
     assert [size for size in sizes if size] == [16, 16, 16, 16]
     offsets: dict[int, int] = {}
@@ -120,4 +121,4 @@ def test_iter_chunks_cuts_large_tensors_and_packs_small_ones() -> None:
         assert chunk.offset == offsets.get(chunk.tensor_index, 0)
         offsets[chunk.tensor_index] = chunk.offset + len(chunk.data)
     assert offsets == {0: 40, 2: 24}
-    assert list(tensors.iter_chunks([], chunk_bytes=16)) == [[]]
+    assert list(codec.iter_chunks([], chunk_bytes=16)) == [[]]

@@ -21,11 +21,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import wait_until
 
 from tfps_client import Client
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
-from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
-from tfps_server import Store, create_server
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
+from tfps_server import Registry, create_server
+from tfps_server.app import SERVICE_NAME
 from tfps_server.logs import REDACTED, JsonFormatter, redacted
-from tfps_server.server import SERVICE_NAME
 
 from helpers import LISTENING, ServerProcess, chunk, dense_header, free_port, server_env
 
@@ -202,7 +202,7 @@ def test_json_log_lines(sigterm_run: ShutdownRun) -> None:
 def test_shutdown_hooks_run_after_in_flight_rpcs() -> None:
     """A hook (the place of the final checkpoint) sees every in-flight push already
     applied; a failing hook does not stop the others and is raised at the end."""
-    running = create_server(Store(), "127.0.0.1:0")
+    running = create_server(Registry(), "127.0.0.1:0")
     with Client(f"127.0.0.1:{running.port}", timeout=60) as client:
         client.create_optimizer("default", {"class_name": "SGD", "config": {}})
         client.create_variables({"w": np.zeros_like(GRADIENT)})
@@ -213,12 +213,12 @@ def test_shutdown_hooks_run_after_in_flight_rpcs() -> None:
         raise OSError("disk full")
 
     running.add_shutdown_hook(
-        lambda: seen.append(f"iterations {running.store.iterations('default')}")
+        lambda: seen.append(f"iterations {running.registry.iterations('default')}")
     )
     running.add_shutdown_hook(failing_hook)
     running.add_shutdown_hook(lambda: seen.append("last"))
     held = HeldPushes(running.port, 2)
-    registry = running.store.metrics.registry
+    registry = running.registry.metrics.registry
     deadline = time.monotonic() + 30
     while registry.get_sample_value("tfps_rpc_in_flight", {"method": "Push"}) != 2:
         assert time.monotonic() < deadline, "the pushes never arrived"

@@ -12,9 +12,9 @@ import pytest
 from scrape import delta, labels, scrape, wait_until
 
 from tfps_client import Client, InvalidArgumentError, NotFoundError
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
-from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
-from tfps_server import RunningServer, Store, create_server
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
+from tfps_server import Registry, RunningServer, create_server
 from tfps_server.cli import build_parser
 
 SGD = {"class_name": "SGD", "config": {"learning_rate": 0.25}}
@@ -33,7 +33,7 @@ E = np.zeros((5, 2), np.float64)
 
 def _serve(variable_labels: bool = False) -> RunningServer:
     return create_server(
-        Store(),
+        Registry(),
         "127.0.0.1:0",
         metrics_address="127.0.0.1:0",
         metrics_variable_labels=variable_labels,
@@ -158,7 +158,7 @@ def test_state_gauges_read_at_scrape_time(served: tuple[RunningServer, Client]) 
     for _ in range(3):
         client.push({"w": np.ones_like(W), "e": np.ones_like(E)})
     state = scrape(port)
-    device = running.store.device
+    device = running.registry.device
 
     assert state.series("tfps_optimizer_iterations") == {
         labels(optimizer="adam"): 3,
@@ -199,7 +199,7 @@ def test_variable_labels_are_opt_in() -> None:
         state = scrape(running.metrics_port)
     finally:
         running.stop(None)
-    device = running.store.device
+    device = running.registry.device
     assert state.series("tfps_variable_bytes") == {
         labels(device=device, variable="w"): W.nbytes,
         labels(device=device, variable="e"): E.nbytes,
@@ -218,7 +218,7 @@ def test_metrics_endpoint_closes_with_the_server() -> None:
     running.stop(None)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # free again
-    quiet = create_server(Store(), "127.0.0.1:0")
+    quiet = create_server(Registry(), "127.0.0.1:0")
     try:
         assert quiet.metrics_port is None
     finally:
@@ -232,7 +232,7 @@ def test_busy_metrics_port_is_a_clear_error() -> None:
         busy.listen()
         address = f"127.0.0.1:{busy.getsockname()[1]}"
         with pytest.raises(RuntimeError, match=f"could not serve metrics on {address}"):
-            create_server(Store(), "127.0.0.1:0", metrics_address=address)
+            create_server(Registry(), "127.0.0.1:0", metrics_address=address)
 
 
 def test_metrics_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

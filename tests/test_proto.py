@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import REPO
 
-COMMITTED = REPO / "client" / "tfps_client" / "_proto"
+COMMITTED = REPO / "client" / "tfps_client" / "wire" / "_proto"
 
 # protoc segfaults in a process that has imported TensorFlow (as this one has, through
 # conftest), so tools/gen_proto.py is loaded from its path and run in a fresh interpreter.

@@ -16,7 +16,7 @@ import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tfps_client import Client, IndexedSlices, TfpsError
-from tfps_server.checkpoints import read_checkpoint
+from tfps_server.snapshot import read_checkpoint
 
 from helpers import (
     LocalReference,

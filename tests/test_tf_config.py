@@ -10,7 +10,7 @@ import pytest
 
 import tfps_client
 from tfps_client import Client, tf_config
-from tfps_server import Store, create_server
+from tfps_server import Registry, create_server
 from tfps_server.cli import ALL_INTERFACES, DEFAULT_HOST, DEFAULT_PORT, listen_address
 
 from helpers import LISTENING, REPO, ServerProcess, free_port, server_env
@@ -109,9 +109,9 @@ def test_server_binds_its_ps_port_from_tf_config() -> None:
 def test_demo_worker_takes_server_and_index_from_tf_config() -> None:
     """examples/worker.py (the compose, Job and TFJob worker) finds the ps task and its own
     index in TF_CONFIG and trains through the server."""
-    store = Store()
-    store.create_optimizer("default", json.dumps({"class_name": "Adam", "config": {}}))
-    running = create_server(store, "127.0.0.1:0")
+    registry = Registry()
+    registry.create_optimizer("default", json.dumps({"class_name": "Adam", "config": {}}))
+    running = create_server(registry, "127.0.0.1:0")
     cluster = {"ps": [f"127.0.0.1:{running.port}"], "worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     env = server_env(TF_CONFIG=_config("worker", 1, cluster))
     try:
@@ -125,6 +125,6 @@ def test_demo_worker_takes_server_and_index_from_tf_config() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"worker 1: waiting for 127.0.0.1:{running.port}" in result.stdout
         assert "worker 1  epoch  1/1" in result.stdout
-        assert store.iterations("default") > 0
+        assert registry.iterations("default") > 0
     finally:
         running.stop(None)

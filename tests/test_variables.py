@@ -162,7 +162,7 @@ def test_pull_all_and_list_variables(server: RunningServer, client: Client) -> N
         ("b", (), np.dtype(np.float64), "default"),
         ("c", (7,), np.dtype(np.float16), "second"),
     ]
-    assert all(info.device.endswith(server.store.device) for info in infos), infos
+    assert all(info.device.endswith(server.registry.device) for info in infos), infos
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Usage: python tools/gen_proto.py OUT_DIR
 
 The generated modules live in packages mirroring the proto packages
 (``tfps.v1`` -> ``OUT_DIR/tfps/v1``); their imports are rewritten to be
-absolute within ``tfps_client._proto`` so the client needs no sys.path tricks.
+absolute within ``tfps_client.wire._proto`` so the client needs no sys.path tricks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PACKAGE_PREFIX = "tfps_client._proto"
+PACKAGE_PREFIX = "tfps_client.wire._proto"
 _IMPORT = re.compile(r"^from tfps\.v1 import ", re.MULTILINE)
 
 

@@ -4,7 +4,7 @@ Needs only numpy, grpcio and protobuf (and ml-dtypes for bfloat16); TensorFlow
 helpers live in :mod:`tfps_client.keras` and import TensorFlow lazily.
 """
 
-from tfps_client.client import MAX_MESSAGE_BYTES, Client, channel_options
+from tfps_client.client import Client
 from tfps_client.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -25,6 +25,7 @@ from tfps_client.errors import (
     UnknownError,
 )
 from tfps_client.tf_config import ps_addresses
+from tfps_client.transport import MAX_MESSAGE_BYTES, channel_options
 from tfps_client.types import (
     Aggregation,
     Async,
@@ -38,6 +39,7 @@ from tfps_client.types import (
     Sync,
     VariableInfo,
 )
+from tfps_client.wire.reasons import Reason
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -61,6 +63,7 @@ __all__ = [
     "Outcome",
     "PermissionDeniedError",
     "PushResult",
+    "Reason",
     "ResourceExhaustedError",
     "RetryPolicy",
     "Sync",

@@ -8,10 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tfps_client import checkpoint_layout as layout
 from tfps_client.client import Client
 from tfps_client.errors import TfpsError
 from tfps_client.types import CheckpointInfo
+from tfps_client.wire import checkpoint_layout as layout
 
 
 def _describe(info: CheckpointInfo) -> str:

@@ -1,57 +1,35 @@
-"""The typed client of the tfps parameter server."""
+"""The typed client of the tfps parameter server: one method per user intent."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, Literal
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client import messages, tensors
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as pb
-from tfps_client._proto.tfps.v1 import parameter_server_pb2_grpc as pb_grpc
-from tfps_client._proto.tfps.v1 import tensor_pb2
-from tfps_client.errors import DataLossError, from_rpc_error
+from tfps_client.transport import MAX_MESSAGE_BYTES, Transport, open_channel
 from tfps_client.types import (
     Aggregation,
     Async,
     CheckpointInfo,
     CreateVariablesResult,
-    IndexedSlices,
     OptimizerOptions,
     PushResult,
     RetryPolicy,
     VariableInfo,
 )
-
-MAX_MESSAGE_BYTES = 256 << 20
-"""Largest gRPC message either side accepts (the gRPC default is 4 MiB)."""
+from tfps_client.wire import codec, convert
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 
 Gradient = Any
 """A numpy array (or array-like), an :class:`IndexedSlices`, or with TensorFlow
 imported a ``tf.Tensor``, ``tf.Variable`` or ``tf.IndexedSlices``."""
-
-_T = TypeVar("_T")
-
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-"""Status codes the client retries by itself."""
-
-
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    """Returns the gRPC options both client and server use for message sizes."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
 
 
 class Client:
@@ -74,22 +52,25 @@ class Client:
         address: str,
         timeout: float | None = 60.0,
         *,
-        chunk_bytes: int = tensors.DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        options = channel_options(max_message_bytes)
         self.address = address
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._chunk_bytes = chunk_bytes
-        self._channel = (
-            grpc.secure_channel(address, credentials, options)
-            if credentials is not None
-            else grpc.insecure_channel(address, options)
-        )
+        self._transport = Transport(timeout, retry or RetryPolicy(), chunk_bytes)
+        self._channel = open_channel(address, credentials, max_message_bytes)
         self._stub = pb_grpc.ParameterServerStub(self._channel)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each call may take; ``None`` waits forever."""
+        return self._transport.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How calls failing with UNAVAILABLE or DEADLINE_EXCEEDED are retried."""
+        return self._transport.retry
 
     def close(self) -> None:
         """Closes the channel."""
@@ -134,43 +115,45 @@ class Client:
         request = pb.CreateOptimizerRequest(
             name=name,
             config_json=config_json,
-            options=messages.options_to_message(
+            options=convert.options_to_message(
                 OptimizerOptions(aggregation or Async(), on_non_finite)
             ),
         )
-        return self._unary(self._stub.CreateOptimizer, request).created
+        return self._transport.unary(self._stub.CreateOptimizer, request).created
 
     def get_options(self, optimizer: str) -> OptimizerOptions:
         """Returns the aggregation mode and non-finite policy the optimizer was created with."""
         request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
-        response = self._unary(self._stub.GetOptimizerConfig, request)
-        return messages.options_from_message(response.options)
+        response = self._transport.unary(self._stub.GetOptimizerConfig, request)
+        return convert.options_from_message(response.options)
 
     def get_config(self, optimizer: str) -> dict[str, Any]:
         """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
         request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
-        return json.loads(self._unary(self._stub.GetOptimizerConfig, request).config_json)
+        return json.loads(self._transport.unary(self._stub.GetOptimizerConfig, request).config_json)
 
     def iterations(self, optimizer: str) -> int:
         """Returns how many updates the optimizer has applied."""
         request = pb.GetIterationsRequest(optimizer=optimizer)
-        return self._unary(self._stub.GetIterations, request).iterations
+        return self._transport.unary(self._stub.GetIterations, request).iterations
 
     def slot_names(self, optimizer: str) -> list[str]:
         """Returns the optimizer's slot names, as ``optimizer.get_slot_names()``."""
         request = pb.GetSlotNamesRequest(optimizer=optimizer)
-        return list(self._unary(self._stub.GetSlotNames, request).slot_names)
+        return list(self._transport.unary(self._stub.GetSlotNames, request).slot_names)
 
     def get_slot(self, variable: str, slot: str) -> np.ndarray:
         """Returns one slot's value for one variable, as ``optimizer.get_slot(var, slot)``."""
         request = pb.GetSlotRequest(variable=variable, slot=slot)
-        _, (value,) = self._download(self._stub.GetSlot, request, lambda first: [first.slot])
+        _, (value,) = self._transport.download(
+            self._stub.GetSlot, request, lambda first: [first.slot]
+        )
         return value
 
     def get_weights(self, optimizer: str) -> list[np.ndarray]:
         """Returns the optimizer's weights in Keras order: iterations, then slots."""
         request = pb.GetOptimizerWeightsRequest(optimizer=optimizer)
-        _, weights = self._download(
+        _, weights = self._transport.download(
             self._stub.GetOptimizerWeights, request, lambda first: first.weights
         )
         return weights
@@ -178,8 +161,10 @@ class Client:
     def set_weights(self, optimizer: str, weights: Sequence[npt.ArrayLike]) -> None:
         """Replaces the optimizer's weights, with Keras's length and shape checks."""
         arrays = [np.asarray(w) for w in weights]
-        header = {"optimizer": optimizer, "weights": [tensors.spec_of(a) for a in arrays]}
-        self._upload(self._stub.SetOptimizerWeights, pb.SetOptimizerWeightsRequest, header, arrays)
+        header = {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in arrays]}
+        self._transport.upload(
+            self._stub.SetOptimizerWeights, pb.SetOptimizerWeightsRequest, header, arrays
+        )
 
     def set_hyperparameter(
         self, optimizer: str, name: str, value: float | Mapping[str, Any]
@@ -196,7 +181,7 @@ class Client:
             request.schedule_json = json.dumps(value)
         else:
             request.number = float(value)
-        self._unary(self._stub.SetHyperparameter, request)
+        self._transport.unary(self._stub.SetHyperparameter, request)
 
     # Variables --------------------------------------------------------------------------------
 
@@ -209,23 +194,23 @@ class Client:
         (name, shape, dtype, optimizer) succeeds without changing anything.
         """
         names = list(variables)
-        arrays = [_to_numpy(variables[name]) for name in names]
+        arrays = [convert.to_numpy(variables[name]) for name in names]
         header = {
             "optimizer": optimizer,
             "variables": [
-                pb.VariableDeclaration(name=name, spec=tensors.spec_of(array))
+                pb.VariableDeclaration(name=name, spec=codec.spec_of(array))
                 for name, array in zip(names, arrays, strict=True)
             ],
         }
-        response = self._upload(
+        response = self._transport.upload(
             self._stub.CreateVariables, pb.CreateVariablesRequest, header, arrays
         )
         return CreateVariablesResult(tuple(response.created), tuple(response.existing))
 
     def list_variables(self) -> list[VariableInfo]:
         """Returns every variable the server holds, in creation order."""
-        response = self._unary(self._stub.ListVariables, pb.ListVariablesRequest())
-        return [_variable_info(info) for info in response.variables]
+        response = self._transport.unary(self._stub.ListVariables, pb.ListVariablesRequest())
+        return [convert.variable_info_from_message(info) for info in response.variables]
 
     def push(
         self,
@@ -254,8 +239,8 @@ class Client:
         """
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
-        response = self._upload(self._stub.Push, pb.PushRequest, header, arrays)
-        return _push_result(response, request_id)
+        response = self._transport.upload(self._stub.Push, pb.PushRequest, header, arrays)
+        return convert.push_result(response, request_id)
 
     def push_pull(
         self,
@@ -273,16 +258,15 @@ class Client:
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
         header["pull"] = list(pull)
-        first, values = self._download(
-            lambda request, timeout: self._stub.PushPull(
-                tensors.stream_messages(pb.PushRequest, header, arrays, self._chunk_bytes),
-                timeout=timeout,
-            ),
-            None,
+        first, values = self._transport.exchange(
+            self._stub.PushPull,
+            pb.PushRequest,
+            header,
+            arrays,
             lambda first: [t.spec for t in first.tensors],
         )
         pulled = {t.name: value for t, value in zip(first.tensors, values, strict=True)}
-        return _push_result(first.push, request_id), pulled
+        return convert.push_result(first.push, request_id), pulled
 
     def pull(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Returns the current values of the named variables (all when ``names`` is None)."""
@@ -290,7 +274,7 @@ class Client:
         if wanted == []:
             return {}
         request = pb.PullRequest(names=wanted or ())
-        first, values = self._download(
+        first, values = self._transport.download(
             self._stub.Pull, request, lambda first: [t.spec for t in first.tensors]
         )
         return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
@@ -305,25 +289,28 @@ class Client:
         if indices.size and not np.issubdtype(indices.dtype, np.integer):
             raise TypeError(f"pull_rows: expected integer ids, received dtype {indices.dtype}")
         request = pb.PullRowsRequest(variable=name, indices=indices.astype(np.int64).tolist())
-        _, (rows,) = self._download(self._stub.PullRows, request, lambda first: [first.rows])
+        _, (rows,) = self._transport.download(
+            self._stub.PullRows, request, lambda first: [first.rows]
+        )
         return rows.reshape(shape + rows.shape[1:])
 
     # Checkpoints ------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> CheckpointInfo:
         """Makes the server write a checkpoint of its whole state now."""
-        response = self._unary(self._stub.SaveCheckpoint, pb.SaveCheckpointRequest())
-        return _checkpoint_info(response.checkpoint)
+        response = self._transport.unary(self._stub.SaveCheckpoint, pb.SaveCheckpointRequest())
+        return convert.checkpoint_info_from_message(response.checkpoint)
 
     def list_checkpoints(self) -> list[CheckpointInfo]:
         """Returns the checkpoints the server retains, oldest first."""
-        response = self._unary(self._stub.ListCheckpoints, pb.ListCheckpointsRequest())
-        return [_checkpoint_info(c) for c in response.checkpoints]
+        response = self._transport.unary(self._stub.ListCheckpoints, pb.ListCheckpointsRequest())
+        return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
 
     def restore_checkpoint(self, checkpoint_id: int | None = None) -> CheckpointInfo:
         """Replaces the server's whole state with a checkpoint's (the latest when None)."""
         request = pb.RestoreCheckpointRequest(id=checkpoint_id or 0)
-        return _checkpoint_info(self._unary(self._stub.RestoreCheckpoint, request).checkpoint)
+        response = self._transport.unary(self._stub.RestoreCheckpoint, request)
+        return convert.checkpoint_info_from_message(response.checkpoint)
 
     def download_checkpoint(self, checkpoint_id: int | None, dest_dir: str | Path) -> str:
         """Downloads a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
@@ -342,192 +329,15 @@ class Client:
             DataLossError: a file's size or digest does not match the server's.
         """
         request = pb.DownloadCheckpointRequest(id=checkpoint_id or 0)
-        return self._with_retries(
-            lambda: _download_files(self._stub, request, dest_dir, self.timeout)
-        )
-
-    # Plumbing ---------------------------------------------------------------------------------
-
-    def _with_retries(self, attempt: Callable[[], _T]) -> _T:
-        """Runs ``attempt``, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff."""
-        policy = self.retry
-        backoff = policy.initial_backoff
-        for number in range(1, policy.max_attempts + 1):
-            try:
-                return attempt()
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                if code not in RETRYABLE or number == policy.max_attempts:
-                    raise from_rpc_error(error) from None
-            time.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * policy.multiplier, policy.max_backoff)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _unary(self, method: Callable[..., _T], request: Any) -> _T:
-        return self._with_retries(lambda: method(request, timeout=self.timeout))
-
-    def _upload(
-        self,
-        method: Callable[..., _T],
-        message: Callable[..., Any],
-        header: Mapping[str, Any],
-        arrays: Sequence[np.ndarray],
-    ) -> _T:
-        return self._with_retries(
-            lambda: method(
-                tensors.stream_messages(message, header, arrays, self._chunk_bytes),
-                timeout=self.timeout,
-            )
-        )
-
-    def _download(
-        self,
-        method: Callable[..., Iterator[Any]],
-        request: Any,
-        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
-    ) -> tuple[Any, list[np.ndarray]]:
-        return self._with_retries(
-            lambda: tensors.read_stream(method(request, timeout=self.timeout), specs_of)
-        )
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """Converts an array-like, or a TensorFlow tensor or variable, to numpy."""
-    if hasattr(value, "numpy") and callable(value.numpy):
-        value = value.numpy()
-    return np.asarray(value)
-
-
-def _as_indexed_slices(value: Any) -> IndexedSlices | None:
-    """Returns ``value`` as :class:`IndexedSlices` if it is one (ours or TensorFlow's)."""
-    if isinstance(value, IndexedSlices):
-        return value
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(value, tf.IndexedSlices):
-        dense_shape = value.dense_shape
-        return IndexedSlices(
-            values=value.values.numpy(),
-            indices=value.indices.numpy(),
-            dense_shape=None if dense_shape is None else tuple(dense_shape.numpy().tolist()),
-        )
-    return None
-
-
-def _checkpoint_info(message: pb.CheckpointInfo) -> CheckpointInfo:
-    return CheckpointInfo(
-        id=message.id,
-        path=message.path,
-        saved_at=message.saved_at,
-        size_bytes=message.size_bytes,
-        iterations=dict(message.iterations),
-        variables=tuple(_variable_info(v) for v in message.variables),
-    )
-
-
-def _variable_info(info: pb.VariableInfo) -> VariableInfo:
-    return VariableInfo(
-        name=info.name,
-        shape=tensors.spec_shape(info.spec),
-        dtype=tensors.numpy_dtype(info.spec.dtype),
-        optimizer=info.optimizer,
-        device=info.device,
-    )
-
-
-def _download_files(
-    stub: pb_grpc.ParameterServerStub,
-    request: pb.DownloadCheckpointRequest,
-    dest_dir: str | Path,
-    timeout: float | None,
-) -> str:
-    directory = Path(dest_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    digests: dict[str, Any] = {}
-    handles: dict[str, BinaryIO] = {}
-    manifest = None
-    try:
-        for message in stub.DownloadCheckpoint(request, timeout=timeout):
-            if message.HasField("manifest"):
-                manifest = message.manifest
-                break
-            chunk = message.chunk
-            name = Path(chunk.file).name
-            if name not in handles:
-                handles[name] = (directory / f"{name}.partial").open("wb")
-                digests[name] = hashlib.sha256()
-            if handles[name].tell() != chunk.offset:
-                raise DataLossError(
-                    f"{name}: expected offset {handles[name].tell()}, received {chunk.offset}"
-                )
-            handles[name].write(chunk.data)
-            digests[name].update(chunk.data)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    if manifest is None:
-        raise DataLossError("checkpoint download ended without its manifest")
-    for expected in manifest.files:
-        partial = directory / f"{expected.file}.partial"
-        size = partial.stat().st_size if partial.exists() else -1
-        digest = digests[expected.file].hexdigest() if expected.file in digests else ""
-        if size != expected.size or digest != expected.sha256:
-            raise DataLossError(
-                f"{expected.file}: expected {expected.size} bytes with sha256 {expected.sha256}, "
-                f"received {size} bytes with sha256 {digest or 'none'}"
-            )
-    for expected in manifest.files:
-        (directory / f"{expected.file}.partial").replace(directory / expected.file)
-    return str(directory / Path(manifest.checkpoint.path).name)
+        manifest = self._transport.download_files(self._stub.DownloadCheckpoint, request, dest_dir)
+        return str(Path(dest_dir) / Path(manifest.checkpoint.path).name)
 
 
 def _push_header(
     gradients: Mapping[str, Gradient], worker: str, step: int | None, request_id: str
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    headers, arrays = _encode_gradients(gradients)
+    headers, arrays = convert.gradients_to_wire(gradients)
     header: dict[str, Any] = {"gradients": headers, "worker": worker, "request_id": request_id}
     if step is not None:
         header["step"] = step
     return header, arrays
-
-
-def _push_result(response: pb.PushResponse, request_id: str) -> PushResult:
-    return PushResult(
-        outcomes={
-            name: messages.outcome_from_wire(r.outcome) for name, r in response.results.items()
-        },
-        iterations={name: r.iterations for name, r in response.results.items()},
-        request_id=request_id,
-    )
-
-
-def _encode_gradients(
-    gradients: Mapping[str, Gradient],
-) -> tuple[list[pb.GradientHeader], list[np.ndarray]]:
-    headers: list[pb.GradientHeader] = []
-    arrays: list[np.ndarray] = []
-    for name, value in gradients.items():
-        if value is None:
-            continue
-        slices = _as_indexed_slices(value)
-        if slices is None:
-            dense = _to_numpy(value)
-            headers.append(
-                pb.GradientHeader(
-                    variable=name, dense=tensor_pb2.DenseSpec(tensor=tensors.spec_of(dense))
-                )
-            )
-            arrays.append(dense)
-            continue
-        values, indices = np.asarray(slices.values), np.asarray(slices.indices)
-        headers.append(
-            pb.GradientHeader(
-                variable=name,
-                sparse=tensor_pb2.IndexedSlicesSpec(
-                    values=tensors.spec_of(values),
-                    indices=tensors.spec_of(indices),
-                    dense_shape=slices.dense_shape or (),
-                ),
-            )
-        )
-        arrays.extend([values, indices])
-    return headers, arrays

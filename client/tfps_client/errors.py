@@ -6,10 +6,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from tfps_client._proto.tfps.v1 import errors_pb2
-
-ERROR_DETAIL_KEY = "tfps-error-bin"
-"""Trailing metadata key carrying a serialized ``tfps.v1.ErrorDetail``."""
+from tfps_client.wire.reasons import decode_detail
 
 
 class TfpsError(Exception):
@@ -19,8 +16,8 @@ class TfpsError(Exception):
         code: the gRPC status code.
         message: the server's message, naming the variable and what was
             expected and received where that applies.
-        reason: a machine-readable reason such as ``"SHAPE_MISMATCH"``, when
-            the server sent one.
+        reason: a machine-readable reason such as ``"SHAPE_MISMATCH"`` (a
+            :class:`tfps_client.wire.reasons.Reason` name), when the server sent one.
         metadata: details that go with the reason (``variable``, ``expected``,
             ``received``, ...).
     """
@@ -167,8 +164,5 @@ def from_rpc_error(error: grpc.RpcError) -> TfpsError:
     """Converts a failed call into the matching :class:`TfpsError` subclass."""
     if not isinstance(error, grpc.Call):
         return UnknownError(str(error))
-    detail = errors_pb2.ErrorDetail()
-    for key, value in error.trailing_metadata() or ():
-        if key == ERROR_DETAIL_KEY and isinstance(value, bytes):
-            detail.ParseFromString(value)
-    return error_class(error.code())(error.details() or "", detail.reason, detail.metadata)
+    reason, metadata = decode_detail(error.trailing_metadata())
+    return error_class(error.code())(error.details() or "", reason, metadata)

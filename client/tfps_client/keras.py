@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tfps_client import checkpoint_layout as layout
 from tfps_client.client import Client
 from tfps_client.types import CreateVariablesResult, PushResult
+from tfps_client.wire import checkpoint_layout as layout
 
 
 def variable_name(variable: Any) -> str:

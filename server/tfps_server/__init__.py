@@ -5,7 +5,8 @@ import os
 # Before TensorFlow loads: keep its C++ start-up chatter out of the server's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfps_server.server import RunningServer, create_server
-from tfps_server.store import Store
+from tfps_server.app import RunningServer, create_server
+from tfps_server.push import Pusher
+from tfps_server.registry import Registry
 
-__all__ = ["RunningServer", "Store", "create_server"]
+__all__ = ["Pusher", "Registry", "RunningServer", "create_server"]

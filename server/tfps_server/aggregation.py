@@ -2,41 +2,50 @@
 
 An optimizer's policy receives validated gradients from pushes and decides:
 apply now (async), drop as stale, or aggregate with other workers' gradients
-for the same step (sync). The update itself is the store's apply function, so
-state still changes in one place. Policies run under the optimizer's lock, a
-``threading.Condition`` that sync steps wait on.
+for the same step (sync). The update itself is the apply function it is given
+(:mod:`tfps_server.push`), so state still changes in one place. Policies run
+under the optimizer's lock, a ``threading.Condition`` that sync steps wait on.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from tfps_client.types import Async, OptimizerOptions, Outcome, Sync
-from tfps_server.errors import FailedPrecondition, InvalidArgument
+from tfps_client.wire.convert import OptimizerResult
+from tfps_client.wire.reasons import Reason
+from tfps_server.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    OutOfRange,
+    ServerError,
+    shown,
+)
 from tfps_server.metrics import Metrics
+from tfps_server.validation import MAX_ITERATIONS
 
-
-class PushResult(NamedTuple):
-    """The result of a push for one optimizer."""
-
-    outcome: Outcome
-    iterations: int
+_log = logging.getLogger(__name__)
 
 
 class Prepared(NamedTuple):
     """A validated gradient of one variable, in the variable's dtype.
 
-    ``indices`` is None for a dense gradient; ``shape`` is the variable's shape.
+    ``position`` orders gradients as their variables were created; ``target``
+    is the variable to update, opaque here. ``indices`` is None for a dense
+    gradient; ``shape`` is the variable's shape.
     """
 
     position: int
+    target: Any
     values: np.ndarray
     indices: np.ndarray | None
     shape: tuple[int, ...]
@@ -77,7 +86,7 @@ def checked(options: OptimizerOptions) -> OptimizerOptions:
         aggregation = replace(aggregation, total_num_replicas=total)
     if problems:
         raise InvalidArgument(
-            "optimizer options: expected " + "; ".join(problems), "INVALID_OPTIONS"
+            "optimizer options: expected " + "; ".join(problems), Reason.INVALID_OPTIONS
         )
     return OptimizerOptions(aggregation, options.on_non_finite)
 
@@ -106,7 +115,7 @@ def combine(contributions: Sequence[Sequence[Prepared]], reduction: str) -> list
             values, indices = _dense_sum(parts), None
         if reduction == "mean" and len(parts) > 1:
             values = values / np.asarray(len(parts), values.dtype)
-        combined.append(Prepared(position, values, indices, parts[0].shape))
+        combined.append(Prepared(position, parts[0].target, values, indices, parts[0].shape))
     return combined
 
 
@@ -137,39 +146,58 @@ class AsyncPolicy:
         gradients: Sequence[Prepared],
         iterations: Callable[[], int],
         apply: ApplyFn,
-    ) -> PushResult:
+    ) -> OptimizerResult:
         """Applies or drops one push; the caller holds the optimizer's lock."""
         current = iterations()
-        _check_not_ahead(worker, step, current)
+        _check_step(worker, step, current)
         bound = self.options.max_staleness
         if bound is not None and step is not None and current - step > bound:
-            return PushResult(Outcome.STALE, current)
-        return PushResult(apply(gradients), iterations())
+            return OptimizerResult(Outcome.STALE, current)
+        return OptimizerResult(apply(gradients), iterations())
+
+    def abort(self, error: ServerError) -> None:
+        """Nothing waits in async mode: there is no open step to abort."""
+
+    def close(self, error: ServerError) -> None:
+        """Nothing waits in async mode; pushes still running finish."""
 
 
 class SyncPolicy:
     """Aggregates the pushes of distinct workers for the current step, like SyncReplicasOptimizer.
+
+    A step closes when enough workers contributed, when its timeout passes, or
+    when it is aborted: by ``set_weights`` or a restore (the state it was
+    opened against is gone) or by shutdown. An aborted step applies nothing and
+    every contributor is answered with the error.
 
     Args:
         options: the sync settings.
         lock: the optimizer's lock; waiting contributors release it while they wait.
         metrics: where sync wait times and timeouts are counted.
         optimizer: the optimizer's name, for metric labels.
+        on_wait: called (under the lock) each time a contributor starts waiting.
     """
 
     _KEPT_ROUNDS = 4096
 
     def __init__(
-        self, options: Sync, lock: threading.Condition, metrics: Metrics, optimizer: str
+        self,
+        options: Sync,
+        lock: threading.Condition,
+        metrics: Metrics,
+        optimizer: str,
+        on_wait: Callable[[], None] = lambda: None,
     ) -> None:
         self.options = options
         self._lock = lock
+        self._on_wait = on_wait
         self._wait_time = metrics.sync_wait.labels(optimizer)
         self._timeouts = metrics.sync_timeouts.labels(optimizer)
         self._round = 0
         self._opened_at = 0.0
+        self._closed_by: ServerError | None = None
         self._contributions: dict[str, Sequence[Prepared]] = {}
-        self._results: OrderedDict[int, PushResult] = OrderedDict()
+        self._results: OrderedDict[int, OptimizerResult | ServerError] = OrderedDict()
 
     def submit(
         self,
@@ -178,7 +206,7 @@ class SyncPolicy:
         gradients: Sequence[Prepared],
         iterations: Callable[[], int],
         apply: ApplyFn,
-    ) -> PushResult:
+    ) -> OptimizerResult:
         """Adds one worker's gradients and waits until the step closes.
 
         The caller holds the optimizer's lock; it is released while waiting.
@@ -187,20 +215,23 @@ class SyncPolicy:
             InvalidArgument: no worker id.
             FailedPrecondition: the worker already contributed to this step, or
                 its step is ahead of the optimizer.
+            ServerError: the step was aborted, or the policy closed.
         """
         if not worker:
             raise InvalidArgument(
                 "sync aggregation: expected a worker id with every push, received none",
-                "MISSING_WORKER",
+                Reason.MISSING_WORKER,
             )
+        if self._closed_by is not None:
+            raise self._closed_by.again()
         current = iterations()
-        _check_not_ahead(worker, step, current)
+        _check_step(worker, step, current)
         if step is not None and step < current:
-            return PushResult(Outcome.STALE, current)
+            return OptimizerResult(Outcome.STALE, current)
         if worker in self._contributions:
             raise FailedPrecondition(
-                f"sync aggregation: worker {worker!r} already contributed to step {current}",
-                "DUPLICATE_CONTRIBUTION",
+                f"sync aggregation: worker {shown(worker)} already contributed to step {current}",
+                Reason.DUPLICATE_CONTRIBUTION,
                 {"worker": worker, "step": current},
             )
         if not self._contributions:
@@ -208,31 +239,62 @@ class SyncPolicy:
         self._contributions[worker] = gradients
         my_round = self._round
         if len(self._contributions) >= self.options.replicas_to_aggregate:
-            self._close(iterations, apply, timed_out=False)
+            self._close_round(iterations, apply, timed_out=False)
         deadline = self._opened_at + self.options.timeout
         while my_round not in self._results:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and self._round == my_round:
-                self._close(iterations, apply, timed_out=True)
+                self._close_round(iterations, apply, timed_out=True)
             else:
+                self._on_wait()
                 self._lock.wait(max(remaining, 0.001))
-        return self._results[my_round]
+        result = self._results[my_round]
+        if isinstance(result, ServerError):
+            raise result.again()
+        return result
 
-    def _close(self, iterations: Callable[[], int], apply: ApplyFn, timed_out: bool) -> None:
+    def abort(self, error: ServerError) -> None:
+        """Answers every contributor of the open step with ``error``; nothing is applied.
+
+        The caller holds the optimizer's lock.
+        """
+        if self._contributions:
+            self._finish_round(error)
+
+    def close(self, error: ServerError) -> None:
+        """Aborts the open step and refuses later contributions with ``error``.
+
+        The caller holds the optimizer's lock.
+        """
+        self._closed_by = error
+        self.abort(error)
+
+    def _close_round(self, iterations: Callable[[], int], apply: ApplyFn, timed_out: bool) -> None:
         contributions = [self._contributions[w] for w in sorted(self._contributions)]
-        closed_round = self._round
-        self._round += 1
-        self._contributions = {}
         self._wait_time.observe(time.monotonic() - self._opened_at)
         if timed_out:
             self._timeouts.inc()
-        if timed_out and self.options.on_timeout == "drop":
-            result = PushResult(Outcome.DROPPED, iterations())
-        else:
-            applied = apply(combine(contributions, self.options.reduction))
-            outcome = Outcome.SKIPPED if applied is Outcome.SKIPPED else Outcome.AGGREGATED
-            result = PushResult(outcome, iterations())
-        self._results[closed_round] = result
+        result: OptimizerResult | ServerError
+        try:
+            if timed_out and self.options.on_timeout == "drop":
+                result = OptimizerResult(Outcome.DROPPED, iterations())
+            else:
+                applied = apply(combine(contributions, self.options.reduction))
+                outcome = Outcome.SKIPPED if applied is Outcome.SKIPPED else Outcome.AGGREGATED
+                result = OptimizerResult(outcome, iterations())
+        except ServerError as error:
+            result = error
+        except Exception as error:  # every contributor must be answered, whatever happened
+            _log.exception("sync step failed")
+            result = Internal(
+                f"sync aggregation: the step failed: {type(error).__name__}", Reason.INTERNAL
+            )
+        self._finish_round(result)
+
+    def _finish_round(self, result: OptimizerResult | ServerError) -> None:
+        self._results[self._round] = result
+        self._round += 1
+        self._contributions = {}
         while len(self._results) > self._KEPT_ROUNDS:
             self._results.popitem(last=False)
         self._lock.notify_all()
@@ -241,37 +303,32 @@ class SyncPolicy:
 Policy = AsyncPolicy | SyncPolicy
 
 
-def _check_not_ahead(worker: str, step: int | None, current: int) -> None:
+def _check_step(worker: str, step: int | None, current: int) -> None:
+    """Refuses gradients from a step ahead of the optimizer, and a step past the last."""
     if step is not None and step > current:
         raise FailedPrecondition(
-            f"worker {worker!r}: pushed gradients computed at step {step}, "
+            f"worker {shown(worker)}: pushed gradients computed at step {step}, "
             f"but the optimizer is at iterations {current}",
-            "STEP_AHEAD",
+            Reason.STEP_AHEAD,
             {"worker": worker, "expected": f"<= {current}", "received": step},
+        )
+    if current >= MAX_ITERATIONS:
+        raise OutOfRange(
+            f"the optimizer is at iterations {current}, the largest it may hold (2**62); "
+            "set_weights can lower it",
+            Reason.ITERATIONS_EXHAUSTED,
+            {"received": current},
         )
 
 
 def make_policy(
-    options: OptimizerOptions, lock: threading.Condition, metrics: Metrics, optimizer: str
+    options: OptimizerOptions,
+    lock: threading.Condition,
+    metrics: Metrics,
+    optimizer: str,
+    on_wait: Callable[[], None] = lambda: None,
 ) -> Policy:
     """Returns the policy that carries out checked options."""
     if isinstance(options.aggregation, Sync):
-        return SyncPolicy(options.aggregation, lock, metrics, optimizer)
+        return SyncPolicy(options.aggregation, lock, metrics, optimizer, on_wait)
     return AsyncPolicy(options.aggregation)
-
-
-def options_to_dict(options: OptimizerOptions) -> dict[str, Any]:
-    """Returns JSON-ready options, as checkpoints record them."""
-    mode = "sync" if isinstance(options.aggregation, Sync) else "async"
-    return {
-        "aggregation": mode,
-        **asdict(options.aggregation),
-        "on_non_finite": options.on_non_finite,
-    }
-
-
-def options_from_dict(data: Mapping[str, Any]) -> OptimizerOptions:
-    """Inverse of :func:`options_to_dict`."""
-    fields = {k: v for k, v in data.items() if k not in ("aggregation", "on_non_finite")}
-    mode: type[Async] | type[Sync] = Sync if data["aggregation"] == "sync" else Async
-    return checked(OptimizerOptions(mode(**fields), data["on_non_finite"]))

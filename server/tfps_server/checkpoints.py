@@ -1,49 +1,61 @@
-"""Checkpoints of the whole server state: atomic saves, retention, restore, listing.
+"""Checkpoint files of the whole server state: atomic saves, retention, recovery, restore.
 
 Checkpoints are TensorFlow checkpoints written by ``tf.train.CheckpointManager``
-with the key layout of :mod:`tfps_client.checkpoint_layout`. A save writes the
-data and index files first and then atomically replaces the ``checkpoint``
+with the key layout of :mod:`tfps_client.wire.checkpoint_layout`. A save writes
+the data and index files first and then atomically replaces the ``checkpoint``
 state file, so a crash at any instant leaves the previous checkpoint as the
-latest one, and a half-written one is never picked.
+latest one, and a half-written one is never picked. A save that fails (a full
+disk) removes what it wrote and changes nothing else.
+
+The state file is checked at start: when it is missing, unreadable or names a
+checkpoint that is not on disk while complete checkpoints are, those are found
+by scanning the directory, the state file is rewritten to list them, and the
+log says so at WARNING level. Good checkpoints are never left orphaned.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import shutil
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import tensorflow as tf
 
-from tfps_client import checkpoint_layout as layout
-from tfps_server.errors import DataLoss, FailedPrecondition, NotFound
+from tfps_client.types import CheckpointInfo, VariableInfo
+from tfps_client.wire import checkpoint_layout as layout
+from tfps_client.wire.reasons import Reason
+from tfps_server import snapshot
+from tfps_server.errors import (
+    DataLoss,
+    FailedPrecondition,
+    Internal,
+    NotFound,
+    ResourceExhausted,
+    ServerError,
+    shown,
+)
 from tfps_server.metrics import Metrics
-from tfps_server.store import Snapshot, Store
+from tfps_server.registry import Registry
 
 _log = logging.getLogger(__name__)
 
 PREFIX = "ckpt"
 """File prefix of checkpoints: ``ckpt-<id>.index`` and ``ckpt-<id>.data-*``."""
 
+STATE_FILE = "checkpoint"
+"""TensorFlow's checkpoint state file, naming the latest and the retained checkpoints."""
+
 _ID = re.compile(rf"{PREFIX}-(\d+)$")
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One checkpoint on disk."""
-
-    id: int
-    """Its number, growing with every save."""
-    prefix: str
-    """Path prefix, as ``tf.train.load_checkpoint`` takes it."""
-    size_bytes: int
-    """Bytes of its files."""
-    metadata: layout.CheckpointMetadata
-    """What it holds."""
+_SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
 
 
 def checkpoint_files(prefix: str) -> list[Path]:
@@ -53,104 +65,96 @@ def checkpoint_files(prefix: str) -> list[Path]:
     return [base.parent / f"{base.name}.index", *data]
 
 
-def read_checkpoint(prefix: str) -> Snapshot:
-    """Reads a whole checkpoint, checking it against its own metadata.
-
-    Raises:
-        DataLoss: the files are missing, truncated, corrupted or inconsistent.
-    """
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
-        shapes = reader.get_variable_to_shape_map()
-
-        def tensor(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-            if key not in shapes:
-                raise ValueError(f"key {key!r} is missing")
-            value = np.asarray(reader.get_tensor(key))
-            if shape is not None and value.shape != shape:
-                raise ValueError(f"{key}: expected shape {list(shape)}, found {list(value.shape)}")
-            return value
-
-        variables = {
-            v.name: tensor(layout.variable_key(v.name), v.shape) for v in metadata.variables
-        }
-        slot_names = {o.name: o.slots for o in metadata.optimizers}
-        slots = {
-            v.name: {
-                s: tensor(layout.slot_key(v.name, s), v.shape) for s in slot_names[v.optimizer]
-            }
-            for v in metadata.variables
-        }
-        weights = {
-            o.name: {w: tensor(layout.optimizer_weight_key(o.name, w)) for w in o.weights}
-            for o in metadata.optimizers
-        }
-        for key in shapes:  # TensorFlow's own entries too: each read checks the entry's CRC
-            reader.get_tensor(key)
-    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataLoss(
-            f"checkpoint {prefix!r} is unreadable: {message}",
-            "CHECKPOINT_UNREADABLE",
-            {"checkpoint": prefix},
-        ) from None
-    return Snapshot(metadata, variables, slots, weights)
+def is_complete(prefix: str) -> bool:
+    """True if the index and every data shard of the checkpoint at ``prefix`` are on disk."""
+    index, *data = checkpoint_files(prefix)
+    if not index.is_file() or index.stat().st_size == 0 or not data:
+        return False
+    shards = [_SHARD.search(path.name) for path in data]
+    if any(shard is None for shard in shards):
+        return False
+    counts = {int(shard.group(2)) for shard in shards if shard}
+    numbers = sorted(int(shard.group(1)) for shard in shards if shard)
+    return len(counts) == 1 and numbers == list(range(counts.pop()))
 
 
 class Checkpointer:
-    """Saves, lists and restores checkpoints of one store in one directory.
+    """Saves, lists and restores checkpoints of one registry in one directory.
 
     Args:
-        store: the state to save and restore.
+        registry: the state to save and restore.
         directory: where checkpoints live.
         keep: how many of the newest checkpoints are kept.
         metrics: where save durations, sizes and failures are recorded.
     """
 
     def __init__(
-        self, store: Store, directory: str | Path, keep: int = 5, metrics: Metrics | None = None
+        self,
+        registry: Registry,
+        directory: str | Path,
+        keep: int = 5,
+        metrics: Metrics | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep: expected >= 1, received {keep}")
-        self.store = store
+        self.registry = registry
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep
-        self.metrics = metrics if metrics is not None else store.metrics
-        self._save_lock = threading.Lock()
-        self._metadata_cache: dict[str, layout.CheckpointMetadata] = {}
+        self.metrics = metrics if metrics is not None else registry.metrics
+        self._files_lock = threading.Lock()
+        """Held while checkpoint files are written, deleted or opened."""
+        self._infos: dict[str, CheckpointInfo] = {}
+        """Summaries of the retained checkpoints, by prefix; pruned at every listing."""
+        self._remove_leftovers()
+        self._recover_state_file()
+
+    # Saving -----------------------------------------------------------------------------------
 
     def save(self) -> CheckpointInfo:
-        """Writes a checkpoint of a consistent cut of the state; training goes on meanwhile."""
-        with self._save_lock:
+        """Writes a checkpoint of a consistent cut of the state; training goes on meanwhile.
+
+        Raises:
+            ResourceExhausted: the disk is full (or a quota or file size limit is
+                reached); what this save wrote is removed, the latest checkpoint stays.
+            Internal: the file system failed otherwise, with the same clean-up.
+        """
+        with self._files_lock:
             start = time.perf_counter()
+            number = self._latest_id() + 1
             try:
-                snapshot = self.store.snapshot()
-                checkpoint = _to_checkpoint(snapshot)
+                captured = snapshot.capture(self.registry)
+                self.registry.hooks.reach("save.captured")
+                checkpoint = snapshot.to_checkpoint(captured)
                 manager = tf.train.CheckpointManager(
                     checkpoint, str(self.directory), max_to_keep=self.keep, checkpoint_name=PREFIX
                 )
-                prefix = manager.save(checkpoint_number=self._latest_id() + 1)
+                prefix = manager.save(checkpoint_number=number)
+                self._infos.pop(prefix, None)
+            except (tf.errors.OpError, OSError) as error:
+                self.metrics.checkpoint_failures.inc()
+                self._remove_partial(number)
+                raise _write_error(self.directory / f"{PREFIX}-{number}", error) from None
             except Exception:
                 self.metrics.checkpoint_failures.inc()
+                self._remove_partial(number)
                 raise
-            info = self._info(prefix, snapshot.metadata)
-            self.metrics.checkpoint_duration.observe(time.perf_counter() - start)
-            self.metrics.checkpoint_size.set(info.size_bytes)
-            self.metrics.checkpoint_last_success.set(snapshot.metadata.saved_at)
-            _log.info("saved checkpoint %s (%d bytes)", prefix, info.size_bytes)
-            return info
+            info = self._summarize(prefix, captured.metadata)
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - start)
+        self.metrics.checkpoint_size.set(info.size_bytes)
+        self.metrics.checkpoint_last_success.set(info.saved_at)
+        _log.info("saved checkpoint %s (%d bytes)", prefix, info.size_bytes)
+        return info
 
-    def list(self) -> list[CheckpointInfo]:
+    # Finding and reading ----------------------------------------------------------------------
+
+    def retained(self) -> list[CheckpointInfo]:
         """Returns the retained checkpoints, oldest first."""
-        state = tf.train.get_checkpoint_state(str(self.directory))
-        prefixes = list(state.all_model_checkpoint_paths) if state else []
-        return [
-            self._info(self._absolute(p))
-            for p in prefixes
-            if checkpoint_files(self._absolute(p))[0].exists()
-        ]
+        with self._files_lock:
+            prefixes = [p for p in self._retained_prefixes() if checkpoint_files(p)[0].exists()]
+            infos = [self._summarize(prefix) for prefix in prefixes]
+            self._infos = {prefix: self._infos[prefix] for prefix in prefixes}
+        return infos
 
     def find(self, which: str | int) -> str:
         """Returns the prefix of ``"latest"``, a checkpoint id, or a path prefix.
@@ -161,40 +165,71 @@ class Checkpointer:
         if which == "latest":
             latest = tf.train.latest_checkpoint(str(self.directory))
             if latest is None:
-                raise NotFound(f"no checkpoint in {str(self.directory)!r}", "NO_CHECKPOINT")
+                raise NotFound(f"no checkpoint in {str(self.directory)!r}", Reason.NO_CHECKPOINT)
             return latest
         if isinstance(which, int) or str(which).isdigit():
             prefix = str(self.directory / f"{PREFIX}-{int(which)}")
         else:
             prefix = str(which)
         if not checkpoint_files(prefix)[0].exists():
-            raise NotFound(
-                f"checkpoint {which!r} not found in {str(self.directory)!r}",
-                "UNKNOWN_CHECKPOINT",
-                {"checkpoint": which},
-            )
+            raise _unknown(which, self.directory)
         return prefix
 
-    def describe(self, prefix: str) -> CheckpointInfo:
-        """Returns what the checkpoint at ``prefix`` holds.
+    def open_files(self, which: str | int) -> tuple[CheckpointInfo, list[tuple[str, BinaryIO]]]:
+        """Opens every file of a checkpoint, so that retention cannot take it while it is read.
+
+        Returns:
+            The checkpoint's summary, and (file name, open file) pairs, index first;
+            the caller closes the files.
 
         Raises:
-            DataLoss: its metadata is unreadable.
+            NotFound: no such checkpoint, or retention deleted it already.
         """
-        return self._info(prefix)
+        with ExitStack() as stack, self._files_lock:
+            prefix = self.find(which)
+            try:
+                handles: list[tuple[str, BinaryIO]] = [
+                    (path.name, stack.enter_context(path.open("rb")))
+                    for path in checkpoint_files(prefix)
+                ]
+            except FileNotFoundError:
+                raise _unknown(which, self.directory) from None
+            info = self._summarize(prefix)
+            stack.pop_all()
+        self.registry.hooks.reach("download.opened")
+        return info, handles
 
     def restore(self, which: str | int = "latest") -> CheckpointInfo:
-        """Replaces the store's state with a checkpoint's.
+        """Replaces the registry's state with a checkpoint's.
+
+        In-flight pushes of the replaced state are answered ABORTED and apply nothing.
 
         Raises:
             NotFound: no such checkpoint.
             DataLoss: the checkpoint is unreadable; the state is left as it was.
+            ServerError: the checkpoint holds what creation refuses (same status and
+                message, naming the checkpoint); the state is left as it was.
         """
-        prefix = self.find(which)
-        snapshot = read_checkpoint(prefix)
-        self.store.restore(snapshot)
+        with self._files_lock:
+            prefix = self.find(which)
+            captured = snapshot.read_checkpoint(prefix)
+        try:
+            snapshot.restore(self.registry, captured)
+        except ServerError as error:
+            raise type(error)(
+                f"checkpoint {Path(prefix).name}: {error.message}",
+                error.reason,
+                {**error.metadata, "checkpoint": Path(prefix).name},
+            ) from None
         _log.info("restored checkpoint %s", prefix)
-        return self._info(prefix, snapshot.metadata)
+        with self._files_lock:
+            return self._summarize(prefix, captured.metadata)
+
+    # Files ------------------------------------------------------------------------------------
+
+    def _retained_prefixes(self) -> list[str]:
+        state = tf.train.get_checkpoint_state(str(self.directory))
+        return [self._absolute(p) for p in state.all_model_checkpoint_paths] if state else []
 
     def _latest_id(self) -> int:
         ids = [_checkpoint_id(str(p)) for p in self.directory.glob(f"{PREFIX}-*.index")]
@@ -204,44 +239,158 @@ class Checkpointer:
         path = Path(prefix)
         return str(path if path.is_absolute() else self.directory / path)
 
-    def _info(
+    def _summarize(
         self, prefix: str, metadata: layout.CheckpointMetadata | None = None
     ) -> CheckpointInfo:
+        """Returns (and caches) a checkpoint's summary; the caller holds the files lock.
+
+        Raises:
+            NotFound: the checkpoint's files are gone.
+            DataLoss: its metadata is unreadable.
+        """
+        cached = self._infos.get(prefix)
+        if cached is not None:
+            return cached
         if metadata is None:
-            metadata = self._metadata_cache.get(prefix)
-        if metadata is None:
-            try:
-                raw = tf.train.load_checkpoint(prefix).get_tensor(layout.METADATA_KEY)
-                metadata = layout.CheckpointMetadata.from_json(raw)
-            except (tf.errors.OpError, ValueError) as error:
-                raise DataLoss(
-                    f"checkpoint {prefix!r} is unreadable: {error}", "CHECKPOINT_UNREADABLE"
-                ) from None
-        self._metadata_cache[prefix] = metadata
-        size = sum(f.stat().st_size for f in checkpoint_files(prefix) if f.exists())
-        return CheckpointInfo(_checkpoint_id(prefix), prefix, size, metadata)
+            metadata = _read_metadata(prefix)
+        try:
+            size = sum(f.stat().st_size for f in checkpoint_files(prefix))
+        except FileNotFoundError:
+            raise _unknown(prefix, self.directory) from None
+        info = CheckpointInfo(
+            id=_checkpoint_id(prefix),
+            path=prefix,
+            saved_at=metadata.saved_at,
+            size_bytes=size,
+            iterations={o.name: o.iterations for o in metadata.optimizers},
+            variables=tuple(
+                VariableInfo(v.name, v.shape, np.dtype(v.dtype), v.optimizer, "")
+                for v in metadata.variables
+            ),
+        )
+        self._infos[prefix] = info
+        while len(self._infos) > self.keep + 1:
+            self._infos.pop(next(iter(self._infos)))
+        return info
+
+    def _remove_partial(self, number: int) -> None:
+        """Removes what a failed save of checkpoint ``number`` left behind."""
+        prefix = self.directory / f"{PREFIX}-{number}"
+        shutil.rmtree(f"{prefix}_temp", ignore_errors=True)
+        for path in [*checkpoint_files(str(prefix)), *self.directory.glob(f"{STATE_FILE}.tmp*")]:
+            path.unlink(missing_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        """Removes the temporary directories of saves that a crash interrupted."""
+        for leftover in self.directory.glob(f"{PREFIX}-*_temp"):
+            _log.warning("removing %s, left by an interrupted save", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _recover_state_file(self) -> None:
+        """Rewrites a missing or broken state file from the complete checkpoints on disk."""
+        problem = self._state_file_problem()
+        if not problem:
+            return
+        found = sorted(
+            (
+                str(index.with_suffix(""))
+                for index in self.directory.glob(f"{PREFIX}-*.index")
+                if _ID.search(index.stem) and is_complete(str(index.with_suffix("")))
+            ),
+            key=_checkpoint_id,
+        )
+        if not found:
+            if problem != "missing":
+                _log.warning(
+                    "checkpoint state file %s is %s and no checkpoint is on disk: removing it",
+                    self.directory / STATE_FILE,
+                    problem,
+                )
+                (self.directory / STATE_FILE).unlink()
+            return
+        _log.warning(
+            "checkpoint state file %s is %s; found %d complete checkpoints by scanning %s "
+            "(%s); the latest is now %s, and the state file is rewritten to list them",
+            self.directory / STATE_FILE,
+            problem,
+            len(found),
+            self.directory,
+            ", ".join(Path(p).name for p in found),
+            Path(found[-1]).name,
+        )
+        timestamps = [checkpoint_files(p)[0].stat().st_mtime for p in found]
+        tf.compat.v1.train.update_checkpoint_state(
+            str(self.directory),
+            found[-1],
+            all_model_checkpoint_paths=found,
+            all_model_checkpoint_timestamps=timestamps,
+            last_preserved_timestamp=min(timestamps) - 1,
+        )
+
+    def _state_file_problem(self) -> str:
+        """Says what is wrong with the state file; empty when it names a complete checkpoint."""
+        if not (self.directory / STATE_FILE).exists():
+            return "missing"
+        try:
+            state = tf.train.get_checkpoint_state(str(self.directory))
+        except ValueError:
+            state = None
+        if state is None:
+            return "unreadable"
+        latest = self._absolute(state.model_checkpoint_path)
+        if not is_complete(latest):
+            return f"naming {Path(latest).name}, which is not complete on disk"
+        return ""
+
+
+def _read_metadata(prefix: str) -> layout.CheckpointMetadata:
+    try:
+        raw = tf.train.load_checkpoint(prefix).get_tensor(layout.METADATA_KEY)
+        return layout.CheckpointMetadata.from_json(raw)
+    except (tf.errors.OpError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataLoss(
+            f"checkpoint {Path(prefix).name} is unreadable: {message}",
+            Reason.CHECKPOINT_UNREADABLE,
+            {"checkpoint": Path(prefix).name},
+        ) from None
+
+
+def _write_error(prefix: Path, error: Exception) -> ServerError:
+    """The status of a failed write: RESOURCE_EXHAUSTED for a full disk, else INTERNAL."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    full = isinstance(error, tf.errors.ResourceExhaustedError) or (
+        getattr(error, "errno", None) in _DISK_FULL_ERRNOS
+        or any(marker in text for marker in _DISK_FULL_TEXTS)
+    )
+    if full:
+        _log.error("checkpoint %s not saved, the disk is full: %s", prefix.name, text)
+        return ResourceExhausted(
+            f"checkpoint {prefix.name} not saved: the disk is full ({text}); "
+            "the previous checkpoint is still the latest",
+            Reason.NO_SPACE,
+            {"checkpoint": prefix.name},
+        )
+    _log.error("checkpoint %s not saved: %s", prefix.name, text)
+    return Internal(
+        f"checkpoint {prefix.name} not saved: {text}; the previous checkpoint is still the latest",
+        Reason.INTERNAL,
+        {"checkpoint": prefix.name},
+    )
+
+
+def _unknown(which: object, directory: Path) -> NotFound:
+    return NotFound(
+        f"checkpoint {shown(which)} not found in {str(directory)!r} (retention may have "
+        "deleted it)",
+        Reason.UNKNOWN_CHECKPOINT,
+        {"checkpoint": which},
+    )
 
 
 def _checkpoint_id(prefix: str) -> int:
     match = _ID.search(Path(prefix).name.removesuffix(".index"))
     return int(match.group(1)) if match else 0
-
-
-def _to_checkpoint(snapshot: Snapshot) -> tf.train.Checkpoint:
-    """Wraps a snapshot's values in variables laid out as checkpoint_layout documents."""
-    with tf.device("/CPU:0"):
-        return tf.train.Checkpoint(
-            variables={name: tf.Variable(value) for name, value in snapshot.variables.items()},
-            slots={
-                name: {slot: tf.Variable(value) for slot, value in by_slot.items()}
-                for name, by_slot in snapshot.slots.items()
-            },
-            optimizers={
-                name: {weight: tf.Variable(value) for weight, value in by_weight.items()}
-                for name, by_weight in snapshot.optimizer_weights.items()
-            },
-            metadata=tf.Variable(snapshot.metadata.to_json()),
-        )
 
 
 def require(checkpointer: Checkpointer | None) -> Checkpointer:
@@ -252,7 +401,7 @@ def require(checkpointer: Checkpointer | None) -> Checkpointer:
     """
     if checkpointer is None:
         raise FailedPrecondition(
-            "checkpoints: the server runs without --checkpoint-dir", "NO_CHECKPOINT_DIR"
+            "checkpoints: the server runs without --checkpoint-dir", Reason.NO_CHECKPOINT_DIR
         )
     return checkpointer
 
@@ -291,11 +440,11 @@ class PeriodicSaver:
             self._thread.join()
 
     def _run(self) -> None:
-        store = self._checkpointer.store
-        last_time, last_steps = time.monotonic(), store.total_iterations()
+        registry = self._checkpointer.registry
+        last_time, last_steps = time.monotonic(), registry.total_iterations()
         poll = min(self._every_seconds or 1.0, 1.0) if not self._every_steps else 0.05
         while not self._stop.wait(poll):
-            steps = store.total_iterations()
+            steps = registry.total_iterations()
             due_by_time = (
                 self._every_seconds > 0 and time.monotonic() - last_time >= self._every_seconds
             )
@@ -304,8 +453,11 @@ class PeriodicSaver:
                 continue
             try:
                 info = self._checkpointer.save()
+            except ServerError as error:
+                _log.error("periodic checkpoint failed: %s", error.message)
+                continue
             except Exception:
                 _log.exception("periodic checkpoint failed")
                 continue
             last_time = time.monotonic()
-            last_steps = sum(o.iterations for o in info.metadata.optimizers)
+            last_steps = sum(info.iterations.values())

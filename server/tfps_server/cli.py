@@ -8,18 +8,20 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tfps_client import tf_config
+from tfps_client.wire.reasons import Reason
 from tfps_server import logs
 from tfps_server.errors import FailedPrecondition
 
 if TYPE_CHECKING:
+    from tfps_server.app import RunningServer
     from tfps_server.checkpoints import Checkpointer
-    from tfps_server.server import RunningServer
 
 _log = logging.getLogger("tfps_server")
 
@@ -224,12 +226,38 @@ def restore(checkpointer: Checkpointer | None, which: str) -> None:
     if checkpointer is None:
         if which == "latest":
             return
-        raise FailedPrecondition(f"--restore {which}: needs --checkpoint-dir", "NO_CHECKPOINT_DIR")
-    if which == "latest" and not checkpointer.list():
+        raise FailedPrecondition(
+            f"--restore {which}: needs --checkpoint-dir", Reason.NO_CHECKPOINT_DIR
+        )
+    if which == "latest" and not checkpointer.retained():
         _log.info("no checkpoint in %s: starting empty", checkpointer.directory)
         return
     info = checkpointer.restore(which)
-    _log.info("restored checkpoint %d from %s", info.id, info.prefix)
+    _log.info("restored checkpoint %d from %s", info.id, info.path)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuses a port another process listens on, before the slow start (TensorFlow).
+
+    The servers bind without SO_REUSEPORT, so a taken port would fail later
+    anyway; this says so at once. Port 0 (any free port) is always free.
+
+    Raises:
+        OSError: the port is taken, or the host cannot be bound.
+    """
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise OSError(
+                    error.errno, f"{host}:{port} is in use by another process ({error.strerror})"
+                ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,21 +275,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("cannot start: %s", error)
         return 2
     args.metrics_host = args.metrics_host or args.host
+    try:
+        check_port_free(args.host, args.port)
+        check_port_free(args.metrics_host, args.metrics_port)
+    except OSError as error:
+        _log.error("cannot start: %s", error.strerror or error)
+        return 2
 
+    from tfps_server.app import create_server
     from tfps_server.checkpoints import Checkpointer, PeriodicSaver
     from tfps_server.errors import ServerError
-    from tfps_server.server import create_server
-    from tfps_server.store import Store
+    from tfps_server.registry import Registry
 
     try:
-        store = Store(args.device, request_window=args.request_window)
+        registry = Registry(args.device, request_window=args.request_window)
         checkpointer = (
-            Checkpointer(store, args.checkpoint_dir, keep=args.keep_checkpoints)
+            Checkpointer(registry, args.checkpoint_dir, keep=args.keep_checkpoints)
             if args.checkpoint_dir
             else None
         )
         running = create_server(
-            store,
+            registry,
             f"{args.host}:{args.port}",
             max_workers=args.max_workers,
             metrics_address=f"{args.metrics_host}:{args.metrics_port}"
@@ -272,13 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_request_bytes=int(args.max_request_gib * (1 << 30)),
             serving=False,
         )
-    except (ServerError, RuntimeError, ValueError) as error:
+    except (ServerError, RuntimeError, ValueError, OSError) as error:
         _log.error("cannot start: %s", getattr(error, "message", error))
         return 2
     try:
         restore(checkpointer, args.restore)
         if args.optimizer:
-            store.create_optimizer("default", args.optimizer)
+            registry.create_optimizer("default", args.optimizer)
     except ServerError as error:
         _log.error("cannot start: %s", error.message)
         running.stop(0)
@@ -296,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tfps-server listening on %s:%d, device %s, metrics %s",
         args.host,
         running.port,
-        store.device,
+        registry.device,
         f"http://{args.metrics_host}:{running.metrics_port}/metrics"
         if running.metrics_port
         else "off",

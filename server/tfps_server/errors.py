@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 import grpc
+
+from tfps_client.wire.reasons import Reason, encode_detail
+
+ECHO_CHARACTERS = 200
+"""Most characters of client input that a message repeats."""
+
+STATUS_MESSAGE_CHARACTERS = 1024
+"""Most characters of a status message (ASCII): with its details it stays far below gRPC's
+8 KiB of metadata, whatever the client sent."""
+
+
+def shown(value: object, limit: int = ECHO_CHARACTERS) -> str:
+    """Returns ``repr(value)`` cut to ``limit`` characters, for messages that echo client input.
+
+    A status message must fit gRPC's metadata limit, and a name of megabytes must
+    not make one; ``repr`` also escapes what cannot be encoded, such as a lone surrogate.
+    """
+    return clipped(repr(value), limit)
+
+
+def clipped(text: str, limit: int = ECHO_CHARACTERS) -> str:
+    """Returns ``text`` in ASCII (other characters escaped), cut to ``limit`` characters."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ServerError(Exception):
@@ -13,19 +38,27 @@ class ServerError(Exception):
     Args:
         message: what was wrong, naming the variable or optimizer and the
             expected and received values.
-        reason: upper snake case reason sent to the client, e.g. ``"SHAPE_MISMATCH"``.
-        metadata: facts that go with the reason.
+        reason: the machine-readable reason sent to the client.
+        metadata: facts that go with the reason; values are cut to
+            :data:`ECHO_CHARACTERS` characters.
     """
 
     code = grpc.StatusCode.UNKNOWN
 
     def __init__(
-        self, message: str, reason: str = "", metadata: Mapping[str, object] | None = None
+        self, message: str, reason: Reason, metadata: Mapping[str, object] | None = None
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
-        self.metadata = {key: str(value) for key, value in (metadata or {}).items()}
+        self.metadata = {key: clipped(str(value)) for key, value in (metadata or {}).items()}
+
+    def again(self) -> ServerError:
+        """Returns a fresh error with the same class, message, reason and metadata.
+
+        Several threads answered with one error each raise their own copy.
+        """
+        return type(self)(self.message, self.reason, self.metadata)
 
 
 class InvalidArgument(ServerError):
@@ -35,7 +68,7 @@ class InvalidArgument(ServerError):
 
 
 class NotFound(ServerError):
-    """An unknown variable, optimizer or slot was named."""
+    """An unknown variable, optimizer, slot or checkpoint was named."""
 
     code = grpc.StatusCode.NOT_FOUND
 
@@ -52,7 +85,48 @@ class FailedPrecondition(ServerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(ServerError):
+    """The state the request was validated against was replaced; nothing was applied."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(ServerError):
+    """A counter would pass its largest value."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class ResourceExhausted(ServerError):
+    """A size limit was passed, or the disk is full."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServerError):
+    """The server is not serving now (starting or stopping); retrying is safe."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class DataLoss(ServerError):
     """Stored data (a checkpoint) is unreadable, truncated or corrupted."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+class Internal(ServerError):
+    """A fault of the server itself."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, error: ServerError) -> NoReturn:
+    """Ends an RPC with the error's status, message and details; raises, as ``context.abort`` does.
+
+    The message is cut to :data:`STATUS_MESSAGE_CHARACTERS`, so that no status
+    overflows gRPC's metadata limit.
+    """
+    context.set_trailing_metadata(encode_detail(error.reason, error.metadata))
+    context.abort(error.code, clipped(error.message, STATUS_MESSAGE_CHARACTERS))
+    raise AssertionError("unreachable: context.abort raises")

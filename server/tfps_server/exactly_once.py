@@ -2,7 +2,10 @@
 
 A retried request id is answered with the original result instead of being
 applied again; a retry that arrives while the original is still running waits
-for it. Failed requests are forgotten, so a retry is validated afresh.
+for it. A request that failed before any optimizer applied it is forgotten, so
+a retry is validated afresh; one that failed after some optimizers applied it
+(for example a sync step aborted by shutdown) keeps those results, and a retry
+applies only the optimizers still missing.
 
 A push records its result for each optimizer while it holds that optimizer's
 lock, so a snapshot taken under all optimizer locks (a checkpoint) holds
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from tfps_server.errors import ServerError
 
 DEFAULT_WINDOW = 100_000
 """Request ids remembered by default (the oldest are forgotten first)."""
@@ -37,21 +42,32 @@ class RequestLog:
 
     Args:
         window: how many request ids are remembered.
+        entries: (request id, results, complete) to start from, oldest first,
+            as :meth:`snapshot` returns them.
     """
 
-    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        window: int = DEFAULT_WINDOW,
+        entries: Iterable[tuple[str, Mapping[str, Any], bool]] = (),
+    ) -> None:
         if window < 1:
             raise ValueError(f"window: expected >= 1, received {window}")
         self.window = window
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        for request_id, results, complete in entries:
+            entry = _Entry(dict(results), complete)
+            entry.done.set()
+            self._entries[request_id] = entry
+        self._trim()
 
     def run(self, request_id: str, action: Callable[[Results], None]) -> tuple[Results, bool]:
         """Runs ``action`` once per request id; returns (results, replayed).
 
         ``action`` fills the results it is given, one optimizer at a time. An
         empty request id always runs. An error reaches every caller waiting on
-        the same id, and the id is forgotten.
+        the same id; the id is forgotten unless some optimizer had applied it.
         """
         if not request_id:
             results: Results = {}
@@ -64,18 +80,21 @@ class RequestLog:
                 entry = self._entries[request_id] = _Entry()
             elif owner:
                 entry.done.clear()
+                entry.error = None
         if not owner:
             entry.done.wait()
             if entry.error is not None:
-                raise entry.error
+                raise _again(entry.error)
             return dict(entry.results), True
         try:
             action(entry.results)
             entry.complete = True
         except BaseException as error:
             entry.error = error
-            with self._lock:
-                self._entries.pop(request_id, None)
+            if not entry.results:
+                with self._lock:
+                    if self._entries.get(request_id) is entry:
+                        del self._entries[request_id]
             raise
         finally:
             entry.done.set()
@@ -91,18 +110,11 @@ class RequestLog:
             return [
                 (request_id, dict(entry.results), entry.complete)
                 for request_id, entry in self._entries.items()
-                if entry.results and entry.error is None
+                if entry.results
             ]
 
-    def restore(self, entries: list[tuple[str, Mapping[str, Any], bool]]) -> None:
-        """Replaces the window with (request id, results, complete) entries, oldest first."""
-        with self._lock:
-            self._entries.clear()
-            for request_id, results, complete in entries:
-                entry = _Entry(dict(results), complete)
-                entry.done.set()
-                self._entries[request_id] = entry
-        self._trim()
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def _trim(self) -> None:
         with self._lock:
@@ -111,3 +123,8 @@ class RequestLog:
                 if not self._entries[oldest].done.is_set():
                     break
                 del self._entries[oldest]
+
+
+def _again(error: BaseException) -> BaseException:
+    """A copy of a server error for one more waiting caller; other errors as they are."""
+    return error.again() if isinstance(error, ServerError) else error

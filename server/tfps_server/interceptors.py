@@ -1,22 +1,33 @@
-"""A gRPC server interceptor that measures every RPC of one service.
+"""gRPC server interceptors for one service: request decoding, and metrics.
 
-Per method: RPCs finished by status code, latency, RPCs in flight, and the
-serialized bytes of requests and responses. The handler is wrapped rather than
-observed from outside, so a status set by ``context.abort`` (which raises) is
-counted with its code, and a server-streaming RPC is timed until its last message.
+:class:`DecodingInterceptor` answers bytes that do not parse as the method's
+request message with INVALID_ARGUMENT (one log line), where gRPC would answer
+INTERNAL and log a traceback per request.
+
+:class:`MetricsInterceptor` counts, per method: RPCs finished by status code,
+latency, RPCs in flight, and the serialized bytes of requests and responses.
+The handler is wrapped rather than observed from outside, so a status set by
+``context.abort`` (which raises) is counted with its code, and a
+server-streaming RPC is timed until its last message.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
 
+from tfps_client.wire.reasons import Reason
+from tfps_server.errors import InvalidArgument, abort
 from tfps_server.metrics import Metrics
+
+_log = logging.getLogger(__name__)
 
 _Behavior = Callable[[Any, grpc.ServicerContext], Any]
 _HANDLER_FACTORIES = {
@@ -105,17 +116,36 @@ class _Call:
         method.requests.labels(method.method, code.name).inc()
 
 
-def _measured(handler: grpc.RpcMethodHandler, method: _MethodMetrics) -> grpc.RpcMethodHandler:
-    """Returns a handler of the same kind that measures ``handler``."""
+def _rebuilt(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[_Behavior], _Behavior],
+    wrap_deserializer: Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]],
+    wrap_serializer: Callable[[Callable[[Any], bytes]], Callable[[Any], bytes]],
+) -> grpc.RpcMethodHandler:
+    """Returns a handler of the same kind with its behavior and (de)serializers wrapped."""
     streaming = (handler.request_streaming, handler.response_streaming)
     behavior = (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     )
-    wrap = _stream_response if handler.response_streaming else _unary_response
     return _HANDLER_FACTORIES[streaming](
-        wrap(behavior, method),
-        request_deserializer=_counting_deserializer(handler.request_deserializer, method),
-        response_serializer=_counting_serializer(handler.response_serializer, method),
+        wrap(behavior),
+        request_deserializer=wrap_deserializer(handler.request_deserializer or _identity),
+        response_serializer=wrap_serializer(handler.response_serializer or _identity),
+    )
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _measured(handler: grpc.RpcMethodHandler, method: _MethodMetrics) -> grpc.RpcMethodHandler:
+    """Returns a handler of the same kind that measures ``handler``."""
+    wrap = _stream_response if handler.response_streaming else _unary_response
+    return _rebuilt(
+        handler,
+        lambda behavior: wrap(behavior, method),
+        lambda deserialize: _counting_deserializer(deserialize, method),
+        lambda serialize: _counting_serializer(serialize, method),
     )
 
 
@@ -174,21 +204,102 @@ def _failure_code(context: grpc.ServicerContext) -> grpc.StatusCode:
 
 
 def _counting_deserializer(
-    deserialize: Callable[[bytes], Any] | None, method: _MethodMetrics
+    deserialize: Callable[[bytes], Any], method: _MethodMetrics
 ) -> Callable[[bytes], Any]:
     def counted(data: bytes) -> Any:
         method.request_bytes.inc(len(data))
-        return deserialize(data) if deserialize is not None else data
+        return deserialize(data)
 
     return counted
 
 
 def _counting_serializer(
-    serialize: Callable[[Any], bytes] | None, method: _MethodMetrics
+    serialize: Callable[[Any], bytes], method: _MethodMetrics
 ) -> Callable[[Any], bytes]:
     def counted(message: Any) -> bytes:
-        data = serialize(message) if serialize is not None else message
+        data = serialize(message)
         method.response_bytes.inc(len(data))
         return data
 
     return counted
+
+
+class _Malformed:
+    """Stands in for a request message whose bytes did not parse."""
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+class DecodingInterceptor(grpc.ServerInterceptor):
+    """Refuses request bytes that are not the method's message with INVALID_ARGUMENT.
+
+    Args:
+        service: the service whose methods are guarded; others pass through.
+    """
+
+    def __init__(self, service: ServiceDescriptor) -> None:
+        self._prefix = f"/{service.full_name}/"
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Returns the service's handler with a deserializer that never raises."""
+        handler = continuation(handler_call_details)
+        full_name = handler_call_details.method
+        if handler is None or not full_name.startswith(self._prefix):
+            return handler
+        guarded = _guarded_stream if handler.request_streaming else _guarded_unary
+        return _rebuilt(
+            handler,
+            guarded,
+            lambda deserialize: _tolerant_deserializer(deserialize, full_name),
+            lambda serialize: serialize,
+        )
+
+
+def _tolerant_deserializer(
+    deserialize: Callable[[bytes], Any], method: str
+) -> Callable[[bytes], Any]:
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, ValueError) as error:
+            _log.warning(
+                "malformed request to %s: %d bytes do not parse (%s)", method, len(data), error
+            )
+            return _Malformed(
+                InvalidArgument(
+                    f"{method}: expected a serialized request message, received {len(data)} "
+                    f"bytes that do not parse ({error})",
+                    Reason.MALFORMED_REQUEST,
+                    {"received": len(data)},
+                )
+            )
+
+    return tolerant
+
+
+def _guarded_unary(behavior: _Behavior) -> _Behavior:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            abort(context, request.error)
+        return behavior(request, context)
+
+    return guarded
+
+
+def _guarded_stream(behavior: _Behavior) -> _Behavior:
+    def guarded(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
+        return behavior(_refusing_malformed(requests), context)
+
+    return guarded
+
+
+def _refusing_malformed(requests: Iterable[Any]) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, _Malformed):
+            raise request.error.again()
+        yield request

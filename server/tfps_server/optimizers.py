@@ -7,6 +7,7 @@ which arguments, and refuses up front every config that could not apply later.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -17,7 +18,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfps_server.errors import InvalidArgument
+from tfps_client.wire.reasons import Reason
+from tfps_server.errors import InvalidArgument, clipped, shown
+from tfps_server.validation import parse_json
 
 _legacy = tf_keras.optimizers.legacy
 _schedules = tf_keras.optimizers.schedules
@@ -56,6 +59,8 @@ _STRING_ARGS = frozenset({"name"})
 _NUMBER_LIST_ARGS = frozenset({"boundaries", "values"})
 _OPTIONAL_NUMBER_ARGS = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "epsilon"})
 _SERIALIZATION_KEYS = frozenset({"module", "registered_name"})
+_KERAS_REFUSALS = (ValueError, TypeError, ArithmeticError, RecursionError, tf.errors.OpError)
+"""What Keras and TensorFlow raise for arguments they cannot use."""
 
 
 class OptimizerSpec(NamedTuple):
@@ -66,7 +71,7 @@ class OptimizerSpec(NamedTuple):
 
 
 def _fail(message: str, **metadata: object) -> InvalidArgument:
-    return InvalidArgument(message, "INVALID_CONFIG", metadata)
+    return InvalidArgument(message, Reason.INVALID_CONFIG, metadata)
 
 
 def _parameters(cls: type) -> list[str]:
@@ -86,14 +91,15 @@ def _check_value(where: str, key: str, value: Any) -> None:
     """Checks that one argument has the type Keras will need when applying."""
     if key in _BOOLEAN_ARGS:
         if not isinstance(value, bool):
-            raise _fail(f"{where}: expected a boolean for '{key}', received {value!r}")
+            raise _fail(f"{where}: expected a boolean for '{key}', received {shown(value)}")
     elif key in _STRING_ARGS:
         if not (value is None or isinstance(value, str)):
-            raise _fail(f"{where}: expected a string for '{key}', received {value!r}")
+            raise _fail(f"{where}: expected a string for '{key}', received {shown(value)}")
     elif key in _NUMBER_LIST_ARGS:
         if not isinstance(value, list) or not value:
             raise _fail(
-                f"{where}: expected a non-empty list of numbers for '{key}', received {value!r}"
+                f"{where}: expected a non-empty list of numbers for '{key}', "
+                f"received {shown(value)}"
             )
         for item in value:
             _check_number(where, key, item)
@@ -103,7 +109,7 @@ def _check_value(where: str, key: str, value: Any) -> None:
 
 def _check_number(where: str, key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(f"{where}: expected a number for '{key}', received {value!r}")
+        raise _fail(f"{where}: expected a number for '{key}', received {shown(value)}")
     if not math.isfinite(value):
         raise _fail(f"{where}: expected a finite number for '{key}', received {value!r}")
 
@@ -112,21 +118,23 @@ def _split_serialized(where: str, serialized: Any) -> tuple[str, dict[str, Any]]
     """Returns (class_name, config) of a ``{"class_name": ..., "config": {...}}`` dict."""
     if not isinstance(serialized, Mapping):
         raise _fail(
-            f"{where}: expected an object with 'class_name' and 'config', received {serialized!r}"
+            f"{where}: expected an object with 'class_name' and 'config', "
+            f"received {shown(serialized)}"
         )
     unknown = set(serialized) - {"class_name", "config"} - _SERIALIZATION_KEYS
     if unknown:
         raise _fail(
-            f"{where}: expected keys 'class_name' and 'config', received also {sorted(unknown)}"
+            f"{where}: expected keys 'class_name' and 'config', received also "
+            f"{shown(sorted(unknown))}"
         )
     class_name = serialized.get("class_name")
     if not isinstance(class_name, str):
-        raise _fail(f"{where}: expected a string 'class_name', received {class_name!r}")
+        raise _fail(f"{where}: expected a string 'class_name', received {shown(class_name)}")
     config = serialized.get("config", {})
     if config is None:
         config = {}
     if not isinstance(config, Mapping):
-        raise _fail(f"{where}: expected 'config' to be an object, received {config!r}")
+        raise _fail(f"{where}: expected 'config' to be an object, received {shown(config)}")
     return class_name, dict(config)
 
 
@@ -137,7 +145,7 @@ def _check_arguments(
     unknown = sorted(set(config) - set(allowed))
     if unknown:
         raise _fail(
-            f"{where}: unknown argument(s) {unknown} for {cls.__name__}; "
+            f"{where}: unknown argument(s) {shown(unknown)} for {cls.__name__}; "
             f"expected some of {sorted(allowed)}"
         )
     for key, value in config.items():
@@ -156,7 +164,7 @@ def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRat
     if cls is None:
         raise _fail(
             f"learning_rate schedule: expected one of {_class_names(SCHEDULE_CLASSES)}, "
-            f"received class_name {class_name!r}",
+            f"received class_name {shown(class_name)}",
             received=class_name,
         )
     _check_arguments(f"learning_rate schedule {cls.__name__}", cls, config, ())
@@ -166,8 +174,8 @@ def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRat
             value = float(schedule(tf.constant(step, tf.int64)))
             if not math.isfinite(value):
                 raise ValueError(f"its learning rate at step {step} is {value}")
-    except (ValueError, TypeError, tf.errors.OpError) as error:
-        raise _fail(f"learning_rate schedule {cls.__name__}: {error}") from None
+    except _KERAS_REFUSALS as error:
+        raise _fail(f"learning_rate schedule {cls.__name__}: {_first_line(error)}") from None
     return schedule
 
 
@@ -177,13 +185,7 @@ def parse(config_json: str) -> OptimizerSpec:
     Raises:
         InvalidArgument: the JSON, class name or any argument is wrong.
     """
-    try:
-        serialized = json.loads(config_json)
-    except (TypeError, ValueError) as error:
-        raise _fail(
-            f"optimizer config: expected JSON, received {config_json!r} ({error})"
-        ) from None
-    return parse_serialized(serialized)
+    return parse_serialized(parse_json(config_json, "optimizer config"))
 
 
 def parse_serialized(serialized: Any) -> OptimizerSpec:
@@ -197,7 +199,7 @@ def parse_serialized(serialized: Any) -> OptimizerSpec:
     if cls is None:
         raise _fail(
             f"optimizer config: expected class_name in {_class_names(OPTIMIZER_CLASSES)} "
-            f"(case-insensitive), received {class_name!r}",
+            f"(case-insensitive), received {shown(class_name)}",
             received=class_name,
         )
     where = f"optimizer {cls.__name__}"
@@ -223,8 +225,8 @@ def instantiate(spec: OptimizerSpec) -> tf_keras.optimizers.legacy.Optimizer:
     name = spec.cls.__name__
     try:
         optimizer = spec.cls(**spec.kwargs)
-    except (ValueError, TypeError) as error:
-        raise _fail(f"optimizer {name}: {error}") from None
+    except _KERAS_REFUSALS as error:
+        raise _fail(f"optimizer {name}: {_first_line(error)}") from None
     check_applies(spec, tf.float32)
     return optimizer
 
@@ -248,11 +250,32 @@ def check_applies(spec: OptimizerSpec, dtype: tf.dtypes.DType, device: str | Non
             probe.apply_gradients([(sparse, variable)])
             if not np.all(np.isfinite(variable.numpy().astype(np.float64))):
                 raise ValueError("a unit update produced non-finite values")
-    except (ValueError, TypeError, tf.errors.OpError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    except _KERAS_REFUSALS as error:
         raise _fail(
-            f"optimizer {name} cannot update {dtype.name} variables: {message}", dtype=dtype.name
+            f"optimizer {name} cannot update {dtype.name} variables: {_first_line(error)}",
+            dtype=dtype.name,
         ) from None
+
+
+def with_hyperparameter(serialized: Mapping[str, Any], key: str, value: Any) -> OptimizerSpec:
+    """Checks a config with one hyperparameter changed, as creating it would.
+
+    Args:
+        serialized: ``{"class_name": ..., "config": {...}}`` of the optimizer now.
+        key: the hyperparameter, as a config argument (``learning_rate``, ``beta_1``, ...).
+        value: a number, or for ``learning_rate`` a serialized schedule.
+
+    Raises:
+        InvalidArgument: creating an optimizer with the changed config would be refused.
+    """
+    changed = copy.deepcopy(dict(serialized))
+    changed["config"] = {**changed.get("config", {}), key: value}
+    return parse_serialized(changed)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return clipped(text.splitlines()[0], 500) if text else type(error).__name__
 
 
 def serialize(optimizer: tf_keras.optimizers.legacy.Optimizer) -> dict[str, Any]:

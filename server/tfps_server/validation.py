@@ -1,17 +1,45 @@
-"""What a request must satisfy before the store changes anything.
+"""What a request must satisfy before the state changes: every check, in one place.
 
 Pure checks, raising :class:`~tfps_server.errors.ServerError` subclasses whose
-messages name the variable and the expected and received values.
+messages name the variable or optimizer and the expected and received values.
+Each check is the one every path uses: creating a variable and restoring it
+from a checkpoint run :func:`check_declarations`; ``set_weights`` and a
+restore run :func:`check_weights`; a config and a hyperparameter change are
+both parsed by :mod:`tfps_server.optimizers` from JSON read by :func:`parse_json`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from tfps_server.errors import AlreadyExists, InvalidArgument
+from tfps_client.wire.convert import DenseGradient, Gradient
+from tfps_client.wire.reasons import Reason
+from tfps_server.errors import AlreadyExists, InvalidArgument, clipped, shown
+
+MAX_ITERATIONS = 2**62
+"""The largest ``iterations`` an optimizer may hold; a step beyond it is refused."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects in a config."""
+
+MAX_JSON_INTEGER_DIGITS = 19
+"""Longest integer literal in a config (int64 has 19 digits)."""
+
+VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""Element types a variable may have."""
+
+UPCASTS = {
+    "float16": ("float16", "float32", "float64"),
+    "bfloat16": ("bfloat16", "float32", "float64"),
+    "float32": ("float32", "float64"),
+    "float64": ("float64",),
+}
+"""Value dtype -> variable dtypes it may go into (cast up exactly, never down)."""
 
 
 class Described(Protocol):
@@ -27,66 +55,56 @@ class Described(Protocol):
     def dtype(self) -> str: ...
 
 
-VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
-"""Element types a variable may have."""
+class WeightSpec(NamedTuple):
+    """One of an optimizer's weights, in Keras order, as the checks see it."""
 
-UPCASTS = {
-    "float16": ("float16", "float32", "float64"),
-    "bfloat16": ("bfloat16", "float32", "float64"),
-    "float32": ("float32", "float64"),
-    "float64": ("float64",),
-}
-"""Gradient dtype -> variable dtypes it may update (cast up, never down)."""
+    label: str
+    """What it is, for messages: ``iterations``, ``slot 'm' of 'dense'``, ..."""
+    shape: tuple[int, ...]
+    dtype: str
 
 
-class DenseGradient(NamedTuple):
-    """A dense gradient of one variable."""
-
-    variable: str
-    values: np.ndarray
-
-
-class SparseGradient(NamedTuple):
-    """Row updates of one variable; ``dense_shape`` empty means the variable's shape."""
-
-    variable: str
-    values: np.ndarray
-    indices: np.ndarray
-    dense_shape: tuple[int, ...]
-
-
-Gradient = DenseGradient | SparseGradient
+# Names and declarations ------------------------------------------------------------------------
 
 
 def check_name(kind: str, name: str) -> None:
     """Refuses empty or unprintable variable and optimizer names."""
     if not name or not name.isprintable():
         raise InvalidArgument(
-            f"{kind} name: expected a non-empty printable string, received {name!r}",
-            "INVALID_NAME",
+            f"{kind} name: expected a non-empty printable string, received {shown(name)}",
+            Reason.INVALID_NAME,
             {kind: name},
         )
 
 
-def check_declarations(declarations: Sequence[tuple[str, np.ndarray]]) -> None:
-    """Checks the names and dtypes of variables declared in one request."""
+def check_declarations(
+    declarations: Sequence[tuple[str, np.ndarray]], require_finite: bool = True
+) -> None:
+    """Checks the names, dtypes and initial values of variables declared together.
+
+    A restore passes ``require_finite=False``: values that training made
+    non-finite are what the checkpoint holds, and refusing them would make the
+    server's own checkpoints unloadable.
+    """
     seen: set[str] = set()
     for name, value in declarations:
         check_name("variable", name)
         if name in seen:
             raise InvalidArgument(
-                f"variable {name!r}: declared twice in one request",
-                "DUPLICATE_VARIABLE",
+                f"variable {shown(name)}: declared twice in one request",
+                Reason.DUPLICATE_VARIABLE,
                 {"variable": name},
             )
         seen.add(name)
         if value.dtype.name not in VARIABLE_DTYPES:
             raise InvalidArgument(
-                f"variable {name!r}: expected dtype in {list(VARIABLE_DTYPES)}, "
+                f"variable {shown(name)}: expected dtype in {list(VARIABLE_DTYPES)}, "
                 f"received {value.dtype.name}",
-                "INVALID_DTYPE",
+                Reason.INVALID_DTYPE,
                 {"variable": name, "expected": VARIABLE_DTYPES, "received": value.dtype.name},
             )
+        if require_finite:
+            check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
 
 
 def check_same_declaration(
@@ -102,14 +120,101 @@ def check_same_declaration(
         differences.append(("optimizer", existing_optimizer, optimizer))
     if differences:
         text = "; ".join(
-            f"{what}: exists with {old}, received {new}" for what, old, new in differences
+            f"{what}: exists with {clipped(str(old))}, received {clipped(str(new))}"
+            for what, old, new in differences
         )
         what, old, new = differences[0]
         raise AlreadyExists(
-            f"variable {existing.name!r}: {text}",
-            "VARIABLE_EXISTS",
+            f"variable {shown(existing.name)}: {text}",
+            Reason.VARIABLE_EXISTS,
             {"variable": existing.name, "field": what, "expected": old, "received": new},
         )
+
+
+# Values ----------------------------------------------------------------------------------------
+
+
+def check_finite(
+    where: str,
+    what: str,
+    values: np.ndarray,
+    metadata: dict[str, object],
+    reason: Reason = Reason.NON_FINITE_VALUE,
+) -> None:
+    """Refuses NaN and Inf anywhere in ``values``."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InvalidArgument(
+            f"{where}: expected finite {what}, received {bad} non-finite",
+            reason,
+            {**metadata, "received": bad},
+        )
+
+
+def check_iterations(where: str, value: np.ndarray) -> int:
+    """Returns ``iterations`` given as a value, refusing anything but an integer in range."""
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise InvalidArgument(
+            f"{where}: expected iterations as an integer scalar, received "
+            f"{value.dtype.name} of shape {list(value.shape)}",
+            Reason.INVALID_ITERATIONS,
+            {"expected": "integer scalar", "received": value.dtype.name},
+        )
+    iterations = int(value)
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise InvalidArgument(
+            f"{where}: expected iterations in [0, 2**62], received {iterations}",
+            Reason.INVALID_ITERATIONS,
+            {"expected": "[0, 2**62]", "received": iterations},
+        )
+    return iterations
+
+
+def check_weights(
+    optimizer: str,
+    specs: Sequence[WeightSpec],
+    weights: Sequence[Any],
+    require_finite: bool = True,
+) -> None:
+    """Checks a whole list of optimizer weights in Keras order (iterations, then slots).
+
+    Each value must have its weight's shape, a dtype that casts up to the
+    weight's exactly, and finite values (unless ``require_finite`` is False, as
+    for a restore); ``iterations`` must be an integer in range.
+    """
+    where = f"optimizer {shown(optimizer)}"
+    if len(weights) != len(specs):
+        raise InvalidArgument(
+            f"{where}: expected {len(specs)} weights (iterations, then the slots in creation "
+            f"order), received {len(weights)}",
+            Reason.WEIGHTS_MISMATCH,
+            {"optimizer": optimizer, "expected": len(specs), "received": len(weights)},
+        )
+    for index, (spec, weight) in enumerate(zip(specs, weights, strict=True)):
+        value = np.asarray(weight)
+        if index == 0:
+            check_iterations(where, value)
+            continue
+        what = f"{where}: weight {index} ({spec.label})"
+        allowed = [d for d, targets in UPCASTS.items() if spec.dtype in targets]
+        if value.dtype.name not in allowed:
+            raise InvalidArgument(
+                f"{what}: expected dtype in {allowed}, received {value.dtype.name}",
+                Reason.WEIGHTS_MISMATCH,
+                {"optimizer": optimizer, "expected": allowed, "received": value.dtype.name},
+            )
+        if value.shape != spec.shape:
+            raise InvalidArgument(
+                f"{what}: expected shape {list(spec.shape)}, received {list(value.shape)}",
+                Reason.WEIGHTS_MISMATCH,
+                {"optimizer": optimizer, "expected": list(spec.shape), "received": value.shape},
+            )
+        if require_finite:
+            check_finite(what, "values", value, {"optimizer": optimizer})
+
+
+# Gradients -------------------------------------------------------------------------------------
 
 
 def check_gradient(managed: Described, gradient: Gradient) -> None:
@@ -119,38 +224,38 @@ def check_gradient(managed: Described, gradient: Gradient) -> None:
     if managed.dtype not in UPCASTS.get(dtype, ()):
         allowed = [d for d, targets in UPCASTS.items() if managed.dtype in targets]
         raise InvalidArgument(
-            f"variable {name!r}: expected a gradient dtype in {allowed}, received {dtype}",
-            "DTYPE_MISMATCH",
+            f"variable {shown(name)}: expected a gradient dtype in {allowed}, received {dtype}",
+            Reason.DTYPE_MISMATCH,
             {"variable": name, "expected": allowed, "received": dtype},
         )
     if isinstance(gradient, DenseGradient):
         _check_shape(name, "gradient shape", managed.shape, gradient.values.shape)
-    else:
-        if not managed.shape:
-            raise InvalidArgument(
-                f"variable {name!r}: a scalar cannot take a sparse gradient",
-                "SPARSE_SCALAR",
-                {"variable": name},
-            )
-        if gradient.dense_shape:
-            _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
-        if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
-            raise InvalidArgument(
-                f"variable {name!r}: expected int32 or int64 indices of rank 1, received "
-                f"{gradient.indices.dtype.name} of shape {list(gradient.indices.shape)}",
-                "INVALID_INDICES",
-                {"variable": name},
-            )
-        expected_values = (len(gradient.indices), *managed.shape[1:])
-        _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
-        check_rows(managed, gradient.indices)
+        return
+    if not managed.shape:
+        raise InvalidArgument(
+            f"variable {shown(name)}: a scalar cannot take a sparse gradient",
+            Reason.SPARSE_SCALAR,
+            {"variable": name},
+        )
+    if gradient.dense_shape:
+        _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
+    if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
+        raise InvalidArgument(
+            f"variable {shown(name)}: expected int32 or int64 indices of rank 1, received "
+            f"{gradient.indices.dtype.name} of shape {list(gradient.indices.shape)}",
+            Reason.INVALID_INDICES,
+            {"variable": name},
+        )
+    expected_values = (len(gradient.indices), *managed.shape[1:])
+    _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
+    check_rows(managed, gradient.indices)
 
 
 def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
     if tuple(expected) != tuple(received):
         raise InvalidArgument(
-            f"variable {name!r}: expected {what} {list(expected)}, received {list(received)}",
-            "SHAPE_MISMATCH",
+            f"variable {shown(name)}: expected {what} {list(expected)}, received {list(received)}",
+            Reason.SHAPE_MISMATCH,
             {"variable": name, "expected": list(expected), "received": list(received)},
         )
 
@@ -159,8 +264,8 @@ def check_rows(managed: Described, indices: np.ndarray) -> None:
     """Checks that every index names a row of the variable."""
     if not managed.shape:
         raise InvalidArgument(
-            f"variable {managed.name!r}: a scalar has no rows",
-            "SPARSE_SCALAR",
+            f"variable {shown(managed.name)}: a scalar has no rows",
+            Reason.SPARSE_SCALAR,
             {"variable": managed.name},
         )
     rows = managed.shape[0]
@@ -169,7 +274,74 @@ def check_rows(managed: Described, indices: np.ndarray) -> None:
         if low < 0 or high >= rows:
             bad = low if low < 0 else high
             raise InvalidArgument(
-                f"variable {managed.name!r}: expected row indices in [0, {rows}), received {bad}",
-                "INDEX_OUT_OF_RANGE",
+                f"variable {shown(managed.name)}: expected row indices in [0, {rows}), "
+                f"received {bad}",
+                Reason.INDEX_OUT_OF_RANGE,
                 {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
             )
+
+
+# JSON ------------------------------------------------------------------------------------------
+
+
+def parse_json(text: str, what: str) -> Any:
+    """Parses JSON from a client, refusing what Python's parser accepts but nothing else should.
+
+    Refused: malformed JSON, ``NaN``/``Infinity``, numbers that overflow a float,
+    integers longer than int64, nesting deeper than :data:`MAX_JSON_DEPTH`, and
+    strings holding lone surrogates (``"\\ud800"``), which cannot be encoded again.
+
+    Raises:
+        InvalidArgument: ``what`` names the document; the message says what is wrong.
+    """
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int)  # fmt: skip
+    except RecursionError:
+        value = None
+        problem = f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
+    except ValueError as error:
+        value = None
+        problem = f"expected JSON, received {shown(text)} ({shown(str(error))})"
+    else:
+        problem = _json_problem(value)
+    if problem:
+        raise InvalidArgument(f"{what}: {problem}", Reason.INVALID_CONFIG)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} overflows a float")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is longer than int64")
+    return int(text)
+
+
+def _json_problem(value: Any) -> str:
+    """Returns what is wrong with a decoded JSON value, walking it without recursion."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
+        if isinstance(item, dict):
+            pending.extend((key, depth + 1) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"expected text encodable as UTF-8, received {shown(item)}"
+    return ""

@@ -1,4 +1,4 @@
-from tfps_client._proto.tfps.v1 import tensor_pb2 as _tensor_pb2
+from tfps_client.wire._proto.tfps.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

@@ -18,8 +18,11 @@ them with ``tf.train.load_checkpoint(prefix).get_tensor(key)``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from tfps_client.types import Async, OptimizerOptions, Sync
 
 FORMAT = "tfps-checkpoint"
 """The ``format`` field of the metadata."""
@@ -87,7 +90,7 @@ class OptimizerEntry:
     config: dict[str, Any]
     """``{"class_name", "config"}`` at save time (hyperparameters as changed since)."""
     options: dict[str, Any]
-    """Aggregation mode and non-finite policy."""
+    """Aggregation mode and non-finite policy, as :func:`options_to_json` writes them."""
     iterations: int
     """``iterations`` at save time."""
     weights: tuple[str, ...]
@@ -139,14 +142,45 @@ class CheckpointMetadata:
             raise ValueError(
                 f"expected checkpoint layout version {VERSION}, received {data.get('version')}"
             )
-        return cls(
-            saved_at=float(data["saved_at"]),
-            optimizers=tuple(
-                OptimizerEntry(**(o | {"weights": tuple(o["weights"]), "slots": tuple(o["slots"])}))
-                for o in data["optimizers"]
-            ),
-            variables=tuple(
-                VariableEntry(**(v | {"shape": tuple(v["shape"])})) for v in data["variables"]
-            ),
-            requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
-        )
+        try:
+            return cls(
+                saved_at=float(data["saved_at"]),
+                optimizers=tuple(
+                    OptimizerEntry(
+                        **(o | {"weights": tuple(o["weights"]), "slots": tuple(o["slots"])})
+                    )
+                    for o in data["optimizers"]
+                ),
+                variables=tuple(
+                    VariableEntry(**(v | {"shape": tuple(v["shape"])})) for v in data["variables"]
+                ),
+                requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
+            )
+        except (AttributeError, IndexError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"malformed {FORMAT} metadata: {type(error).__name__}: {error}"
+            ) from error
+
+
+def options_to_json(options: OptimizerOptions) -> dict[str, Any]:
+    """Returns optimizer options as checkpoint metadata records them."""
+    mode = "sync" if isinstance(options.aggregation, Sync) else "async"
+    return {
+        "aggregation": mode,
+        **asdict(options.aggregation),
+        "on_non_finite": options.on_non_finite,
+    }
+
+
+def options_from_json(data: Mapping[str, Any]) -> OptimizerOptions:
+    """Inverse of :func:`options_to_json` (values are not checked here).
+
+    Raises:
+        ValueError: not options as :func:`options_to_json` writes them.
+    """
+    try:
+        fields = {k: v for k, v in data.items() if k not in ("aggregation", "on_non_finite")}
+        mode: type[Async] | type[Sync] = Sync if data["aggregation"] == "sync" else Async
+        return OptimizerOptions(mode(**fields), data["on_non_finite"])
+    except (AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"expected optimizer options, received {str(data)[:200]}") from error

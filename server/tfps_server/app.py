@@ -1,4 +1,10 @@
-"""Assembles the gRPC server: the parameter-server service, health, reflection and metrics."""
+"""The composition root: registry, pusher, checkpointer and metrics behind one gRPC server.
+
+Besides the parameter-server service the server answers the standard health
+service and server reflection, and serves metrics over HTTP on its own port.
+Both ports are bound exclusively (no SO_REUSEPORT): a second server on a
+taken port fails at start instead of sharing the port with the first.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from tfps_client import MAX_MESSAGE_BYTES, channel_options
-from tfps_client._proto.tfps.v1 import parameter_server_pb2, parameter_server_pb2_grpc
+from tfps_client.transport import MAX_MESSAGE_BYTES, channel_options
+from tfps_client.wire import parameter_server_pb2, parameter_server_pb2_grpc
 from tfps_server.checkpoints import Checkpointer
-from tfps_server.interceptors import MetricsInterceptor
+from tfps_server.interceptors import DecodingInterceptor, MetricsInterceptor
+from tfps_server.push import Pusher
+from tfps_server.registry import Registry
 from tfps_server.service import DEFAULT_MAX_REQUEST_BYTES, ParameterServerServicer
 from tfps_server.state_metrics import StateCollector
-from tfps_server.store import Store
 
 _log = logging.getLogger(__name__)
 
@@ -31,7 +38,8 @@ class RunningServer:
     Attributes:
         server: the gRPC server.
         port: the port it listens on.
-        store: the state it serves.
+        registry: the state it serves.
+        pusher: applies pushes to the state.
         health: the health servicer, to flip serving status.
         servicer: the parameter-server servicer.
         checkpointer: saves and restores checkpoints; None without a checkpoint directory.
@@ -42,7 +50,8 @@ class RunningServer:
         self,
         server: grpc.Server,
         port: int,
-        store: Store,
+        registry: Registry,
+        pusher: Pusher,
         health_servicer: health.HealthServicer,
         servicer: ParameterServerServicer,
         state_collector: StateCollector,
@@ -51,7 +60,8 @@ class RunningServer:
     ) -> None:
         self.server = server
         self.port = port
-        self.store = store
+        self.registry = registry
+        self.pusher = pusher
         self.health = health_servicer
         self.servicer = servicer
         self.checkpointer = checkpointer
@@ -86,9 +96,11 @@ class RunningServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops gracefully; a second call does nothing.
 
-        In order: health reports NOT_SERVING for good; new RPCs are refused and
-        in-flight ones get ``grace`` seconds to finish (None: they are cancelled
-        at once); the shutdown hooks run; the metrics endpoint closes.
+        In order: health reports NOT_SERVING for good; new RPCs are refused; sync
+        steps still open are answered UNAVAILABLE (they cannot complete without
+        new pushes, and clients retry UNAVAILABLE against the restarted server);
+        other in-flight RPCs get ``grace`` seconds to finish (None: they are
+        cancelled at once); the shutdown hooks run; the metrics endpoint closes.
 
         Raises:
             Exception: the first exception a shutdown hook raised, once everything stopped.
@@ -97,7 +109,10 @@ class RunningServer:
             return
         self._stopped = True
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)
+        self.registry.close()
+        self.registry.hooks.reach("shutdown.draining")
+        stopped.wait()
         _log.info("gRPC server stopped; running %d shutdown hooks", len(self._shutdown_hooks))
         failure: Exception | None = None
         for hook in self._shutdown_hooks:
@@ -108,7 +123,7 @@ class RunningServer:
                 failure = failure or error
         if self._metrics_http is not None:
             self._metrics_http.close()
-        self.store.metrics.registry.unregister(self._state_collector)
+        self.registry.metrics.registry.unregister(self._state_collector)
         if failure is not None:
             raise failure
 
@@ -138,7 +153,7 @@ class _MetricsHttp:
 
 
 def create_server(
-    store: Store,
+    registry: Registry,
     address: str = "127.0.0.1:0",
     max_workers: int = 64,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
@@ -151,11 +166,11 @@ def create_server(
 ) -> RunningServer:
     """Creates and starts a server; port 0 in ``address`` picks a free port.
 
-    RPCs are measured, and the store's state is reported at scrape time, in
-    ``store.metrics``, whether or not they are served over HTTP.
+    RPCs are measured, and the state is reported at scrape time, in
+    ``registry.metrics``, whether or not they are served over HTTP.
 
     Args:
-        store: the variables and optimizers to serve.
+        registry: the variables and optimizers to serve.
         address: ``host:port`` to bind.
         max_workers: threads serving RPCs concurrently.
         max_message_bytes: largest gRPC message accepted or sent.
@@ -170,15 +185,16 @@ def create_server(
     Raises:
         RuntimeError: an address could not be bound.
     """
-    metrics = store.metrics
+    metrics = registry.metrics
     service = parameter_server_pb2.DESCRIPTOR.services_by_name["ParameterServer"]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfps-rpc"),
-        interceptors=[MetricsInterceptor(metrics, service)],
-        options=channel_options(max_message_bytes),
+        interceptors=[MetricsInterceptor(metrics, service), DecodingInterceptor(service)],
+        options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)],
     )
+    pusher = Pusher(registry)
     servicer = ParameterServerServicer(
-        store, max_request_bytes=max_request_bytes, checkpointer=checkpointer
+        registry, pusher, max_request_bytes=max_request_bytes, checkpointer=checkpointer
     )
     parameter_server_pb2_grpc.add_ParameterServerServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -186,17 +202,30 @@ def create_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"could not bind {address}: {error} (is another server on it?)"
+        ) from None
     if port == 0:
-        raise RuntimeError(f"could not bind {address}")
+        raise RuntimeError(f"could not bind {address} (is another server on it?)")
     metrics_http = (
         _MetricsHttp(metrics.registry, metrics_address) if metrics_address is not None else None
     )
-    state_collector = StateCollector(store, metrics_variable_labels)
+    state_collector = StateCollector(registry, metrics_variable_labels)
     metrics.registry.register(state_collector)
     server.start()
     running = RunningServer(
-        server, port, store, health_servicer, servicer, state_collector, metrics_http, checkpointer
+        server,
+        port,
+        registry,
+        pusher,
+        health_servicer,
+        servicer,
+        state_collector,
+        metrics_http,
+        checkpointer,
     )
     running.set_serving(serving)
     return running

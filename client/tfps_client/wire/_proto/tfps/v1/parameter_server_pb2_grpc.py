@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tfps_client._proto.tfps.v1 import parameter_server_pb2 as tfps_dot_v1_dot_parameter__server__pb2
+from tfps_client.wire._proto.tfps.v1 import parameter_server_pb2 as tfps_dot_v1_dot_parameter__server__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, cast
 import ml_dtypes
 import numpy as np
 
-from tfps_client._proto.tfps.v1 import tensor_pb2
+from tfps_client.wire._proto.tfps.v1 import tensor_pb2
 
 DataType = tensor_pb2.DataType
 TensorSpec = tensor_pb2.TensorSpec
@@ -31,6 +31,13 @@ _Message = TypeVar("_Message", bound=_HasChunks)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Bytes of tensor data per stream message (1 MiB)."""
+
+MAX_RANK = 32
+"""Most dimensions a tensor may have."""
+
+MAX_EXTENT_BYTES = 1 << 62
+"""Bound on a shape's extent: the product of its dimensions, a zero counted as one, times
+the item size. numpy cannot describe a larger array, even an empty one."""
 
 _WIRE_DTYPES: dict[tensor_pb2.DataType, np.dtype] = {
     DataType.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -94,12 +101,20 @@ def spec_nbytes(spec: tensor_pb2.TensorSpec) -> int:
     """Returns the byte length a spec announces.
 
     Raises:
-        CodecError: the dtype is unknown or a dimension is negative.
+        CodecError: the dtype is unknown, or the shape has a negative dimension, more
+            than :data:`MAX_RANK` dimensions or an extent beyond :data:`MAX_EXTENT_BYTES`.
     """
     shape = spec_shape(spec)
+    itemsize = numpy_dtype(spec.dtype).itemsize
+    if len(shape) > MAX_RANK:
+        raise CodecError(f"expected at most {MAX_RANK} dimensions, received {len(shape)}")
     if any(d < 0 for d in shape):
         raise CodecError(f"expected non-negative dimensions, received shape {list(shape)}")
-    return math.prod(shape) * numpy_dtype(spec.dtype).itemsize
+    if math.prod(max(d, 1) for d in shape) * itemsize > MAX_EXTENT_BYTES:
+        raise CodecError(
+            f"expected a shape whose extent is at most 2**62 bytes, received {list(shape)}"
+        )
+    return math.prod(shape) * itemsize
 
 
 def _little_endian_bytes(array: np.ndarray) -> memoryview:

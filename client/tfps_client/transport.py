@@ -1,0 +1,185 @@
+"""How calls travel: the channel, retries, and tensor and file streams in both directions."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+import numpy as np
+
+from tfps_client.errors import DataLossError, from_rpc_error
+from tfps_client.types import RetryPolicy
+from tfps_client.wire import codec, tensor_pb2
+from tfps_client.wire import parameter_server_pb2 as pb
+
+MAX_MESSAGE_BYTES = 256 << 20
+"""Largest gRPC message either side accepts (the gRPC default is 4 MiB)."""
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Status codes the client retries by itself."""
+
+_T = TypeVar("_T")
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """Returns the gRPC options both client and server use for message sizes."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
+    """Opens a channel to ``address``: TLS with ``credentials``, else plaintext."""
+    options = channel_options(max_message_bytes)
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options)
+    return grpc.insecure_channel(address, options)
+
+
+class Transport:
+    """Makes calls with a deadline and retries, and moves tensors and files as streams.
+
+    Every failure is raised as the :class:`tfps_client.TfpsError` subclass of its status.
+
+    Args:
+        timeout: seconds each attempt may take; ``None`` waits forever.
+        retry: how UNAVAILABLE and DEADLINE_EXCEEDED are retried.
+        chunk_bytes: tensor bytes per stream message.
+    """
+
+    def __init__(self, timeout: float | None, retry: RetryPolicy, chunk_bytes: int) -> None:
+        self.timeout = timeout
+        self.retry = retry
+        self.chunk_bytes = chunk_bytes
+
+    def with_retries(self, attempt: Callable[[], _T]) -> _T:
+        """Runs ``attempt``, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff."""
+        policy = self.retry
+        backoff = policy.initial_backoff
+        for number in range(1, policy.max_attempts + 1):
+            try:
+                return attempt()
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code not in RETRYABLE or number == policy.max_attempts:
+                    raise from_rpc_error(error) from None
+            time.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * policy.multiplier, policy.max_backoff)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def unary(self, method: Callable[..., _T], request: Any) -> _T:
+        """Calls a unary method."""
+        return self.with_retries(lambda: method(request, timeout=self.timeout))
+
+    def upload(
+        self,
+        method: Callable[..., _T],
+        message: Callable[..., Any],
+        header: Mapping[str, Any],
+        arrays: Sequence[np.ndarray],
+    ) -> _T:
+        """Calls a client-streaming method with ``header`` and the arrays' chunks."""
+        return self.with_retries(
+            lambda: method(self._stream(message, header, arrays), timeout=self.timeout)
+        )
+
+    def download(
+        self,
+        method: Callable[..., Iterator[Any]],
+        request: Any,
+        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
+    ) -> tuple[Any, list[np.ndarray]]:
+        """Calls a server-streaming method; returns its first message and its tensors."""
+        return self.with_retries(
+            lambda: codec.read_stream(method(request, timeout=self.timeout), specs_of)
+        )
+
+    def exchange(
+        self,
+        method: Callable[..., Iterator[Any]],
+        message: Callable[..., Any],
+        header: Mapping[str, Any],
+        arrays: Sequence[np.ndarray],
+        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
+    ) -> tuple[Any, list[np.ndarray]]:
+        """Calls a bidirectional method: tensors up, tensors down."""
+        return self.with_retries(
+            lambda: codec.read_stream(
+                method(self._stream(message, header, arrays), timeout=self.timeout), specs_of
+            )
+        )
+
+    def download_files(
+        self,
+        method: Callable[..., Iterator[pb.DownloadCheckpointResponse]],
+        request: pb.DownloadCheckpointRequest,
+        dest_dir: str | Path,
+    ) -> pb.CheckpointManifest:
+        """Streams a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
+
+        Files are written as ``*.partial`` and renamed only once verified.
+
+        Raises:
+            DataLossError: a file's size or digest does not match the manifest.
+        """
+        return self.with_retries(
+            lambda: _receive_files(method(request, timeout=self.timeout), Path(dest_dir))
+        )
+
+    def _stream(
+        self, message: Callable[..., Any], header: Mapping[str, Any], arrays: Sequence[np.ndarray]
+    ) -> Iterator[Any]:
+        return codec.stream_messages(message, header, arrays, self.chunk_bytes)
+
+
+def _receive_files(
+    responses: Iterator[pb.DownloadCheckpointResponse], directory: Path
+) -> pb.CheckpointManifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    digests: dict[str, Any] = {}
+    handles: dict[str, BinaryIO] = {}
+    manifest = None
+    try:
+        for message in responses:
+            if message.HasField("manifest"):
+                manifest = message.manifest
+                break
+            chunk = message.chunk
+            name = Path(chunk.file).name
+            if name not in handles:
+                handles[name] = (directory / f"{name}.partial").open("wb")
+                digests[name] = hashlib.sha256()
+            if handles[name].tell() != chunk.offset:
+                raise DataLossError(
+                    f"{name}: expected offset {handles[name].tell()}, received {chunk.offset}"
+                )
+            handles[name].write(chunk.data)
+            digests[name].update(chunk.data)
+    finally:
+        for handle in handles.values():
+            handle.close()
+    if manifest is None:
+        raise DataLossError("checkpoint download ended without its manifest")
+    names = [Path(expected.file).name for expected in manifest.files]
+    for name, expected in zip(names, manifest.files, strict=True):
+        partial = directory / f"{name}.partial"
+        size = partial.stat().st_size if partial.exists() else -1
+        digest = digests[name].hexdigest() if name in digests else ""
+        if size != expected.size or digest != expected.sha256:
+            raise DataLossError(
+                f"{name}: expected {expected.size} bytes with sha256 {expected.sha256}, "
+                f"received {size} bytes with sha256 {digest or 'none'}"
+            )
+    for name in names:
+        (directory / f"{name}.partial").replace(directory / name)
+    return manifest

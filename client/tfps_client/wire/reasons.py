@@ -1,0 +1,129 @@
+"""Why a call failed, in a form programs can test: the reason enum and its wire encoding.
+
+Every refusal carries a ``tfps.v1.ErrorDetail`` (a reason and facts that go with
+it) in the trailing metadata entry :data:`ERROR_DETAIL_KEY`, beside the gRPC
+status code and message. The server encodes it here and the client decodes it
+here, so the two never disagree on the format.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tfps_client.wire._proto.tfps.v1 import errors_pb2
+
+ERROR_DETAIL_KEY = "tfps-error-bin"
+"""Trailing metadata key carrying a serialized ``tfps.v1.ErrorDetail``."""
+
+
+class Reason(str, enum.Enum):
+    """Machine-readable reasons; each member is (and compares equal to) its name as a string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    # Names and declarations
+    INVALID_NAME = "INVALID_NAME"
+    """An empty or unprintable variable or optimizer name."""
+    INVALID_DTYPE = "INVALID_DTYPE"
+    """A variable of an element type the server does not hold."""
+    DUPLICATE_VARIABLE = "DUPLICATE_VARIABLE"
+    """A variable declared twice in one request."""
+    VARIABLE_EXISTS = "VARIABLE_EXISTS"
+    """A variable exists with another shape, dtype or optimizer."""
+    OPTIMIZER_EXISTS = "OPTIMIZER_EXISTS"
+    """An optimizer exists with another config or options."""
+    UNKNOWN_VARIABLE = "UNKNOWN_VARIABLE"
+    """No variable of that name."""
+    UNKNOWN_OPTIMIZER = "UNKNOWN_OPTIMIZER"
+    """No optimizer of that name."""
+    UNKNOWN_SLOT = "UNKNOWN_SLOT"
+    """The optimizer has no slot of that name."""
+    # Configs and values
+    INVALID_CONFIG = "INVALID_CONFIG"
+    """An optimizer config, schedule or hyperparameter value that creation refuses."""
+    INVALID_OPTIONS = "INVALID_OPTIONS"
+    """Impossible aggregation options or non-finite policy."""
+    UNKNOWN_HYPERPARAMETER = "UNKNOWN_HYPERPARAMETER"
+    """The optimizer has no hyperparameter of that name."""
+    MISSING_VALUE = "MISSING_VALUE"
+    """A hyperparameter change without a value."""
+    NON_FINITE_VALUE = "NON_FINITE_VALUE"
+    """NaN or Inf in a variable's initial value or an optimizer weight."""
+    INVALID_ITERATIONS = "INVALID_ITERATIONS"
+    """An ``iterations`` value that is not an integer in [0, MAX_ITERATIONS]."""
+    WEIGHTS_MISMATCH = "WEIGHTS_MISMATCH"
+    """Optimizer weights of the wrong number, shape or dtype."""
+    # Gradients
+    MISSING_GRADIENT = "MISSING_GRADIENT"
+    """A gradient header that is neither dense nor sparse."""
+    DUPLICATE_GRADIENT = "DUPLICATE_GRADIENT"
+    """Two gradients for one variable in one push."""
+    DTYPE_MISMATCH = "DTYPE_MISMATCH"
+    """A gradient dtype that does not cast up to the variable's."""
+    SHAPE_MISMATCH = "SHAPE_MISMATCH"
+    """A gradient or value of the wrong shape."""
+    SPARSE_SCALAR = "SPARSE_SCALAR"
+    """Rows of a scalar were named."""
+    INVALID_INDICES = "INVALID_INDICES"
+    """Row indices that are not int32 or int64 of rank 1."""
+    INDEX_OUT_OF_RANGE = "INDEX_OUT_OF_RANGE"
+    """A row index outside the variable."""
+    NON_FINITE_GRADIENT = "NON_FINITE_GRADIENT"
+    """NaN or Inf in a gradient, refused by the "reject" policy."""
+    # Aggregation
+    MISSING_WORKER = "MISSING_WORKER"
+    """A sync push without a worker id."""
+    DUPLICATE_CONTRIBUTION = "DUPLICATE_CONTRIBUTION"
+    """A second contribution of one worker to one sync step."""
+    STEP_AHEAD = "STEP_AHEAD"
+    """Gradients computed at a step the optimizer has not reached."""
+    ITERATIONS_EXHAUSTED = "ITERATIONS_EXHAUSTED"
+    """The optimizer is at MAX_ITERATIONS and cannot take another step."""
+    STATE_REPLACED = "STATE_REPLACED"
+    """The state a request was validated against was replaced (restore, set_weights) first."""
+    # Transport
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    """Bytes that are not the request message the method takes."""
+    MALFORMED_TENSOR = "MALFORMED_TENSOR"
+    """Tensor specs or chunks that do not add up."""
+    TOO_LARGE = "TOO_LARGE"
+    """More bytes than the server accepts."""
+    NOT_READY = "NOT_READY"
+    """The server is restoring a checkpoint before serving."""
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    """The server is stopping; retry against its successor."""
+    # Checkpoints
+    NO_CHECKPOINT_DIR = "NO_CHECKPOINT_DIR"
+    """The server runs without a checkpoint directory."""
+    NO_CHECKPOINT = "NO_CHECKPOINT"
+    """The checkpoint directory holds no checkpoint yet."""
+    UNKNOWN_CHECKPOINT = "UNKNOWN_CHECKPOINT"
+    """No checkpoint of that id, or it was deleted by retention."""
+    CHECKPOINT_UNREADABLE = "CHECKPOINT_UNREADABLE"
+    """A checkpoint whose files are missing, truncated or corrupted."""
+    CHECKPOINT_MISMATCH = "CHECKPOINT_MISMATCH"
+    """A readable checkpoint whose contents do not fit together."""
+    NO_SPACE = "NO_SPACE"
+    """The disk is full (or a quota reached) while writing a checkpoint."""
+    INTERNAL = "INTERNAL"
+    """A fault of the server itself; its log has the details."""
+
+
+def encode_detail(reason: str, metadata: Mapping[str, str]) -> tuple[tuple[str, bytes]]:
+    """Returns the trailing metadata that carries a reason and its facts."""
+    detail = errors_pb2.ErrorDetail(reason=str(reason), metadata=dict(metadata))
+    return ((ERROR_DETAIL_KEY, detail.SerializeToString()),)
+
+
+def decode_detail(
+    trailing_metadata: Iterable[tuple[str, Any]] | None,
+) -> tuple[str, dict[str, str]]:
+    """Returns (reason, metadata) from a call's trailing metadata; ("", {}) when absent."""
+    detail = errors_pb2.ErrorDetail()
+    for key, value in trailing_metadata or ():
+        if key == ERROR_DETAIL_KEY and isinstance(value, bytes):
+            detail.ParseFromString(value)
+    return detail.reason, dict(detail.metadata)

@@ -1,0 +1,225 @@
+"""The one place that validates, locks, records, applies and counts a push.
+
+A push is validated whole against the generation it started in. Then each
+optimizer it touches, in name order, takes its lock, checks that no restore
+retired it, hands its part to its aggregation policy, and records its result
+in the exactly-once window, all under that lock. Gradients are applied to the
+variables they were validated against, never looked up again by position.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfps_client.types import Outcome
+from tfps_client.wire.convert import Gradient, OptimizerResult, SparseGradient
+from tfps_client.wire.reasons import Reason
+from tfps_server.aggregation import Prepared
+from tfps_server.errors import InvalidArgument, ServerError, shown
+from tfps_server.registry import Registry
+from tfps_server.state import Generation, ManagedOptimizer, ManagedVariable
+from tfps_server.validation import check_finite, check_gradient
+
+
+class Pusher:
+    """Pushes gradients into a registry's state.
+
+    Args:
+        registry: the state.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._metrics = registry.metrics
+        self._device = registry.device
+
+    def push(
+        self,
+        gradients: Sequence[Gradient],
+        *,
+        request_id: str = "",
+        worker: str = "",
+        step: int | None = None,
+    ) -> dict[str, OptimizerResult]:
+        """Hands gradients to the aggregation policy of each optimizer they touch.
+
+        Every gradient is checked first, so nothing changes unless all are valid.
+        A request id seen before returns the original result without applying again.
+
+        Args:
+            gradients: at most one per variable.
+            request_id: makes retries of the same push safe; empty disables that.
+            worker: id of the pushing worker (required by sync optimizers).
+            step: the iterations the gradients were computed from; None means current.
+
+        Returns:
+            Outcome and ``iterations`` after the push, per optimizer touched.
+
+        Raises:
+            NotFound: unknown variable.
+            InvalidArgument: duplicate variable, wrong shape, dtype, index, or
+                non-finite values for an optimizer that rejects them.
+            FailedPrecondition: a step ahead of the optimizer, or a second
+                contribution of one worker to a sync step.
+            Aborted: a restore or ``set_weights`` replaced the state first.
+            Unavailable: the server is shutting down while a sync step waited.
+        """
+        return self._push(self._registry.current(), gradients, request_id, worker, step)
+
+    def push_pull(
+        self,
+        gradients: Sequence[Gradient],
+        pull: Sequence[str],
+        *,
+        request_id: str = "",
+        worker: str = "",
+        step: int | None = None,
+    ) -> tuple[dict[str, OptimizerResult], list[tuple[str, np.ndarray]]]:
+        """Pushes, then pulls ``pull`` (checked before the push) from the same generation."""
+        generation = self._registry.current()
+        for name in pull:
+            generation.variable(name)
+        results = self._push(generation, gradients, request_id, worker, step)
+        return results, self._registry.pull(pull, generation)
+
+    def _push(
+        self,
+        generation: Generation,
+        gradients: Sequence[Gradient],
+        request_id: str,
+        worker: str,
+        step: int | None,
+    ) -> dict[str, OptimizerResult]:
+        def apply_missing(results: dict[str, OptimizerResult]) -> None:
+            batches = self._validate(generation, gradients)
+            self._registry.hooks.reach("push.validated")
+            for managed in sorted(batches, key=lambda m: m.name):
+                if managed.name not in results:  # a push a checkpoint caught half-way
+                    results[managed.name] = self._submit(managed, batches[managed], worker, step)
+
+        try:
+            results, _ = generation.requests.run(request_id, apply_missing)
+        except ServerError as error:
+            self._metrics.push_rejections.labels(error.reason).inc()
+            raise
+        return results
+
+    def _validate(
+        self, generation: Generation, gradients: Sequence[Gradient]
+    ) -> dict[ManagedOptimizer, list[Prepared]]:
+        """Checks every gradient; returns them prepared, by the optimizer they go to."""
+        batches: dict[ManagedOptimizer, list[Prepared]] = {}
+        seen: set[str] = set()
+        for gradient in gradients:
+            managed = generation.variable(gradient.variable)
+            if gradient.variable in seen:
+                raise InvalidArgument(
+                    f"variable {shown(gradient.variable)}: more than one gradient in one push",
+                    Reason.DUPLICATE_GRADIENT,
+                    {"variable": gradient.variable},
+                )
+            seen.add(gradient.variable)
+            check_gradient(managed, gradient)
+            if managed.optimizer.options.on_non_finite == "reject":
+                self._check_finite(managed, gradient.values)
+            batches.setdefault(managed.optimizer, []).append(_prepare(managed, gradient))
+        return batches
+
+    def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:
+        try:
+            check_finite(
+                f"variable {shown(managed.name)}",
+                "gradient values",
+                values,
+                {"variable": managed.name},
+                Reason.NON_FINITE_GRADIENT,
+            )
+        except InvalidArgument:
+            self._metrics.non_finite_gradients.labels(managed.optimizer.name, "rejected").inc()
+            raise
+
+    def _submit(
+        self,
+        managed: ManagedOptimizer,
+        gradients: Sequence[Prepared],
+        worker: str,
+        step: int | None,
+    ) -> OptimizerResult:
+        """Hands one optimizer's part to its policy under its lock; returns what it did."""
+        with managed.lock:
+            managed.ensure_live()
+            result = managed.policy.submit(
+                worker, step, gradients, managed.iterations, lambda g: self._apply(managed, g)
+            )
+        self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
+        return result
+
+    def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared]) -> Outcome:
+        """Applies one combined gradient list; the caller holds the optimizer's lock.
+
+        Non-finite values (which only reach here under the "skip" policy, or when
+        aggregation overflows) skip the update; ``iterations`` still grows by one,
+        as with Keras's LossScaleOptimizer.
+        """
+        squares = [_sum_of_squares(g.values) for g in gradients]
+        norm = float(np.sqrt(np.sum(squares)))
+        if not np.isfinite(norm):
+            self._metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
+            with tf.device(self._device):
+                managed.optimizer.iterations.assign_add(1)
+            return Outcome.SKIPPED
+        self._metrics.gradient_norm.labels(managed.name).observe(norm)
+        self._count_clipping(managed, gradients, squares, norm)
+        start = time.perf_counter()
+        with tf.device(self._device):
+            managed.optimizer.apply_gradients([(_to_tensor(g), g.target) for g in gradients])
+        self._metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
+        return Outcome.APPLIED
+
+    def _count_clipping(
+        self,
+        managed: ManagedOptimizer,
+        gradients: Sequence[Prepared],
+        squares: Sequence[float],
+        norm: float,
+    ) -> None:
+        optimizer = managed.optimizer
+        clipped = {
+            "global_clipnorm": optimizer.global_clipnorm is not None
+            and norm > optimizer.global_clipnorm,
+            "clipnorm": optimizer.clipnorm is not None
+            and any(np.sqrt(sq) > optimizer.clipnorm for sq in squares),
+            "clipvalue": optimizer.clipvalue is not None
+            and any(np.abs(g.values).max(initial=0) > optimizer.clipvalue for g in gradients),
+        }
+        for kind, happened in clipped.items():
+            if happened:
+                self._metrics.clip_events.labels(managed.name, kind).inc()
+
+
+def _sum_of_squares(values: np.ndarray, block: int = 1 << 20) -> float:
+    """Sum of squares in float64, a block at a time so no full-size copy is made."""
+    flat = values.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block].astype(np.float64)
+        total += float(np.dot(part, part))
+    return total
+
+
+def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:
+    """Casts a validated gradient up to the variable's dtype."""
+    values = gradient.values.astype(managed.dtype, copy=False)
+    indices = gradient.indices if isinstance(gradient, SparseGradient) else None
+    return Prepared(managed.position, managed.variable, values, indices, managed.shape)
+
+
+def _to_tensor(gradient: Prepared) -> tf.Tensor | tf.IndexedSlices:
+    values = tf.constant(gradient.values)
+    if gradient.indices is None:
+        return values
+    return tf.IndexedSlices(values, tf.constant(gradient.indices), tf.constant(gradient.shape))

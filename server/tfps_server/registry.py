@@ -1,0 +1,496 @@
+"""The registry: owner of the state, and the only code that changes optimizers and variables.
+
+It holds the current :class:`~tfps_server.state.Generation` and the structure
+lock, builds optimizers and variables with one factory for creation and
+restore, and answers everyone else with plain values (read-only views).
+Pushes change values through :mod:`tfps_server.push` under the same locks.
+The rules are in ``docs/state-model.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfps_client.types import OptimizerOptions, VariableInfo
+from tfps_client.wire.reasons import Reason
+from tfps_server import optimizers
+from tfps_server.aggregation import checked, make_policy
+from tfps_server.devices import resolve_device
+from tfps_server.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ServerError,
+    Unavailable,
+    shown,
+)
+from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
+from tfps_server.metrics import Metrics
+from tfps_server.state import (
+    Generation,
+    Hooks,
+    ManagedOptimizer,
+    ManagedVariable,
+    locked,
+)
+from tfps_server.validation import (
+    check_declarations,
+    check_name,
+    check_rows,
+    check_same_declaration,
+)
+from tfps_server.weights import assign_weights
+
+_log = logging.getLogger(__name__)
+
+_TF_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+class OptimizerView(NamedTuple):
+    """An optimizer as the metrics see it."""
+
+    name: str
+    iterations: int
+    learning_rate: float
+    """The learning rate of the next step (a schedule's value now)."""
+
+
+class VariableBytes(NamedTuple):
+    """Bytes a variable holds, as the metrics see them."""
+
+    name: str
+    value_bytes: int
+    slot_bytes: int
+
+
+class Registry:
+    """Holds the state of one server on one device.
+
+    Args:
+        device: TensorFlow device name, or ``None``/``"auto"`` for the first GPU, else CPU.
+        metrics: where to count what happens; a fresh registry if None.
+        request_window: push request ids remembered for exactly-once retries.
+        hooks: named points where tests hold threads; none by default.
+    """
+
+    def __init__(
+        self,
+        device: str | None = None,
+        metrics: Metrics | None = None,
+        request_window: int = DEFAULT_WINDOW,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.request_window = request_window
+        self.hooks = hooks if hooks is not None else Hooks()
+        self._structure = threading.Lock()
+        self._current = Generation(RequestLog(request_window))
+        self._closed_by: ServerError | None = None
+
+    # The generation ---------------------------------------------------------------------------
+
+    def current(self) -> Generation:
+        """Returns the current generation (one atomic read; it may be replaced right after)."""
+        return self._current
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[Generation]:
+        """Holds the structure lock and every optimizer's lock: nothing changes meanwhile."""
+        with self._structure:
+            generation = self._current
+            with locked(generation.optimizers.values()):
+                yield generation
+
+    def install(self, generation: Generation) -> None:
+        """Replaces the whole state with ``generation`` (a restore).
+
+        The old generation's optimizers are retired under their locks: a push,
+        ``set_weights`` or hyperparameter change validated against them, and any
+        open sync step, is answered ABORTED and applies nothing.
+        """
+        with self._structure:
+            old = self._current
+            with locked(old.optimizers.values()):
+                generation.number = old.number + 1
+                self._current = generation
+                for managed in old.optimizers.values():
+                    managed.retired = True
+                    managed.policy.close(_replaced(managed.name, "a restore"))
+        _log.info(
+            "state replaced: generation %d, %d optimizers, %d variables",
+            generation.number,
+            len(generation.optimizers),
+            len(generation.variables),
+        )
+
+    def close(self) -> None:
+        """Answers open sync steps UNAVAILABLE and refuses new ones: the server is stopping.
+
+        Clients retry UNAVAILABLE by themselves, against the restarted server.
+        """
+        error = Unavailable(
+            "sync aggregation: the server is shutting down; the step was not applied, "
+            "retry against the restarted server",
+            Reason.SHUTTING_DOWN,
+        )
+        with self._structure:
+            self._closed_by = error
+            for managed in self._current.optimizers.values():
+                with managed.lock:
+                    managed.policy.close(error)
+
+    # The factory: creation and restore build state the same way ------------------------------
+
+    def new_optimizer(
+        self,
+        name: str,
+        spec: optimizers.OptimizerSpec,
+        options: OptimizerOptions,
+        creation_config: dict[str, Any] | None = None,
+    ) -> ManagedOptimizer:
+        """Builds an optimizer with creation's checks; it joins no generation yet.
+
+        Raises:
+            InvalidArgument: bad name or options, or a config Keras refuses or cannot apply.
+        """
+        check_name("optimizer", name)
+        options = checked(options)
+        try:
+            with tf.device(self.device), tf.init_scope():
+                optimizer = optimizers.instantiate(spec)
+                _ = optimizer.iterations
+                optimizer._create_hypers()
+        except InvalidArgument as error:
+            raise _naming_optimizer(name, error) from None
+        lock = threading.Condition()
+        policy = make_policy(
+            options, lock, self.metrics, name, functools.partial(self.hooks.reach, "sync.waiting")
+        )
+        if self._closed_by is not None:
+            policy.close(self._closed_by)
+        config = creation_config if creation_config is not None else optimizers.serialize(optimizer)
+        return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy)
+
+    def new_variables(
+        self, owner: ManagedOptimizer, declarations: Sequence[tuple[str, np.ndarray]], batch: int
+    ) -> list[ManagedVariable]:
+        """Builds checked declarations' variables and their slots; the caller holds the lock.
+
+        Slots are created in one Keras call for the whole batch, so they are
+        ordered as a local ``apply_gradients`` over the same variable list orders them.
+
+        Raises:
+            InvalidArgument: the optimizer cannot update one of the dtypes.
+        """
+        for dtype in sorted({value.dtype.name for _, value in declarations} - owner.checked_dtypes):
+            try:
+                optimizers.check_applies(owner.spec, tf.as_dtype(dtype), self.device)
+            except InvalidArgument as error:
+                raise _naming_optimizer(owner.name, error) from None
+            owner.checked_dtypes.add(dtype)
+        with tf.device(self.device), tf.init_scope():
+            variables = [
+                tf.Variable(value, name=_TF_NAME_CHARS.sub("_", name), trainable=True)
+                for name, value in declarations
+            ]
+            owner.optimizer._create_all_weights(variables)
+        return [
+            ManagedVariable(name, variable, owner, batch)
+            for (name, _), variable in zip(declarations, variables, strict=True)
+        ]
+
+    # Changes ----------------------------------------------------------------------------------
+
+    def create_optimizer(
+        self, name: str, config_json: str, options: OptimizerOptions | None = None
+    ) -> bool:
+        """Creates a named optimizer; returns False if an equal one exists.
+
+        Raises:
+            InvalidArgument: bad name, config or options.
+            AlreadyExists: the name exists with a different config or options.
+        """
+        check_name("optimizer", name)
+        try:
+            spec = optimizers.parse(config_json)
+        except InvalidArgument as error:
+            raise _naming_optimizer(name, error) from None
+        candidate = self.new_optimizer(name, spec, options or OptimizerOptions())
+        with self._structure:
+            generation = self._current
+            existing = generation.optimizers.get(name)
+            if existing is not None:
+                if (existing.creation_config, existing.options) != (
+                    candidate.creation_config,
+                    candidate.options,
+                ):
+                    raise AlreadyExists(
+                        f"optimizer {shown(name)}: exists with config "
+                        f"{json.dumps(existing.creation_config)} and {existing.options}, "
+                        f"received {json.dumps(candidate.creation_config)} and "
+                        f"{candidate.options}",
+                        Reason.OPTIMIZER_EXISTS,
+                        {"optimizer": name},
+                    )
+                return False
+            generation.optimizers[name] = candidate
+        _log.info(
+            "created optimizer %r: %s, %s",
+            name,
+            json.dumps(candidate.creation_config),
+            candidate.options,
+        )
+        return True
+
+    def create_variables(
+        self, optimizer: str, declarations: Sequence[tuple[str, np.ndarray]]
+    ) -> tuple[list[str], list[str]]:
+        """Creates variables and their slots; returns (created, existing) names.
+
+        Raises:
+            NotFound: unknown optimizer.
+            InvalidArgument: bad name, duplicate name, non-finite value, or a
+                dtype the optimizer cannot update.
+            AlreadyExists: a name exists with a different shape, dtype or optimizer.
+        """
+        check_declarations(declarations)
+        with self._structure:
+            generation = self._current
+            owner = generation.optimizer(optimizer)
+            self.hooks.reach("create_variables.locked")
+            existing = [name for name, _ in declarations if name in generation.variables]
+            for name, value in declarations:
+                if name in generation.variables:
+                    declared = generation.variables[name]
+                    check_same_declaration(declared, declared.optimizer.name, optimizer, value)
+            fresh = [(n, v) for n, v in declarations if n not in generation.variables]
+            if fresh:
+                with owner.lock:
+                    variables = self.new_variables(owner, fresh, generation.batches + 1)
+                    generation.add_variables(variables)
+        created = [name for name, _ in fresh]
+        if created:
+            _log.info(
+                "created variables %s on %s for optimizer %r", created, self.device, optimizer
+            )
+        return created, existing
+
+    def set_weights(self, optimizer: str, weights: Sequence[np.ndarray]) -> None:
+        """Replaces every weight of an optimizer (Keras order), after checking them all.
+
+        An open sync step of the optimizer was opened against the weights replaced:
+        its contributors are answered ABORTED and nothing of it is applied.
+
+        Raises:
+            NotFound: unknown optimizer.
+            InvalidArgument: wrong number, shape or dtype, non-finite values, or
+                ``iterations`` that is not an integer in [0, 2**62].
+            Aborted: a restore replaced the optimizer first.
+        """
+        managed = self._current.optimizer(optimizer)
+        self.hooks.reach("set_weights.found")
+        with managed.lock:
+            managed.ensure_live()
+            assign_weights(managed, weights, self.device)
+            managed.policy.abort(_replaced(managed.name, "set_weights"))
+
+    def set_hyperparameter(
+        self, optimizer: str, key: str, value: float | Mapping[str, Any]
+    ) -> None:
+        """Sets one hyperparameter, as ``optimizer.<key> = value`` does in Keras.
+
+        The optimizer's config with the new value must pass every check its
+        creation would, so a value creation refuses is refused here too.
+
+        Raises:
+            NotFound: unknown optimizer.
+            InvalidArgument: unknown hyperparameter, or a value creation refuses.
+            Aborted: a restore replaced the optimizer first.
+        """
+        managed = self._current.optimizer(optimizer)
+        key = "learning_rate" if key == "lr" else key  # Keras's alias, as opt.lr = ...
+        known = sorted(managed.optimizer._hyper)
+        if key not in known:
+            raise InvalidArgument(
+                f"optimizer {shown(optimizer)}: expected a hyperparameter in {known}, "
+                f"received {shown(key)}",
+                Reason.UNKNOWN_HYPERPARAMETER,
+                {"optimizer": optimizer, "expected": known, "received": key},
+            )
+        self.hooks.reach("set_hyperparameter.found")
+        with managed.lock:
+            managed.ensure_live()
+            try:
+                spec = optimizers.with_hyperparameter(
+                    optimizers.serialize(managed.optimizer), key, value
+                )
+                optimizers.instantiate(spec)
+            except InvalidArgument as error:
+                raise _naming_optimizer(optimizer, error) from None
+            with tf.device(self.device):
+                setattr(managed.optimizer, key, spec.kwargs[key])
+
+    # Views ------------------------------------------------------------------------------------
+
+    def optimizer_names(self) -> list[str]:
+        """Returns the names of every optimizer, sorted."""
+        return sorted(self._current.optimizers)
+
+    def variable_infos(self) -> list[VariableInfo]:
+        """Returns every variable in creation order."""
+        return [
+            VariableInfo(
+                m.name,
+                m.shape,
+                np.dtype(m.variable.dtype.as_numpy_dtype),
+                m.optimizer.name,
+                m.variable.device,
+            )
+            for m in list(self._current.variables.values())
+        ]
+
+    def options(self, optimizer: str) -> OptimizerOptions:
+        """Returns the options the optimizer was created with, defaults filled in."""
+        return self._current.optimizer(optimizer).options
+
+    def get_config(self, optimizer: str) -> dict[str, Any]:
+        """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
+        managed = self._current.optimizer(optimizer)
+        with managed.lock:
+            return optimizers.serialize(managed.optimizer)
+
+    def iterations(self, optimizer: str) -> int:
+        """Returns the optimizer's ``iterations``."""
+        managed = self._current.optimizer(optimizer)
+        with managed.lock:
+            return managed.iterations()
+
+    def total_iterations(self) -> int:
+        """Returns the sum of every optimizer's ``iterations``: the server's step count."""
+        return sum(view.iterations for view in self.optimizer_views())
+
+    def slot_names(self, optimizer: str) -> list[str]:
+        """Returns the optimizer's slot names in creation order."""
+        managed = self._current.optimizer(optimizer)
+        with managed.lock:
+            return list(managed.optimizer.get_slot_names())
+
+    def get_weights(self, optimizer: str) -> list[np.ndarray]:
+        """Returns the optimizer's weights in Keras order (iterations, then slots)."""
+        managed = self._current.optimizer(optimizer)
+        with managed.lock:
+            return list(managed.optimizer.get_weights())
+
+    def pull(
+        self, names: Sequence[str], generation: Generation | None = None
+    ) -> list[tuple[str, np.ndarray]]:
+        """Returns (name, value) of the named variables, all of them when ``names`` is empty.
+
+        The values are one consistent cut: every optimizer involved is locked at once.
+        """
+        generation = generation or self._current
+        managed = (
+            [generation.variable(name) for name in names]
+            if names
+            else list(generation.variables.values())
+        )
+        with locked(m.optimizer for m in managed):
+            return [(m.name, m.variable.numpy()) for m in managed]
+
+    def pull_rows(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Returns ``variable[indices]``.
+
+        Raises:
+            InvalidArgument: the variable is a scalar or an index is out of range.
+        """
+        managed = self._current.variable(name)
+        check_rows(managed, indices)
+        with managed.optimizer.lock, tf.device(self.device):
+            return tf.gather(managed.variable, indices).numpy()
+
+    def get_slot(self, variable: str, slot: str) -> np.ndarray:
+        """Returns one slot's value for one variable.
+
+        Raises:
+            NotFound: unknown variable, or a slot the optimizer does not have.
+        """
+        managed = self._current.variable(variable)
+        optimizer = managed.optimizer.optimizer
+        with managed.optimizer.lock:
+            names = list(optimizer.get_slot_names())
+            if slot not in names:
+                raise NotFound(
+                    f"variable {shown(variable)}: expected a slot in {names}, "
+                    f"received {shown(slot)}",
+                    Reason.UNKNOWN_SLOT,
+                    {"variable": variable, "expected": names, "received": slot},
+                )
+            return optimizer.get_slot(managed.variable, slot).numpy()
+
+    def optimizer_views(self) -> list[OptimizerView]:
+        """Returns every optimizer's iterations and learning rate, in name order."""
+        views = []
+        for name in self.optimizer_names():
+            managed = self._current.optimizers.get(name)
+            if managed is None:  # replaced by a restore meanwhile
+                continue
+            with managed.lock:
+                rate = float(managed.optimizer._decayed_lr(tf.float32).numpy())
+                views.append(OptimizerView(name, managed.iterations(), rate))
+        return views
+
+    def variable_bytes(self) -> list[VariableBytes]:
+        """Returns the bytes of every variable's value and of its slots, in creation order."""
+        counted = []
+        for managed in list(self._current.optimizers.values()):
+            with managed.lock:
+                optimizer = managed.optimizer
+                for variable in managed.variables:
+                    slots = [
+                        optimizer.get_slot(variable.variable, s) for s in optimizer.get_slot_names()
+                    ]
+                    counted.append(
+                        (
+                            variable.position,
+                            VariableBytes(
+                                variable.name,
+                                _nbytes(variable.variable),
+                                sum(_nbytes(slot) for slot in slots),
+                            ),
+                        )
+                    )
+        return [entry for _, entry in sorted(counted, key=lambda pair: pair[0])]
+
+
+def _nbytes(variable: tf.Variable) -> int:
+    return int(variable.shape.num_elements() or 0) * variable.dtype.size
+
+
+def _naming_optimizer(name: str, error: InvalidArgument) -> InvalidArgument:
+    """The same refusal, with the optimizer's name in front and in the metadata."""
+    return InvalidArgument(
+        f"optimizer {shown(name)}: {error.message}",
+        error.reason,
+        {**error.metadata, "optimizer": name},
+    )
+
+
+def _replaced(optimizer: str, by: str) -> ServerError:
+    return Aborted(
+        f"optimizer {shown(optimizer)}: the state was replaced by {by} while this push "
+        "waited for its sync step; nothing of the step was applied",
+        Reason.STATE_REPLACED,
+        {"optimizer": optimizer},
+    )
