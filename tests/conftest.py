@@ -13,12 +13,21 @@ import pytest
 from tfps_client import Client
 from tfps_server import Registry, RunningServer, create_server
 
+from interleave import BlockingHooks
+
 
 @pytest.fixture
-def server() -> Iterator[RunningServer]:
-    """A real gRPC server on a free loopback port, with an empty store on the default device."""
-    running = create_server(Registry(), "127.0.0.1:0")
+def hooks() -> BlockingHooks:
+    """Hook points of :func:`server` where a test can hold or watch server threads."""
+    return BlockingHooks()
+
+
+@pytest.fixture
+def server(hooks: BlockingHooks) -> Iterator[RunningServer]:
+    """A real gRPC server on a free loopback port, with an empty state on the default device."""
+    running = create_server(Registry(hooks=hooks), "127.0.0.1:0")
     yield running
+    hooks.release_all()
     running.stop(None)
 
 

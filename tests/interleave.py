@@ -70,6 +70,11 @@ class BlockingHooks(Hooks):
         gate = self._gates[point] = Gate(point, hold=False)
         return gate
 
+    def release_all(self) -> None:
+        """Releases every gate, so that no server thread stays held after a test."""
+        for gate in list(self._gates.values()):
+            gate.release()
+
     def reach(self, point: str) -> None:
         """Called by the server at ``point``."""
         gate = self._gates.get(point)

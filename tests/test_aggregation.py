@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,8 @@ from tfps_client import (
     Sync,
 )
 from tfps_server import RunningServer
+
+from interleave import BlockingHooks, in_background
 
 SHAPE = (5, 3)
 WORKERS = ["w0", "w1", "w2", "w3"]
@@ -283,26 +284,20 @@ def test_timeout_with_a_dead_worker_answers_the_others(
     assert 'tfps_sync_steps_timed_out_total{optimizer="sgd"} 1.0' in scrape
 
 
-def test_sync_refuses_a_second_contribution_and_a_missing_worker(client: Client) -> None:
-    unit_sgd(client, Sync(2, timeout=5))
+def test_sync_refuses_a_second_contribution_and_a_missing_worker(
+    client: Client, hooks: BlockingHooks
+) -> None:
+    unit_sgd(client, Sync(2, timeout=600))
     ones = np.ones(SHAPE, np.float32)
     with pytest.raises(InvalidArgumentError, match="expected a worker id"):
         client.push({"w": ones})
-    errors: list[Exception] = []
-
-    def second() -> None:
-        try:
-            client.push({"w": ones}, worker="a")
-        except FailedPreconditionError as error:
-            errors.append(error)
-
-    first = threading.Thread(target=lambda: client.push({"w": ones}, worker="a"))
-    first.start()
-    time.sleep(0.3)  # the first contribution is now waiting for its step to close
-    second()
+    waiting = hooks.watch("sync.waiting")
+    first = in_background(lambda: client.push({"w": ones}, worker="a"))
+    waiting.wait_arrivals(1)  # the first contribution now waits for its step to close
+    with pytest.raises(FailedPreconditionError, match="worker 'a' already contributed to step 0"):
+        client.push({"w": ones}, worker="a")
     client.push({"w": ones}, worker="b")
-    first.join(timeout=10)
-    assert len(errors) == 1 and "worker 'a' already contributed to step 0" in str(errors[0])
+    assert first.result().outcomes == {"sgd": Outcome.AGGREGATED}
     assert client.iterations("sgd") == 1
 
 

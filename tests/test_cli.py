@@ -4,12 +4,17 @@ startup log, refusing a bad configuration, and a clean exit on SIGTERM."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from tfps_client import Client, IndexedSlices
+from tfps_server import Registry, create_server
 from tfps_server.devices import default_device
 
 from helpers import (
@@ -96,3 +101,66 @@ def test_bad_optimizer_exits_non_zero_with_a_clear_message(
     for fragment in fragments:
         assert fragment in process.output, process.output
     assert LISTENING.search(process.output) is None
+
+
+@contextmanager
+def listener(reuse_port: bool) -> Iterator[int]:
+    """A socket listening on a loopback port, optionally with SO_REUSEPORT as grpcio sets it."""
+    with socket.socket() as sock:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_a_second_server_on_a_taken_port_exits_with_a_clear_message(
+    flagged_server: tuple[ServerProcess, int],
+) -> None:
+    """Two servers on one port would split the workers between two models: the second one
+    exits with status 2 at start, saying the port is taken; the first keeps serving."""
+    _, port = flagged_server
+    with ServerProcess(["--port", str(port)]) as second:
+        assert second.wait_exit() == 2
+    assert f"cannot start: 127.0.0.1:{port} is in use" in second.output, second.output
+    assert LISTENING.search(second.output) is None
+    with Client(f"127.0.0.1:{port}", timeout=60) as client:
+        assert client.get_config("default")["config"]["learning_rate"] == 0.5
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_a_port_shared_with_so_reuseport_is_refused(flag: str) -> None:
+    """A port held by a listener that allows SO_REUSEPORT (as grpcio's own listeners do) is
+    refused too: the server binds without SO_REUSEPORT."""
+    other = "--metrics-port" if flag == "--port" else "--port"
+    with listener(reuse_port=True) as port, ServerProcess([flag, str(port), other, "0"]) as process:
+        assert process.wait_exit() == 2
+    assert f"127.0.0.1:{port} is in use" in process.output, process.output
+
+
+def test_create_server_binds_exclusively() -> None:
+    """Past the command line's early check, gRPC itself is told not to share the port."""
+    with listener(reuse_port=True) as port, pytest.raises(RuntimeError, match="could not bind"):
+        create_server(Registry(), f"127.0.0.1:{port}")
+
+
+def test_a_taken_port_is_refused_before_tensorflow_loads() -> None:
+    """The command line refuses a taken port without the seconds TensorFlow takes to load."""
+    script = (
+        "import sys\n"
+        "from tfps_server.cli import main\n"
+        "code = main(['--port', sys.argv[1], '--metrics-port', '0'])\n"
+        "print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded')\n"
+        "sys.exit(code)\n"
+    )
+    with listener(reuse_port=False) as port:
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=server_env(),
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "tensorflow not loaded" in result.stdout
+    assert f"127.0.0.1:{port} is in use" in result.stderr

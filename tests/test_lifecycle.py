@@ -13,21 +13,25 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scrape import wait_until
 
-from tfps_client import Client
+from tfps_client import Client, RetryPolicy, Sync, UnavailableError
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 from tfps_server import Registry, create_server
 from tfps_server.app import SERVICE_NAME
 from tfps_server.logs import REDACTED, JsonFormatter, redacted
+from tfps_server.snapshot import read_checkpoint
 
 from helpers import LISTENING, ServerProcess, chunk, dense_header, free_port, server_env
+from interleave import BlockingHooks, in_background
 
 PUSHES = 4
 GRACE_SECONDS = 30.0
@@ -92,7 +96,11 @@ class HealthWatch:
 
 
 def _refused(port: int, timeout: float = 10.0) -> grpc.StatusCode | None:
-    """Calls GetIterations on fresh channels until one is refused; returns its code."""
+    """Calls GetIterations on fresh channels until one is refused; returns its code.
+
+    A call that reaches gRPC at the very instant its shutdown begins is CANCELLED by gRPC
+    itself; the calls after that are what this looks at.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -100,7 +108,8 @@ def _refused(port: int, timeout: float = 10.0) -> grpc.StatusCode | None:
             try:
                 stub.GetIterations(pb.GetIterationsRequest(optimizer="default"), timeout=5)
             except grpc.RpcError as error:
-                return error.code()
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    return error.code()
         time.sleep(0.05)
     return None
 
@@ -202,7 +211,8 @@ def test_json_log_lines(sigterm_run: ShutdownRun) -> None:
 def test_shutdown_hooks_run_after_in_flight_rpcs() -> None:
     """A hook (the place of the final checkpoint) sees every in-flight push already
     applied; a failing hook does not stop the others and is raised at the end."""
-    running = create_server(Registry(), "127.0.0.1:0")
+    hooks = BlockingHooks()
+    running = create_server(Registry(hooks=hooks), "127.0.0.1:0")
     with Client(f"127.0.0.1:{running.port}", timeout=60) as client:
         client.create_optimizer("default", {"class_name": "SGD", "config": {}})
         client.create_variables({"w": np.zeros_like(GRADIENT)})
@@ -223,22 +233,13 @@ def test_shutdown_hooks_run_after_in_flight_rpcs() -> None:
     while registry.get_sample_value("tfps_rpc_in_flight", {"method": "Push"}) != 2:
         assert time.monotonic() < deadline, "the pushes never arrived"
         time.sleep(0.01)
-    raised: list[BaseException] = []
-
-    def stop() -> None:
-        try:
-            running.stop(30)
-        except OSError as error:
-            raised.append(error)
-
-    stopping = threading.Thread(target=stop)
-    stopping.start()
-    time.sleep(0.3)
+    draining = hooks.watch("shutdown.draining")
+    stopping = in_background(lambda: running.stop(30))
+    draining.wait_arrivals(1)
     assert seen == []  # the pushes are still held: no hook may run yet
     assert all(isinstance(o, pb.PushResponse) for o in held.results())
-    stopping.join(30)
+    assert str(stopping.failure()) == "disk full"
     assert seen == ["iterations 2", "failing", "last"]
-    assert [str(e) for e in raised] == ["disk full"]
     running.stop(0)  # a second stop does nothing
 
 
@@ -284,3 +285,33 @@ def test_secrets_are_redacted() -> None:
         "port": 50051,
         "optimizer": '{"class_name": "SGD"}',
     }
+
+
+def test_sigterm_answers_a_waiting_sync_step_and_exits_within_the_grace(tmp_path: Path) -> None:
+    """SIGTERM while a sync step waits for contributions that can no longer come: the waiting
+    push is answered UNAVAILABLE (clients retry it against the restarted server), the process
+    exits 0 within the grace period instead of after the step's timeout, and the final
+    checkpoint holds nothing of the step, so the retry is applied exactly once."""
+    port, metrics_port = free_port(), free_port()
+    args = ["--port", str(port), "--grace-seconds", str(GRACE_SECONDS)]
+    args += ["--checkpoint-dir", str(tmp_path), "--checkpoint-every-seconds", "0"]
+    with ServerProcess(args, server_env(TFPS_METRICS_PORT=str(metrics_port))) as process:
+        process.wait_for(LISTENING)
+        client = Client(f"127.0.0.1:{port}", timeout=60, retry=RetryPolicy(max_attempts=1))
+        sgd = {"class_name": "SGD", "config": {"learning_rate": 1.0}}
+        client.create_optimizer("s", sgd, aggregation=Sync(2, timeout=3600))
+        client.create_variables({"w": np.zeros_like(GRADIENT)}, optimizer="s")
+        push = in_background(
+            lambda: client.push({"w": GRADIENT}, worker="w0", step=0, request_id="r")
+        )
+        wait_until(metrics_port, lambda s: s.value("tfps_rpc_in_flight", method="Push") == 1)
+        signalled = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        error = push.failure()
+        assert isinstance(error, UnavailableError) and error.reason == "SHUTTING_DOWN", error
+        assert process.wait_exit(GRACE_SECONDS * 2) == 0, process.output
+        assert time.monotonic() - signalled < GRACE_SECONDS
+        client.close()
+    final = read_checkpoint(tf.train.latest_checkpoint(str(tmp_path)))
+    assert [o.iterations for o in final.metadata.optimizers] == [0]
+    assert not final.metadata.requests

@@ -1,12 +1,35 @@
-"""tfps-server: a parameter server whose updates are tf_keras's own OptimizerV2 updates."""
+"""tfps-server: a parameter server whose updates are tf_keras's own OptimizerV2 updates.
 
+The public names load TensorFlow, so they are imported when first used: the
+command line (``tfps_server.cli``) answers ``--help`` and refuses a taken port
+without loading it.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # Before TensorFlow loads: keep its C++ start-up chatter out of the server's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tfps_server.app import RunningServer, create_server
-from tfps_server.push import Pusher
-from tfps_server.registry import Registry
+if TYPE_CHECKING:
+    from tfps_server.app import RunningServer, create_server
+    from tfps_server.push import Pusher
+    from tfps_server.registry import Registry
+
+_PUBLIC = {
+    "Pusher": "tfps_server.push",
+    "Registry": "tfps_server.registry",
+    "RunningServer": "tfps_server.app",
+    "create_server": "tfps_server.app",
+}
 
 __all__ = ["Pusher", "Registry", "RunningServer", "create_server"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tfps_server' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,0 +1,353 @@
+"""Every pair of operations of the state model (docs/state-model.md), interleaved on purpose.
+
+Each test holds one operation at a named point inside a real server, runs the
+other to completion, releases the first, and checks values, slots, iterations,
+the answers both got, and that the next checkpoint restores. No sleeps: threads
+are held and released by events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfps_client import (
+    AbortedError,
+    Client,
+    OptimizerOptions,
+    Outcome,
+    OutOfRangeError,
+    RetryPolicy,
+    Sync,
+    TfpsError,
+)
+from tfps_server import Registry, RunningServer, create_server
+from tfps_server.checkpoints import Checkpointer
+
+from helpers import assert_all_bitwise_equal, assert_bitwise_equal
+from interleave import BlockingHooks, in_background
+
+SGD = {"class_name": "SGD", "config": {"learning_rate": 1.0}}
+ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.5}}
+ONES = np.ones(3, np.float32)
+
+
+@dataclass
+class Env:
+    """A server with checkpoints and hooks, and a client that does not retry."""
+
+    running: RunningServer
+    hooks: BlockingHooks
+    client: Client
+    directory: Path
+
+    def weights(self, optimizer: str) -> list[np.ndarray]:
+        return self.client.get_weights(optimizer)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    hooks = BlockingHooks()
+    registry = Registry(hooks=hooks)
+    directory = tmp_path / "ckpts"
+    running = create_server(
+        registry, "127.0.0.1:0", checkpointer=Checkpointer(registry, directory, keep=20)
+    )
+    client = Client(f"127.0.0.1:{running.port}", timeout=60, retry=RetryPolicy(max_attempts=1))
+    yield Env(running, hooks, client, directory)
+    hooks.release_all()
+    client.close()
+    running.stop(None)
+
+
+def checkpoint_created_in_order(directory: Path, names: list[str], sync: bool) -> int:
+    """Writes a checkpoint into ``directory`` from another registry whose variables were
+    created in ``names`` order, with values 1, 2, ...; returns its id."""
+    registry = Registry()
+    options = OptimizerOptions(Sync(2, timeout=600)) if sync else None
+    registry.create_optimizer("s", json.dumps(SGD), options)
+    registry.create_variables(
+        "s", [(name, np.full(3, index + 1, np.float32)) for index, name in enumerate(names)]
+    )
+    return Checkpointer(registry, directory).save().id
+
+
+def assert_restorable_everywhere(env: Env) -> None:
+    """The next checkpoint restores into this server and into a fresh one (a restart)."""
+    before = env.client.pull()
+    info = env.client.save_checkpoint()
+    env.client.restore_checkpoint(info.id)
+    assert_all_bitwise_equal(env.client.pull(), before)
+    fresh = Registry()
+    Checkpointer(fresh, env.directory).restore(info.id)
+    assert_all_bitwise_equal(dict(fresh.pull([])), before)
+
+
+def refused(error: BaseException, kind: type[TfpsError], reason: str) -> None:
+    assert isinstance(error, kind), f"{type(error).__name__}: {error}"
+    assert error.reason == reason, f"{error.reason}: {error}"
+
+
+# Restore against everything else ----------------------------------------------------------------
+
+
+def test_restore_during_a_waiting_sync_push_aborts_it(env: Env) -> None:
+    """A sync push waits for its step; a restore of a checkpoint whose variables were created
+    in another order replaces the state. The push is answered ABORTED and applies nothing: the
+    gradient meant for 'a' never reaches 'b' by position. The new state trains correctly."""
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=600))
+    env.client.create_variables({"a": 0 * ONES, "b": 0 * ONES}, optimizer="s")
+    checkpoint = checkpoint_created_in_order(env.directory, ["b", "a"], sync=True)
+    waiting = env.hooks.watch("sync.waiting")
+    push = in_background(lambda: env.client.push({"a": 5 * ONES}, worker="w0", step=0))
+    waiting.wait_arrivals(1)
+
+    env.client.restore_checkpoint(checkpoint)
+
+    refused(push.failure(), AbortedError, "STATE_REPLACED")
+    assert_all_bitwise_equal(env.client.pull(), {"b": ONES, "a": 2 * ONES})
+    assert env.client.iterations("s") == 0
+    results = [
+        in_background(lambda w=w: env.client.push({"a": ONES}, worker=w, step=0))
+        for w in ("w0", "w1")
+    ]
+    assert [r.result().outcomes["s"] for r in results] == [Outcome.AGGREGATED] * 2
+    assert_all_bitwise_equal(env.client.pull(), {"b": ONES, "a": 0 * ONES})
+    assert env.client.iterations("s") == 1
+    assert_restorable_everywhere(env)
+
+
+def test_an_async_push_validated_before_a_restore_applies_nothing(env: Env) -> None:
+    """A push validated against the old state reaches its optimizer after a restore: ABORTED,
+    and the state is exactly the checkpoint's."""
+    env.client.create_optimizer("s", SGD)
+    env.client.create_variables({"a": 0 * ONES, "b": 0 * ONES}, optimizer="s")
+    checkpoint = checkpoint_created_in_order(env.directory, ["b", "a"], sync=False)
+    held = env.hooks.hold("push.validated")
+    push = in_background(lambda: env.client.push({"a": ONES, "b": ONES}))
+    held.wait_arrivals(1)
+    env.client.restore_checkpoint(checkpoint)
+    held.release()
+
+    refused(push.failure(), AbortedError, "STATE_REPLACED")
+    assert_all_bitwise_equal(env.client.pull(), {"b": ONES, "a": 2 * ONES})
+    assert env.client.iterations("s") == 0
+    assert env.client.push({"a": ONES}).iterations == {"s": 1}
+    assert_bitwise_equal(env.client.pull(["a"])["a"], ONES)
+    assert_restorable_everywhere(env)
+
+
+@pytest.mark.parametrize("first", ["create", "restore"])
+def test_create_variables_racing_a_restore(env: Env, first: str) -> None:
+    """create_variables holding the structure lock, or running between a restore's rebuild and
+    its swap: either way the variables land in one generation with live slots, get_weights has
+    the right length, and every later checkpoint restores (also in a restarted server)."""
+    env.client.create_optimizer("s", ADAM)
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    checkpoint = env.client.save_checkpoint().id
+    env.client.push({"a": ONES})
+    if first == "create":
+        held = env.hooks.hold("create_variables.locked")
+        create = in_background(lambda: env.client.create_variables({"c": ONES}, optimizer="s"))
+        held.wait_arrivals(1)
+        rebuilt = env.hooks.watch("restore.rebuilt")
+        restore = in_background(lambda: env.client.restore_checkpoint(checkpoint))
+        rebuilt.wait_arrivals(1)  # the restore now waits for the structure lock
+        held.release()
+    else:
+        held = env.hooks.hold("restore.rebuilt")
+        restore = in_background(lambda: env.client.restore_checkpoint(checkpoint))
+        held.wait_arrivals(1)
+        create = in_background(lambda: env.client.create_variables({"c": ONES}, optimizer="s"))
+        create.result()
+        held.release()
+    assert create.result().created == ("c",)
+    restore.result()
+
+    assert list(env.client.pull()) == ["a"]  # the restore came last: 'c' went with the old state
+    assert env.client.iterations("s") == 0
+    assert len(env.weights("s")) == 1 + 2 * 1
+    assert env.client.create_variables({"c": 3 * ONES}, optimizer="s").created == ("c",)
+    assert len(env.weights("s")) == 1 + 2 * 2
+    env.client.push({"a": ONES, "c": ONES})
+    assert_restorable_everywhere(env)
+
+
+@pytest.mark.parametrize("operation", ["set_weights", "set_hyperparameter"])
+def test_an_admin_change_validated_before_a_restore_applies_nothing(
+    env: Env, operation: str
+) -> None:
+    """set_weights and set_hyperparameter that found the optimizer before a restore swapped
+    the state are ABORTED: the restored weights and config stay as the checkpoint has them."""
+    env.client.create_optimizer("s", ADAM)
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    env.client.push({"a": ONES})
+    checkpoint = env.client.save_checkpoint().id
+    saved_weights, saved_config = env.weights("s"), env.client.get_config("s")
+    changed = [np.int64(7), *(2 * w for w in saved_weights[1:])]
+    held = env.hooks.hold(f"{operation}.found")
+    change = in_background(
+        (lambda: env.client.set_weights("s", changed))
+        if operation == "set_weights"
+        else (lambda: env.client.set_hyperparameter("s", "learning_rate", 0.125))
+    )
+    held.wait_arrivals(1)
+    env.client.restore_checkpoint(checkpoint)
+    held.release()
+
+    refused(change.failure(), AbortedError, "STATE_REPLACED")
+    assert_all_bitwise_equal(env.weights("s"), saved_weights)
+    assert env.client.get_config("s") == saved_config
+    assert_restorable_everywhere(env)
+
+
+def test_a_restore_during_a_restore_leaves_the_later_one(env: Env) -> None:
+    """Two restores: the one that swaps last wins, whole."""
+    env.client.create_optimizer("s", SGD)
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    first = env.client.save_checkpoint().id
+    env.client.push({"a": ONES})
+    second = env.client.save_checkpoint().id
+    held = env.hooks.hold("restore.rebuilt")
+    early = in_background(lambda: env.client.restore_checkpoint(first))
+    held.wait_arrivals(1)
+    late = in_background(lambda: env.client.restore_checkpoint(second))
+    held.wait_arrivals(2)
+    held.release()
+    early.result(), late.result()
+    assert env.client.iterations("s") in (0, 1)
+    expected = ONES if env.client.iterations("s") == 0 else 0 * ONES
+    assert_bitwise_equal(env.client.pull(["a"])["a"], expected)
+    assert_restorable_everywhere(env)
+
+
+# Saves --------------------------------------------------------------------------------------------
+
+
+def test_a_save_during_an_open_sync_step_holds_none_of_it(env: Env) -> None:
+    """A checkpoint cut while a sync step waits holds the state before the step and no trace of
+    the waiting push; the step then closes normally."""
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=600))
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    waiting = env.hooks.watch("sync.waiting")
+    first = in_background(
+        lambda: env.client.push({"a": ONES}, worker="w0", step=0, request_id="first")
+    )
+    waiting.wait_arrivals(1)
+    info = env.client.save_checkpoint()
+    second = env.client.push({"a": ONES}, worker="w1", step=0)
+
+    assert first.result().outcomes == second.outcomes == {"s": Outcome.AGGREGATED}
+    assert info.iterations == {"s": 0}
+    env.client.restore_checkpoint(info.id)
+    assert_bitwise_equal(env.client.pull(["a"])["a"], ONES)
+    retried = in_background(
+        lambda: env.client.push({"a": ONES}, worker="w0", step=0, request_id="first")
+    )
+    env.client.push({"a": ONES}, worker="w1", step=0)
+    assert retried.result().iterations == {"s": 1}  # not in the checkpoint: applied anew
+    assert_bitwise_equal(env.client.pull(["a"])["a"], -ONES)
+
+
+def test_a_push_validated_before_a_save_applies_after_it(env: Env) -> None:
+    """A push held after validation while a save cuts: the checkpoint is the state before it,
+    the push applies after, and both checkpoints restore."""
+    env.client.create_optimizer("s", ADAM)
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    held = env.hooks.hold("push.validated")
+    push = in_background(lambda: env.client.push({"a": ONES}))
+    held.wait_arrivals(1)
+    before = env.client.save_checkpoint()
+    held.release()
+    assert push.result().iterations == {"s": 1}
+    assert before.iterations == {"s": 0}
+    env.client.restore_checkpoint(before.id)
+    assert_bitwise_equal(env.client.pull(["a"])["a"], ONES)
+    assert_restorable_everywhere(env)
+
+
+# set_weights and set_hyperparameter against sync steps ----------------------------------------
+
+
+def test_set_weights_aborts_an_open_sync_step(env: Env) -> None:
+    """set_weights replaces the state a waiting sync step was opened against: its contributors
+    are answered ABORTED, nothing of the step is applied, and the next step starts from the
+    weights set."""
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=600))
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    waiting = env.hooks.watch("sync.waiting")
+    push = in_background(lambda: env.client.push({"a": ONES}, worker="w0", step=0))
+    waiting.wait_arrivals(1)
+    env.client.set_weights("s", [np.int64(7)])
+
+    refused(push.failure(), AbortedError, "STATE_REPLACED")
+    assert env.client.iterations("s") == 7
+    assert_bitwise_equal(env.client.pull(["a"])["a"], ONES)
+    steps = [
+        in_background(lambda w=w: env.client.push({"a": ONES}, worker=w, step=7))
+        for w in ("w0", "w1")
+    ]
+    assert [s.result().iterations for s in steps] == [{"s": 8}] * 2
+    assert_bitwise_equal(env.client.pull(["a"])["a"], -ONES)
+
+
+def test_set_hyperparameter_during_an_open_sync_step_applies_to_that_step(env: Env) -> None:
+    """A hyperparameter changed while a step is open is linearized before the step closes."""
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=600))
+    env.client.create_variables({"a": 0 * ONES}, optimizer="s")
+    waiting = env.hooks.watch("sync.waiting")
+    push = in_background(lambda: env.client.push({"a": ONES}, worker="w0", step=0))
+    waiting.wait_arrivals(1)
+    env.client.set_hyperparameter("s", "learning_rate", 0.25)
+    env.client.push({"a": ONES}, worker="w1", step=0)
+    assert push.result().outcomes == {"s": Outcome.AGGREGATED}
+    assert_bitwise_equal(env.client.pull(["a"])["a"], np.full(3, -0.5, np.float32))
+
+
+# Exactly-once across a failure part-way ---------------------------------------------------------
+
+
+def test_a_push_aborted_part_way_is_completed_by_its_retry_not_repeated(env: Env) -> None:
+    """A push to an async optimizer 'a' and a sync optimizer 's': 'a' applies, then the sync
+    step is aborted. A retry with the same request id applies only what is missing."""
+    env.client.create_optimizer("a", SGD)
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=600))
+    env.client.create_variables({"wa": 0 * ONES}, optimizer="a")
+    env.client.create_variables({"ws": 0 * ONES}, optimizer="s")
+    gradients = {"wa": ONES, "ws": ONES}
+    waiting = env.hooks.watch("sync.waiting")
+    push = in_background(lambda: env.client.push(gradients, worker="w0", request_id="r"))
+    waiting.wait_arrivals(1)
+    env.client.set_weights("s", env.weights("s"))
+    refused(push.failure(), AbortedError, "STATE_REPLACED")
+    assert env.client.iterations("a") == 1
+
+    retry = in_background(lambda: env.client.push(gradients, worker="w0", request_id="r"))
+    waiting.wait_arrivals(2)
+    env.client.push({"ws": ONES}, worker="w1")
+    result = retry.result()
+    assert result.outcomes == {"a": Outcome.APPLIED, "s": Outcome.AGGREGATED}
+    assert result.iterations == {"a": 1, "s": 1}
+    assert_all_bitwise_equal(env.client.pull(), {"wa": -ONES, "ws": -2 * ONES})
+
+
+# Iterations at their bound ------------------------------------------------------------------
+
+
+def test_iterations_never_pass_their_bound(env: Env) -> None:
+    """At 2**62 iterations a push is refused (OUT_OF_RANGE) instead of wrapping around."""
+    env.client.create_optimizer("s", SGD)
+    env.client.create_variables({"a": ONES}, optimizer="s")
+    env.client.set_weights("s", [np.int64(2**62 - 1)])
+    assert env.client.push({"a": ONES}).iterations == {"s": 2**62}
+    with pytest.raises(OutOfRangeError) as caught:
+        env.client.push({"a": ONES})
+    refused(caught.value, OutOfRangeError, "ITERATIONS_EXHAUSTED")
+    assert env.client.iterations("s") == 2**62
+    assert_bitwise_equal(env.client.pull(["a"])["a"], 0 * ONES)
+    assert_restorable_everywhere(env)
