@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import ml_dtypes
 import numpy as np
 import pytest
@@ -19,11 +18,13 @@ from tfps_client import (
     IndexedSlices,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     TfpsError,
 )
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import tensor_pb2
 from tfps_server import RunningServer
+from tfps_server.service import DEFAULT_MAX_REQUEST_BYTES
 
 from helpers import (
     LocalReference,
@@ -840,16 +841,14 @@ def test_create_optimizer_again_with_other_config_is_refused(
 
 
 def test_absurd_announced_size_is_refused_cleanly(env: Env) -> None:
-    """A spec announcing 4 EiB with 4 bytes sent is a client error, not an internal one.
-
-    Announced sizes are not bounded by default, so the server tries to allocate
-    the announced size as soon as the first partial chunk arrives.
-    """
+    """A spec announcing 4 EiB with 4 bytes sent is refused before anything is allocated."""
     before = snapshot(env.client)
     with pytest.raises(TfpsError) as caught:
         _create_raw([spec(F32, 1 << 40, 1 << 20)], [chunk(0, 0, _bytes(1))])(env)
-    assert caught.value.code in (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ), str(caught.value)
+    assert_refused(
+        caught.value,
+        ResourceExhaustedError,
+        "TOO_LARGE",
+        (f"expected at most {DEFAULT_MAX_REQUEST_BYTES} bytes", f"a request for {1 << 62}"),
+    )
     assert_same_state(snapshot(env.client), before)

@@ -51,6 +51,10 @@ class Prepared(NamedTuple):
     shape: tuple[int, ...]
 
 
+MAX_SYNC_TIMEOUT_SECONDS = threading.TIMEOUT_MAX / 2
+"""Longest timeout of a sync step: half of what ``Condition.wait`` takes (some 146 years on
+Linux), leaving a margin for the deadline arithmetic; more would raise OverflowError there."""
+
 ApplyFn = Callable[[Sequence[Prepared]], Outcome]
 """Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite)."""
 
@@ -81,6 +85,11 @@ def checked(options: OptimizerOptions) -> OptimizerOptions:
             problems.append(f"reduction 'sum' or 'mean', received {aggregation.reduction!r}")
         if not 0 < aggregation.timeout < float("inf"):
             problems.append(f"a positive finite timeout, received {aggregation.timeout}")
+        elif aggregation.timeout > MAX_SYNC_TIMEOUT_SECONDS:
+            problems.append(
+                f"a timeout of at most {MAX_SYNC_TIMEOUT_SECONDS:.0f} seconds, "
+                f"received {aggregation.timeout}"
+            )
         if aggregation.on_timeout not in ("apply", "drop"):
             problems.append(f"on_timeout 'apply' or 'drop', received {aggregation.on_timeout!r}")
         aggregation = replace(aggregation, total_num_replicas=total)

@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
 
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import InvalidArgument, abort
@@ -39,7 +38,34 @@ _HANDLER_FACTORIES = {
 """(request_streaming, response_streaming) -> the grpc function that builds such a handler."""
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class _ServiceInterceptor(grpc.ServerInterceptor):
+    """Wraps the handlers of one service's methods; other services pass through untouched.
+
+    Args:
+        service: the service whose handlers :meth:`wrap` sees.
+    """
+
+    def __init__(self, service: ServiceDescriptor) -> None:
+        self._prefix = f"/{service.full_name}/"
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """Returns the service's handler as :meth:`wrap` makes it; others unchanged."""
+        handler = continuation(handler_call_details)
+        full_name = handler_call_details.method
+        if handler is None or not full_name.startswith(self._prefix):
+            return handler
+        return self.wrap(handler, full_name[len(self._prefix) :])
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """Returns the handler of ``method`` (its short name) to serve instead of ``handler``."""
+        raise NotImplementedError
+
+
+class MetricsInterceptor(_ServiceInterceptor):
     """Counts the RPCs of one service into :class:`Metrics`, labelled by method name.
 
     Other services (health, reflection) pass through unmeasured. Every method's
@@ -51,8 +77,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
     """
 
     def __init__(self, metrics: Metrics, service: ServiceDescriptor) -> None:
+        super().__init__(service)
         self._metrics = metrics
-        self._prefix = f"/{service.full_name}/"
         for method in service.methods:
             metrics.rpc_requests.labels(method.name, grpc.StatusCode.OK.name)
             metrics.rpc_duration.labels(method.name)
@@ -60,17 +86,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             metrics.rpc_request_bytes.labels(method.name)
             metrics.rpc_response_bytes.labels(method.name)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Returns the service's handler wrapped in measurements; others unchanged."""
-        handler = continuation(handler_call_details)
-        full_name = handler_call_details.method
-        if handler is None or not full_name.startswith(self._prefix):
-            return handler
-        return _measured(handler, _MethodMetrics(self._metrics, full_name[len(self._prefix) :]))
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """Returns the handler wrapped in measurements."""
+        return _measured(handler, _MethodMetrics(self._metrics, method))
 
 
 class _MethodMetrics:
@@ -231,31 +249,20 @@ class _Malformed:
         self.error = error
 
 
-class DecodingInterceptor(grpc.ServerInterceptor):
+class DecodingInterceptor(_ServiceInterceptor):
     """Refuses request bytes that are not the method's message with INVALID_ARGUMENT.
 
     Args:
         service: the service whose methods are guarded; others pass through.
     """
 
-    def __init__(self, service: ServiceDescriptor) -> None:
-        self._prefix = f"/{service.full_name}/"
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """Returns the service's handler with a deserializer that never raises."""
-        handler = continuation(handler_call_details)
-        full_name = handler_call_details.method
-        if handler is None or not full_name.startswith(self._prefix):
-            return handler
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """Returns the handler with a deserializer that never raises."""
         guarded = _guarded_stream if handler.request_streaming else _guarded_unary
         return _rebuilt(
             handler,
             guarded,
-            lambda deserialize: _tolerant_deserializer(deserialize, full_name),
+            lambda deserialize: _tolerant_deserializer(deserialize, f"{self._prefix}{method}"),
             lambda serialize: serialize,
         )
 
@@ -266,7 +273,7 @@ def _tolerant_deserializer(
     def tolerant(data: bytes) -> Any:
         try:
             return deserialize(data)
-        except (DecodeError, ValueError) as error:
+        except Exception as error:  # DecodeError, mostly; whatever it is, the bytes are bad
             _log.warning(
                 "malformed request to %s: %d bytes do not parse (%s)", method, len(data), error
             )

@@ -53,10 +53,16 @@ SCHEDULE_CLASSES: dict[str, type] = {
 }
 """The accepted learning-rate schedule classes, by lower-case class name."""
 
+MAX_BOUNDARIES = 64
+"""Most boundaries of a PiecewiseConstantDecay. Keras evaluates it with ``tf.case``, which
+nests Python calls for each interval before the one holding the step: with a few hundred
+boundaries, a push at a late step would exhaust the recursion limit."""
+
 _BASE_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm", "decay", "lr")
 _BOOLEAN_ARGS = frozenset({"amsgrad", "nesterov", "centered", "staircase", "cycle"})
 _STRING_ARGS = frozenset({"name"})
-_NUMBER_LIST_ARGS = frozenset({"boundaries", "values"})
+_NUMBER_LISTS = {"boundaries": MAX_BOUNDARIES, "values": MAX_BOUNDARIES + 1}
+"""Arguments that are lists of numbers, and their longest length."""
 _OPTIONAL_NUMBER_ARGS = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "epsilon"})
 _SERIALIZATION_KEYS = frozenset({"module", "registered_name"})
 _KERAS_REFUSALS = (ValueError, TypeError, ArithmeticError, RecursionError, tf.errors.OpError)
@@ -95,11 +101,13 @@ def _check_value(where: str, key: str, value: Any) -> None:
     elif key in _STRING_ARGS:
         if not (value is None or isinstance(value, str)):
             raise _fail(f"{where}: expected a string for '{key}', received {shown(value)}")
-    elif key in _NUMBER_LIST_ARGS:
-        if not isinstance(value, list) or not value:
+    elif key in _NUMBER_LISTS:
+        longest = _NUMBER_LISTS[key]
+        if not isinstance(value, list) or not 0 < len(value) <= longest:
+            received = f"{len(value)} items" if isinstance(value, list) else shown(value)
             raise _fail(
-                f"{where}: expected a non-empty list of numbers for '{key}', "
-                f"received {shown(value)}"
+                f"{where}: expected a list of 1 to {longest} numbers for '{key}', "
+                f"received {received}"
             )
         for item in value:
             _check_number(where, key, item)

@@ -48,6 +48,7 @@ from tfps_server.validation import (
     check_declarations,
     check_name,
     check_rows,
+    check_rows_bytes,
     check_same_declaration,
 )
 from tfps_server.weights import assign_weights
@@ -409,14 +410,17 @@ class Registry:
         with locked(m.optimizer for m in managed):
             return [(m.name, m.variable.numpy()) for m in managed]
 
-    def pull_rows(self, name: str, indices: np.ndarray) -> np.ndarray:
+    def pull_rows(self, name: str, indices: np.ndarray, max_bytes: int | None = None) -> np.ndarray:
         """Returns ``variable[indices]``.
 
         Raises:
             InvalidArgument: the variable is a scalar or an index is out of range.
+            ResourceExhausted: the rows would be more than ``max_bytes``; checked before
+                anything is gathered.
         """
         managed = self._current.variable(name)
         check_rows(managed, indices)
+        check_rows_bytes(managed, len(indices), max_bytes)
         with managed.optimizer.lock, tf.device(self.device):
             return tf.gather(managed.variable, indices).numpy()
 

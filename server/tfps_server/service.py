@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import grpc
 import numpy as np
+import tensorflow as tf
 
 from tfps_client.types import OptimizerOptions
 from tfps_client.wire import codec, convert, tensor_pb2
@@ -32,11 +33,12 @@ from tfps_server.errors import (
     ServerError,
     Unavailable,
     abort,
+    clipped,
     shown,
 )
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
-from tfps_server.validation import parse_json
+from tfps_server.validation import check_step, parse_json
 
 _log = logging.getLogger(__name__)
 
@@ -47,9 +49,20 @@ DEFAULT_MAX_REQUEST_BYTES = 8 << 30
 
 
 def as_server_error(error: Exception, method: str) -> ServerError:
-    """Returns the refusal an exception stands for; a fault of ours is logged and INTERNAL."""
+    """Returns the refusal an exception stands for; a fault of ours is logged and INTERNAL.
+
+    Running out of memory is RESOURCE_EXHAUSTED (logged in one line): the request asked
+    for more than the server could hold.
+    """
     if isinstance(error, ServerError):
         return error
+    if isinstance(error, (MemoryError, tf.errors.ResourceExhaustedError)):
+        text = str(error).splitlines()[0] if str(error) else type(error).__name__
+        _log.warning("%s: out of memory: %s", method, clipped(text, 500))
+        return ResourceExhausted(
+            f"{method}: the server ran out of memory for this request ({type(error).__name__})",
+            Reason.TOO_LARGE,
+        )
     if isinstance(error, codec.TooLargeError):
         return ResourceExhausted(str(error), Reason.TOO_LARGE)
     if isinstance(error, codec.CodecError):
@@ -142,7 +155,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def CreateOptimizer(
         self, request: pb.CreateOptimizerRequest, context: grpc.ServicerContext
     ) -> pb.CreateOptimizerResponse:
-        options = _options_from_proto(request.options)
+        options = _options_from_proto(request.name, request.options)
         created = self._registry.create_optimizer(request.name, request.config_json, options)
         return pb.CreateOptimizerResponse(created=created)
 
@@ -179,7 +192,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         first, arrays = self._read(request_iterator, lambda f: convert.gradient_specs(f.gradients))
         gradients = convert.gradients_from_wire(first.gradients, arrays)
         results, pulled = self._pusher.push_pull(
-            gradients, list(first.pull), **_push_context(first)
+            gradients, _distinct(first.pull), **_push_context(first)
         )
         header = {"push": convert.push_response(results), "tensors": convert.named_specs(pulled)}
         return self._send(pb.PushPullResponse, header, [value for _, value in pulled])
@@ -188,7 +201,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def Pull(
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullResponse]:
-        pulled = self._registry.pull(list(request.names))
+        pulled = self._registry.pull(_distinct(request.names))
         header = {"tensors": convert.named_specs(pulled)}
         return self._send(pb.PullResponse, header, [value for _, value in pulled])
 
@@ -197,7 +210,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self, request: pb.PullRowsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.PullRowsResponse]:
         indices = np.asarray(request.indices, dtype=np.int64)
-        rows = self._registry.pull_rows(request.variable, indices)
+        rows = self._registry.pull_rows(request.variable, indices, self._max_request_bytes)
         return self._send(pb.PullRowsResponse, {"rows": codec.spec_of(rows)}, [rows])
 
     @_rpc
@@ -312,19 +325,27 @@ def _schedule(where: str, optimizer: str, text: str) -> dict[str, Any]:
 
 
 def _push_context(first: pb.PushRequest) -> dict[str, Any]:
-    return {
-        "request_id": first.request_id,
-        "worker": first.worker,
-        "step": first.step if first.HasField("step") else None,
-    }
+    step = first.step if first.HasField("step") else None
+    check_step(step)
+    return {"request_id": first.request_id, "worker": first.worker, "step": step}
 
 
-def _options_from_proto(message: pb.OptimizerOptions) -> OptimizerOptions:
+def _distinct(names: Iterable[str]) -> list[str]:
+    """The names in order, each once: an answer holds every variable at most once."""
+    return list(dict.fromkeys(names))
+
+
+def _options_from_proto(optimizer: str, message: pb.OptimizerOptions) -> OptimizerOptions:
+    """Returns checked options; a refusal names the optimizer."""
     try:
-        options = convert.options_from_message(message)
-    except ValueError as error:
-        raise InvalidArgument(f"optimizer options: {error}", Reason.INVALID_OPTIONS) from None
-    return checked(options)
+        return checked(convert.options_from_message(message))
+    except ValueError as error:  # an enum value this version does not know
+        text = f"optimizer options: {error}"
+    except InvalidArgument as error:
+        text = error.message
+    raise InvalidArgument(
+        f"optimizer {shown(optimizer)}: {text}", Reason.INVALID_OPTIONS, {"optimizer": optimizer}
+    )
 
 
 def _file_stream(

@@ -19,10 +19,24 @@ import numpy as np
 
 from tfps_client.wire.convert import DenseGradient, Gradient
 from tfps_client.wire.reasons import Reason
-from tfps_server.errors import AlreadyExists, InvalidArgument, clipped, shown
+from tfps_server.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    ResourceExhausted,
+    clipped,
+    shown,
+)
 
 MAX_ITERATIONS = 2**62
 """The largest ``iterations`` an optimizer may hold; a step beyond it is refused."""
+
+MAX_DIMENSION = 2**31 - 1
+"""The largest dimension of a variable. Keras fills some slots (Adagrad's, Ftrl's) with
+``tf.fill``, whose dimensions are int32: a larger one wraps around, giving a slot of another
+shape, or fails when the variable is created."""
+
+MAX_SHAPE_ECHO = 32
+"""Most dimensions of a shape that a message repeats."""
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects in a config."""
@@ -102,6 +116,17 @@ def check_declarations(
                 f"received {value.dtype.name}",
                 Reason.INVALID_DTYPE,
                 {"variable": name, "expected": VARIABLE_DTYPES, "received": value.dtype.name},
+            )
+        if any(d > MAX_DIMENSION for d in value.shape):
+            raise InvalidArgument(
+                f"variable {shown(name)}: expected dimensions of at most 2**31 - 1, "
+                f"received shape {list(value.shape)}",
+                Reason.SHAPE_MISMATCH,
+                {
+                    "variable": name,
+                    "expected": "dimensions <= 2**31 - 1",
+                    "received": list(value.shape),
+                },
             )
         if require_finite:
             check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
@@ -239,6 +264,13 @@ def check_gradient(managed: Described, gradient: Gradient) -> None:
         )
     if gradient.dense_shape:
         _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
+    if 0 in managed.shape[1:]:
+        raise InvalidArgument(
+            f"variable {shown(name)}: expected a dense gradient, as rows of shape "
+            f"{list(managed.shape[1:])} hold no elements, received a sparse one",
+            Reason.SHAPE_MISMATCH,
+            {"variable": name, "expected": "a dense gradient", "received": "a sparse gradient"},
+        )
     if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
         raise InvalidArgument(
             f"variable {shown(name)}: expected int32 or int64 indices of rank 1, received "
@@ -253,10 +285,47 @@ def check_gradient(managed: Described, gradient: Gradient) -> None:
 
 def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
     if tuple(expected) != tuple(received):
+        shape = _shape_text(received)
         raise InvalidArgument(
-            f"variable {shown(name)}: expected {what} {list(expected)}, received {list(received)}",
+            f"variable {shown(name)}: expected {what} {list(expected)}, received {shape}",
             Reason.SHAPE_MISMATCH,
-            {"variable": name, "expected": list(expected), "received": list(received)},
+            {"variable": name, "expected": list(expected), "received": shape},
+        )
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    """A shape as messages show it; one of more dimensions than any tensor (a client's
+    dense_shape) by their number only."""
+    if len(shape) > MAX_SHAPE_ECHO:
+        return f"{len(shape)} dimensions"
+    return str(list(shape))
+
+
+def check_rows_bytes(managed: Described, rows: int, max_bytes: int | None) -> None:
+    """Refuses rows of a variable whose bytes would pass ``max_bytes``, before gathering them.
+
+    A 256 MiB PullRows request names some 2**28 rows: of a wide variable, terabytes.
+    """
+    if max_bytes is None or not managed.shape:
+        return
+    row_bytes = math.prod(managed.shape[1:]) * np.dtype(managed.dtype).itemsize
+    if rows * row_bytes > max_bytes:
+        raise ResourceExhausted(
+            f"variable {shown(managed.name)}: expected rows of at most {max_bytes} bytes, "
+            f"received a request for {rows} rows of {row_bytes} bytes",
+            Reason.TOO_LARGE,
+            {"variable": managed.name, "expected": max_bytes, "received": rows * row_bytes},
+        )
+
+
+def check_step(step: int | None) -> None:
+    """Refuses a push's ``step`` (the iterations its gradients were computed at) out of range."""
+    if step is not None and not 0 <= step <= MAX_ITERATIONS:
+        raise InvalidArgument(
+            f"push: expected step (the iterations the gradients were computed at) in "
+            f"[0, 2**62], received {step}",
+            Reason.INVALID_ITERATIONS,
+            {"expected": "[0, 2**62]", "received": step},
         )
 
 
@@ -288,7 +357,7 @@ def parse_json(text: str, what: str) -> Any:
     """Parses JSON from a client, refusing what Python's parser accepts but nothing else should.
 
     Refused: malformed JSON, ``NaN``/``Infinity``, numbers that overflow a float,
-    integers longer than int64, nesting deeper than :data:`MAX_JSON_DEPTH`, and
+    integers out of the range of int64, nesting deeper than :data:`MAX_JSON_DEPTH`, and
     strings holding lone surrogates (``"\\ud800"``), which cannot be encoded again.
 
     Raises:
@@ -322,17 +391,18 @@ def _finite_float(text: str) -> float:
 
 
 def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits is longer than int64")
+    digits = len(text.lstrip("-"))
+    if digits > MAX_JSON_INTEGER_DIGITS or not -(2**63) <= int(text) < 2**63:
+        raise ValueError(f"an integer of {digits} digits is out of the range of int64")
     return int(text)
 
 
 def _json_problem(value: Any) -> str:
     """Returns what is wrong with a decoded JSON value, walking it without recursion."""
-    pending: list[tuple[Any, int]] = [(value, 0)]
+    pending: list[tuple[Any, int]] = [(value, 1)]  # (item, its level if a container)
     while pending:
         item, depth = pending.pop()
-        if depth > MAX_JSON_DEPTH:
+        if isinstance(item, (dict, list)) and depth > MAX_JSON_DEPTH:
             return f"expected JSON nested at most {MAX_JSON_DEPTH} deep"
         if isinstance(item, dict):
             pending.extend((key, depth + 1) for key in item)
