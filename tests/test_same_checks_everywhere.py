@@ -39,6 +39,14 @@ BAD_HYPERPARAMETERS = [
         id="schedule-overflowing",
     ),
     pytest.param("learning_rate", {"class_name": "Sometimes", "config": {}}, id="unknown-schedule"),
+    pytest.param(
+        "learning_rate",
+        {
+            "class_name": "PolynomialDecay",
+            "config": {"initial_learning_rate": 0.1, "decay_steps": 5000, "power": -1.0},
+        },
+        id="schedule-infinite-from-its-decay-steps",
+    ),
 ]
 
 

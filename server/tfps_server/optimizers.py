@@ -178,13 +178,26 @@ def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRat
     _check_arguments(f"learning_rate schedule {cls.__name__}", cls, config, ())
     try:
         schedule = cls(**config)
-        for step in (0, 1, 1000):
+        for step in _probe_steps(config):
             value = float(schedule(tf.constant(step, tf.int64)))
             if not math.isfinite(value):
                 raise ValueError(f"its learning rate at step {step} is {value}")
     except _KERAS_REFUSALS as error:
         raise _fail(f"learning_rate schedule {cls.__name__}: {_first_line(error)}") from None
     return schedule
+
+
+def _probe_steps(config: Mapping[str, Any]) -> list[int]:
+    """Steps at which a schedule is evaluated before it is accepted.
+
+    The first steps, and the steps where a schedule changes its formula (each boundary,
+    the end of each decay period, and their neighbours): PolynomialDecay with a negative
+    power, for one, is finite at first and infinite from ``decay_steps`` on.
+    """
+    marks = [int(b) for b in config.get("boundaries", [])]
+    marks += [int(config[k]) for k in ("decay_steps", "first_decay_steps") if k in config]
+    near = {m + offset for m in marks for offset in (-1, 0, 1)}
+    return sorted({0, 1, 1000, *(n for n in near if n >= 0)})
 
 
 def parse(config_json: str) -> OptimizerSpec:
