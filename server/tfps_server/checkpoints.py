@@ -7,16 +7,23 @@ state file, so a crash at any instant leaves the previous checkpoint as the
 latest one, and a half-written one is never picked. A save that fails (a full
 disk) removes what it wrote and changes nothing else.
 
-The state file is checked at start: when it is missing, unreadable or names a
-checkpoint that is not on disk while complete checkpoints are, those are found
-by scanning the directory, the state file is rewritten to list them, and the
-log says so at WARNING level. Good checkpoints are never left orphaned.
+The state file is checked at start: when it is missing, unreadable (garbage,
+empty) or names a checkpoint that is not complete on disk (index and every data
+shard), the complete checkpoints are found by scanning the directory, the state
+file is rewritten to list them (the newest as the latest, each one known to
+retention), and the log says so at WARNING level. The server never starts empty
+while checkpoints exist, and good checkpoints are never left orphaned. A
+checkpoint that looks complete but is unreadable is refused, never skipped.
+
+Memory stays bounded: summaries of at most ``keep`` + 1 checkpoints are cached,
+never their exactly-once windows.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import shutil
 import threading
@@ -27,6 +34,7 @@ from typing import BinaryIO
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 
 from tfps_client.types import CheckpointInfo, VariableInfo
 from tfps_client.wire import checkpoint_layout as layout
@@ -98,7 +106,8 @@ class Checkpointer:
         if keep < 1:
             raise ValueError(f"keep: expected >= 1, received {keep}")
         self.registry = registry
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()
+        """Absolute, as TensorFlow's state file lists paths relative to it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self.metrics = metrics if metrics is not None else registry.metrics
@@ -149,12 +158,21 @@ class Checkpointer:
     # Finding and reading ----------------------------------------------------------------------
 
     def retained(self) -> list[CheckpointInfo]:
-        """Returns the retained checkpoints, oldest first."""
+        """Returns the retained checkpoints, oldest first; the cache keeps the newest of them.
+
+        A checkpoint whose metadata cannot be read is left out of the list, with a WARNING
+        in the log; restoring it is still refused with DATA_LOSS.
+        """
         with self._files_lock:
             prefixes = [p for p in self._retained_prefixes() if checkpoint_files(p)[0].exists()]
-            infos = [self._summarize(prefix) for prefix in prefixes]
-            self._infos = {prefix: self._infos[prefix] for prefix in prefixes}
-        return infos
+            listed: dict[str, CheckpointInfo] = {}
+            for prefix in prefixes:
+                try:
+                    listed[prefix] = self._summarize(prefix)
+                except DataLoss as error:
+                    _log.warning("left out of the listing: %s", error.message)
+            self._infos = dict(list(listed.items())[-(self.keep + 1) :])
+        return list(listed.values())
 
     def find(self, which: str | int) -> str:
         """Returns the prefix of ``"latest"``, a checkpoint id, or a path prefix.
@@ -203,6 +221,7 @@ class Checkpointer:
         """Replaces the registry's state with a checkpoint's.
 
         In-flight pushes of the replaced state are answered ABORTED and apply nothing.
+        The replaced state's memory is freed as soon as no request uses it.
 
         Raises:
             NotFound: no such checkpoint.
@@ -229,15 +248,11 @@ class Checkpointer:
 
     def _retained_prefixes(self) -> list[str]:
         state = tf.train.get_checkpoint_state(str(self.directory))
-        return [self._absolute(p) for p in state.all_model_checkpoint_paths] if state else []
+        return list(state.all_model_checkpoint_paths) if state else []
 
     def _latest_id(self) -> int:
         ids = [_checkpoint_id(str(p)) for p in self.directory.glob(f"{PREFIX}-*.index")]
         return max(ids, default=0)
-
-    def _absolute(self, prefix: str) -> str:
-        path = Path(prefix)
-        return str(path if path.is_absolute() else self.directory / path)
 
     def _summarize(
         self, prefix: str, metadata: layout.CheckpointMetadata | None = None
@@ -291,41 +306,61 @@ class Checkpointer:
         problem = self._state_file_problem()
         if not problem:
             return
-        found = sorted(
-            (
-                str(index.with_suffix(""))
-                for index in self.directory.glob(f"{PREFIX}-*.index")
-                if _ID.search(index.stem) and is_complete(str(index.with_suffix("")))
-            ),
-            key=_checkpoint_id,
-        )
+        state_file = self.directory / STATE_FILE
+        found = self._complete_checkpoints()
         if not found:
             if problem != "missing":
                 _log.warning(
                     "checkpoint state file %s is %s and no checkpoint is on disk: removing it",
-                    self.directory / STATE_FILE,
+                    state_file,
                     problem,
                 )
-                (self.directory / STATE_FILE).unlink()
+                state_file.unlink()
             return
         _log.warning(
             "checkpoint state file %s is %s; found %d complete checkpoints by scanning %s "
             "(%s); the latest is now %s, and the state file is rewritten to list them",
-            self.directory / STATE_FILE,
+            state_file,
             problem,
             len(found),
             self.directory,
             ", ".join(Path(p).name for p in found),
             Path(found[-1]).name,
         )
-        timestamps = [checkpoint_files(p)[0].stat().st_mtime for p in found]
-        tf.compat.v1.train.update_checkpoint_state(
+        self._write_state_file(found)
+
+    def _complete_checkpoints(self) -> list[str]:
+        """Returns the prefixes of the complete checkpoints in the directory, oldest first."""
+        prefixes = [
+            str(index.with_suffix("")) for index in self.directory.glob(f"{PREFIX}-*.index")
+        ]
+        complete = [p for p in prefixes if _ID.search(Path(p).name) and is_complete(p)]
+        return sorted(complete, key=_checkpoint_id)
+
+    def _write_state_file(self, prefixes: list[str]) -> None:
+        """Atomically replaces the state file with one listing ``prefixes``, the last as latest.
+
+        Names are relative, so the directory may move. Every checkpoint gets its
+        index file's time (never a future one) and is newer than the last preserved
+        timestamp, so ``tf.train.CheckpointManager`` deletes them by retention as
+        if it had written them.
+        """
+        now = time.time()
+        timestamps = [min(checkpoint_files(p)[0].stat().st_mtime, now) for p in prefixes]
+        names = [Path(p).name for p in prefixes]
+        state = tf.compat.v1.train.generate_checkpoint_state_proto(
             str(self.directory),
-            found[-1],
-            all_model_checkpoint_paths=found,
+            names[-1],
+            all_model_checkpoint_paths=names,
             all_model_checkpoint_timestamps=timestamps,
             last_preserved_timestamp=min(timestamps) - 1,
         )
+        temporary = self.directory / f"{STATE_FILE}.tmp-recovered"
+        with temporary.open("w") as file:
+            file.write(text_format.MessageToString(state))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.directory / STATE_FILE)
 
     def _state_file_problem(self) -> str:
         """Says what is wrong with the state file; empty when it names a complete checkpoint."""
@@ -337,7 +372,7 @@ class Checkpointer:
             state = None
         if state is None:
             return "unreadable"
-        latest = self._absolute(state.model_checkpoint_path)
+        latest = state.model_checkpoint_path
         if not is_complete(latest):
             return f"naming {Path(latest).name}, which is not complete on disk"
         return ""
@@ -357,13 +392,11 @@ def _read_metadata(prefix: str) -> layout.CheckpointMetadata:
 
 
 def _write_error(prefix: Path, error: Exception) -> ServerError:
-    """The status of a failed write: RESOURCE_EXHAUSTED for a full disk, else INTERNAL."""
+    """The status of a failed write: RESOURCE_EXHAUSTED for a full disk or memory, else INTERNAL."""
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    full = isinstance(error, tf.errors.ResourceExhaustedError) or (
-        getattr(error, "errno", None) in _DISK_FULL_ERRNOS
-        or any(marker in text for marker in _DISK_FULL_TEXTS)
-    )
-    if full:
+    if getattr(error, "errno", None) in _DISK_FULL_ERRNOS or any(
+        marker in text for marker in _DISK_FULL_TEXTS
+    ):
         _log.error("checkpoint %s not saved, the disk is full: %s", prefix.name, text)
         return ResourceExhausted(
             f"checkpoint {prefix.name} not saved: the disk is full ({text}); "
@@ -372,6 +405,13 @@ def _write_error(prefix: Path, error: Exception) -> ServerError:
             {"checkpoint": prefix.name},
         )
     _log.error("checkpoint %s not saved: %s", prefix.name, text)
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return ResourceExhausted(
+            f"checkpoint {prefix.name} not saved: out of memory ({text}); "
+            "the previous checkpoint is still the latest",
+            Reason.TOO_LARGE,
+            {"checkpoint": prefix.name},
+        )
     return Internal(
         f"checkpoint {prefix.name} not saved: {text}; the previous checkpoint is still the latest",
         Reason.INTERNAL,

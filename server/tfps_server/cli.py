@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tfps_client import tf_config
 from tfps_client.wire.reasons import Reason
 from tfps_server import logs
-from tfps_server.errors import FailedPrecondition
+from tfps_server.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
     from tfps_server.app import RunningServer
@@ -229,10 +229,13 @@ def restore(checkpointer: Checkpointer | None, which: str) -> None:
         raise FailedPrecondition(
             f"--restore {which}: needs --checkpoint-dir", Reason.NO_CHECKPOINT_DIR
         )
-    if which == "latest" and not checkpointer.retained():
+    try:
+        info = checkpointer.restore(which)
+    except NotFound as error:
+        if which != "latest" or error.reason != Reason.NO_CHECKPOINT:
+            raise
         _log.info("no checkpoint in %s: starting empty", checkpointer.directory)
         return
-    info = checkpointer.restore(which)
     _log.info("restored checkpoint %d from %s", info.id, info.path)
 
 

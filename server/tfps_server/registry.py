@@ -457,25 +457,17 @@ class Registry:
 
     def variable_bytes(self) -> list[VariableBytes]:
         """Returns the bytes of every variable's value and of its slots, in creation order."""
-        counted = []
-        for managed in list(self._current.optimizers.values()):
+        generation = self._current
+        counted = {}
+        for managed in list(generation.optimizers.values()):
             with managed.lock:
                 optimizer = managed.optimizer
-                for variable in managed.variables:
-                    slots = [
-                        optimizer.get_slot(variable.variable, s) for s in optimizer.get_slot_names()
-                    ]
-                    counted.append(
-                        (
-                            variable.position,
-                            VariableBytes(
-                                variable.name,
-                                _nbytes(variable.variable),
-                                sum(_nbytes(slot) for slot in slots),
-                            ),
-                        )
+                for name, variable in managed.bound.items():
+                    slots = [optimizer.get_slot(variable, s) for s in optimizer.get_slot_names()]
+                    counted[name] = VariableBytes(
+                        name, _nbytes(variable), sum(_nbytes(slot) for slot in slots)
                     )
-        return [entry for _, entry in sorted(counted, key=lambda pair: pair[0])]
+        return [counted[name] for name in list(generation.variables) if name in counted]
 
 
 def _nbytes(variable: tf.Variable) -> int:

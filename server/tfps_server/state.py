@@ -57,8 +57,10 @@ class ManagedOptimizer:
     options: OptimizerOptions
     lock: threading.Condition
     policy: Policy
-    variables: list[ManagedVariable] = field(default_factory=list)
-    """Variables bound to it, in creation order."""
+    bound: dict[str, tf.Variable] = field(default_factory=dict)
+    """Names and values of the variables bound to it, in creation order. (Not the
+    :class:`ManagedVariable` objects, which refer to their optimizer: without that cycle,
+    a replaced generation is freed as soon as nothing uses it.)"""
     checked_dtypes: set[str] = field(default_factory=set)
     """Variable dtypes proven to apply with this optimizer."""
     retired: bool = False
@@ -159,7 +161,7 @@ class Generation:
         for managed in variables:
             managed.position = len(self.variables)
             self.variables[managed.name] = managed
-            managed.optimizer.variables.append(managed)
+            managed.optimizer.bound[managed.name] = managed.variable
 
 
 @contextlib.contextmanager

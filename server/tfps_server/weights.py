@@ -25,8 +25,8 @@ def slot_owners(managed: ManagedOptimizer) -> dict[int, tuple[str, str]]:
     """Returns id(slot variable) -> (variable name, slot name); the caller holds the lock."""
     optimizer = managed.optimizer
     return {
-        id(optimizer.get_slot(variable.variable, slot)): (variable.name, slot)
-        for variable in managed.variables
+        id(optimizer.get_slot(variable, slot)): (name, slot)
+        for name, variable in managed.bound.items()
         for slot in optimizer.get_slot_names()
     }
 
