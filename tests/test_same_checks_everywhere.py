@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,10 @@ from tfps_client import Client, InvalidArgumentError, TfpsError
 from tfps_client.wire.convert import DenseGradient
 from tfps_server import Pusher, Registry
 from tfps_server import snapshot as snapshots
+from tfps_server.checkpoints import Checkpointer
 from tfps_server.errors import ServerError
+
+from helpers import assert_all_bitwise_equal
 
 ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.1}}
 # NaN and Inf cannot be written in JSON, so creation refuses them as JSON; as numbers they are
@@ -175,3 +179,62 @@ def test_values_that_training_made_non_finite_are_restored_not_refused(
     snapshots.restore(registry, captured)
     assert np.isinf(dict(registry.pull(["half"]))["half"]).all()
     assert "non-finite values in ['half']" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "value"),
+    [
+        ({"class_name": "SGD", "config": {"momentum": 0.0}}, "momentum", 0.5),
+        ({"class_name": "SGD", "config": {"momentum": 0.5}}, "momentum", 0.0),
+        ({"class_name": "RMSprop", "config": {}}, "momentum", 0.9),
+        ({"class_name": "Adam", "config": {}}, "decay", 0.01),
+    ],
+    ids=["sgd-momentum-on", "sgd-momentum-off", "rmsprop-momentum-on", "adam-decay-on"],
+)
+def test_a_change_keras_fixes_at_construction_is_refused(
+    client: Client, config: dict[str, Any], key: str, value: float
+) -> None:
+    """Keras decides at construction whether momentum slots exist and whether decay applies;
+    a change across that line would be ignored now and would not fit a checkpoint after a
+    restore (which constructs from the changed config): it is refused."""
+    client.create_optimizer("default", config)
+    client.create_variables({"w": np.ones(2, np.float32)})
+    before = client.get_config("default")
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.set_hyperparameter("default", key, value)
+    assert caught.value.reason == "INVALID_CONFIG"
+    assert "would change what Keras fixes at construction" in caught.value.message
+    assert client.get_config("default") == before
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "value"),
+    [
+        ({"class_name": "SGD", "config": {"momentum": 0.5}}, "momentum", 0.9),
+        ({"class_name": "Adam", "config": {"decay": 0.01}}, "decay", 0.02),
+        ({"class_name": "Adam", "config": {}}, "learning_rate", SCHEDULE),
+    ],
+    ids=["sgd-momentum", "adam-decay", "adam-schedule"],
+)
+def test_a_change_within_construction_survives_a_restore(
+    tmp_path: Path, config: dict[str, Any], key: str, value: Any
+) -> None:
+    """A change that keeps what construction fixed is applied, and a checkpoint taken after
+    it restores to the same weights and config, and trains on identically."""
+    registry = Registry()
+    checkpointer = Checkpointer(registry, tmp_path)
+    pusher = Pusher(registry)
+    registry.create_optimizer("default", json.dumps(config))
+    registry.create_variables("default", [("w", np.ones(2, np.float32))])
+    gradient = [DenseGradient("w", np.full(2, 0.5, np.float32))]
+    pusher.push(gradient)
+    registry.set_hyperparameter("default", key, value)
+    saved_config = registry.get_config("default")
+    info = checkpointer.save()
+    pusher.push(gradient)
+    expected = (dict(registry.pull([])), registry.get_weights("default"))
+    checkpointer.restore(info.id)
+    assert registry.get_config("default") == saved_config
+    pusher.push(gradient)
+    assert_all_bitwise_equal(dict(registry.pull([])), expected[0])
+    assert_all_bitwise_equal(registry.get_weights("default"), expected[1])

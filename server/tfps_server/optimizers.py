@@ -278,20 +278,48 @@ def check_applies(spec: OptimizerSpec, dtype: tf.dtypes.DType, device: str | Non
         ) from None
 
 
-def with_hyperparameter(serialized: Mapping[str, Any], key: str, value: Any) -> OptimizerSpec:
+def with_hyperparameter(
+    serialized: Mapping[str, Any], created: OptimizerSpec, key: str, value: Any
+) -> OptimizerSpec:
     """Checks a config with one hyperparameter changed, as creating it would.
+
+    Keras fixes some things when an optimizer is constructed, from the values given
+    then: which slots it has (SGD's and RMSprop's momentum slot exists only for a
+    momentum above 0) and whether ``decay`` applies at all. A change that would alter
+    them is refused: the running optimizer would ignore it, and a restore (which
+    constructs from the changed config) would not fit the checkpoint.
 
     Args:
         serialized: ``{"class_name": ..., "config": {...}}`` of the optimizer now.
+        created: what the running optimizer was constructed from.
         key: the hyperparameter, as a config argument (``learning_rate``, ``beta_1``, ...).
         value: a number, or for ``learning_rate`` a serialized schedule.
 
     Raises:
-        InvalidArgument: creating an optimizer with the changed config would be refused.
+        InvalidArgument: creating an optimizer with the changed config would be refused,
+            or it would be constructed differently.
     """
     changed = copy.deepcopy(dict(serialized))
     changed["config"] = {**changed.get("config", {}), key: value}
-    return parse_serialized(changed)
+    spec = parse_serialized(changed)
+    instantiate(spec)
+    before, after = _construction(created), _construction(spec)
+    if before != after:
+        raise _fail(
+            f"optimizer {spec.cls.__name__}: '{key}' = {shown(value)} would change what Keras "
+            f"fixes at construction (slots {list(before[0])} -> {list(after[0])}, decay "
+            f"{'on' if before[1] else 'off'} -> {'on' if after[1] else 'off'}); create another "
+            "optimizer instead",
+            received=value,
+        )
+    return spec
+
+
+def _construction(spec: OptimizerSpec) -> tuple[tuple[str, ...], bool]:
+    """What Keras decides at construction: the slot names, and whether decay applies."""
+    probe = spec.cls(**spec.kwargs)
+    probe._create_all_weights([tf.Variable(tf.zeros([1]))])
+    return tuple(probe.get_slot_names()), probe._initial_decay > 0
 
 
 def _first_line(error: BaseException) -> str:

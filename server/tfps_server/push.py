@@ -127,6 +127,8 @@ class Pusher:
             if managed.optimizer.options.on_non_finite == "reject":
                 self._check_finite(managed, gradient.values)
             batches.setdefault(managed.optimizer, []).append(_prepare(managed, gradient))
+        for prepared in batches.values():  # Keras gets them in variable-creation order
+            prepared.sort(key=lambda g: g.position)
         return batches
 
     def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:

@@ -335,9 +335,8 @@ class Registry:
             managed.ensure_live()
             try:
                 spec = optimizers.with_hyperparameter(
-                    optimizers.serialize(managed.optimizer), key, value
+                    optimizers.serialize(managed.optimizer), managed.spec, key, value
                 )
-                optimizers.instantiate(spec)
             except InvalidArgument as error:
                 raise _naming_optimizer(optimizer, error) from None
             with tf.device(self.device):
