@@ -355,3 +355,10 @@ def test_push_pull_returns_the_updated_values(client: Client) -> None:
     np.testing.assert_array_equal(pulled["w"], np.full(SHAPE, 0.5, np.float32))
     np.testing.assert_array_equal(pulled["e"], np.ones(SHAPE, np.float32))
     assert set(pulled) == {"w", "e"}
+
+
+def test_push_pull_of_nothing_pulls_nothing(client: Client) -> None:
+    """An empty pull list returns no values (a plain pull of nothing returns every one)."""
+    unit_sgd(client, Async())
+    result, pulled = client.push_pull({"w": np.ones(SHAPE, np.float32)}, pull=[])
+    assert pulled == {} and result.iterations == {"sgd": 1}

@@ -30,7 +30,7 @@ from tfps_client import Client, NotFoundError, ResourceExhaustedError
 from tfps_server import Registry, create_server
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.cli import restore
-from tfps_server.errors import DataLoss
+from tfps_server.errors import DataLoss, NotFound
 from tfps_server.snapshot import read_checkpoint
 
 from helpers import (
@@ -433,3 +433,11 @@ def test_a_download_survives_retention_deleting_its_checkpoint(tmp_path: Path) -
         hooks.release_all()
         client.close()
         running.stop(None)
+
+
+@pytest.mark.parametrize("which", ["²", "-1", "1.0", "ckpt-1"])
+def test_a_checkpoint_named_oddly_is_not_found(tmp_path: Path, which: str) -> None:
+    """--restore with something that is neither an id nor a checkpoint on disk is NOT_FOUND
+    (a Unicode digit is not an id), never an unhandled error."""
+    with pytest.raises(NotFound):
+        Checkpointer(Registry(), tmp_path).find(which)

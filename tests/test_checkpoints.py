@@ -254,6 +254,32 @@ def test_load_into_continues_local_training_exactly_like_the_server(
     assert int(local_optimizer.iterations.numpy()) == ckpt_client.iterations("default") == 6
 
 
+@pytest.mark.parametrize(
+    ("server", "local", "difference"),
+    [
+        ({"class_name": "Adam", "config": {"epsilon": 0.1}}, {"epsilon": 1e-7}, "epsilon"),
+        ({"class_name": "Adam", "config": {"amsgrad": True}}, {}, "amsgrad"),
+        ({"class_name": "SGD", "config": {"momentum": 0.9}}, {}, "slots: local [], server"),
+        ({"class_name": "Adam", "config": {"decay": 0.01}}, {}, "decay"),
+    ],
+    ids=["epsilon", "amsgrad", "momentum-slot", "decay"],
+)
+def test_load_into_refuses_an_optimizer_constructed_otherwise(
+    ckpt_client: Client, tmp_path: Path, server: dict, local: dict, difference: str
+) -> None:
+    """Training can continue exactly only with an optimizer constructed as the server's: one
+    that differs in what is fixed at construction is refused, before anything is changed."""
+    ckpt_client.create_optimizer("default", server)
+    model = make_model()
+    create_variables(ckpt_client, model.trainable_variables)
+    prefix = ckpt_client.download_checkpoint(ckpt_client.save_checkpoint().id, tmp_path)
+    optimizer = getattr(tf_keras.optimizers.legacy, server["class_name"])(**local)
+    with pytest.raises(ValueError, match="constructed unlike the server's 'default'") as caught:
+        load_into(make_model(), prefix, optimizer=optimizer)
+    assert difference in str(caught.value)
+    assert optimizer.weights == []
+
+
 def test_load_into_reports_missing_unexpected_and_mismatched(
     ckpt_client: Client, tmp_path: Path
 ) -> None:

@@ -9,10 +9,12 @@ are held and released by events.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -26,10 +28,12 @@ from tfps_client import (
     Sync,
     TfpsError,
 )
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 from tfps_server import Registry, RunningServer, create_server
 from tfps_server.checkpoints import Checkpointer
 
-from helpers import assert_all_bitwise_equal, assert_bitwise_equal
+from helpers import assert_all_bitwise_equal, assert_bitwise_equal, chunk, dense_header
 from interleave import BlockingHooks, in_background
 
 SGD = {"class_name": "SGD", "config": {"learning_rate": 1.0}}
@@ -86,6 +90,35 @@ def assert_restorable_everywhere(env: Env) -> None:
     fresh = Registry()
     Checkpointer(fresh, env.directory).restore(info.id)
     assert_all_bitwise_equal(dict(fresh.pull([])), before)
+
+
+class HeldStream:
+    """A sync push (worker w0, step 0) whose request stream stops after its first message
+    until :meth:`finish`: in flight, not yet validated."""
+
+    def __init__(self, port: int, variable: str, gradient: np.ndarray) -> None:
+        self._release = threading.Event()
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        header = pb.PushRequest(gradients=[dense_header(variable, gradient)], worker="w0", step=0)
+
+        def messages() -> Iterator[pb.PushRequest]:
+            yield header
+            self._release.wait()
+            yield pb.PushRequest(chunks=[chunk(0, 0, gradient.tobytes())])
+
+        stub = pb_grpc.ParameterServerStub(self._channel)
+        self._future = stub.Push.future(messages(), timeout=60)
+
+    def finish(self) -> grpc.RpcError:
+        """Sends the rest of the stream; returns the error the push must end with."""
+        self._release.set()
+        try:
+            response = self._future.result(timeout=60)
+        except grpc.RpcError as error:
+            return error
+        finally:
+            self._channel.close()
+        raise AssertionError(f"the push was answered {response}")
 
 
 def refused(error: BaseException, kind: type[TfpsError], reason: str) -> None:
@@ -351,3 +384,43 @@ def test_iterations_never_pass_their_bound(env: Env) -> None:
     assert env.client.iterations("s") == 2**62
     assert_bitwise_equal(env.client.pull(["a"])["a"], 0 * ONES)
     assert_restorable_everywhere(env)
+
+
+def test_a_checkpoint_cut_right_after_an_apply_holds_its_result(env: Env) -> None:
+    """A push's result is recorded under the lock that applied it: a checkpoint cut just
+    after the apply holds the update and the result, so the push's retry after a restore
+    is answered from the window, never applied twice."""
+    env.client.create_optimizer("s", SGD)
+    env.client.create_variables({"a": 0 * ONES}, optimizer="s")
+    held = env.hooks.hold("push.applied")
+    push = in_background(lambda: env.client.push({"a": ONES}, request_id="r1"))
+    held.wait_arrivals(1)
+    info = env.client.save_checkpoint()
+    held.release()
+    assert push.result().iterations == {"s": 1}
+    env.client.restore_checkpoint(info.id)
+    retried = env.client.push({"a": ONES}, request_id="r1")
+    assert retried.iterations == {"s": 1} and retried.outcomes == {"s": Outcome.APPLIED}
+    assert env.client.iterations("s") == 1
+    assert_bitwise_equal(env.client.pull(["a"])["a"], -ONES)
+
+
+def test_a_restore_finishing_during_shutdown_leaves_no_sync_step_open(env: Env) -> None:
+    """Shutdown answers sync steps UNAVAILABLE and refuses new ones; a restore that swaps in
+    a new state during the shutdown must not bring back optimizers that accept them, or the
+    process would wait out the step's timeout and apply it after the final checkpoint."""
+    env.client.create_optimizer("s", SGD, aggregation=Sync(2, timeout=3600))
+    env.client.create_variables({"a": 0 * ONES}, optimizer="s")
+    checkpoint = env.client.save_checkpoint().id
+    stream = HeldStream(env.running.port, "a", ONES)
+    rebuilt = env.hooks.hold("restore.rebuilt")
+    restore = in_background(lambda: env.client.restore_checkpoint(checkpoint))
+    rebuilt.wait_arrivals(1)
+    draining = env.hooks.watch("shutdown.draining")
+    stopping = in_background(lambda: env.running.stop(30))
+    draining.wait_arrivals(1)
+    rebuilt.release()
+    restore.result()
+    error = stream.finish()
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+    stopping.result()

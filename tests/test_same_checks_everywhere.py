@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tfps_client import Client, InvalidArgumentError, TfpsError
+from tfps_client import Client, InvalidArgumentError, Sync, TfpsError
 from tfps_client.wire.convert import DenseGradient
 from tfps_server import Pusher, Registry
 from tfps_server import snapshot as snapshots
@@ -238,3 +238,38 @@ def test_a_change_within_construction_survives_a_restore(
     pusher.push(gradient)
     assert_all_bitwise_equal(dict(registry.pull([])), expected[0])
     assert_all_bitwise_equal(registry.get_weights("default"), expected[1])
+
+
+def test_set_hyperparameter_refuses_a_value_its_variables_dtypes_cannot_take(
+    client: Client,
+) -> None:
+    """Creating variables proves the optimizer updates their dtype; a hyperparameter change
+    must keep that true, or the next checkpoint could not be restored (restore re-runs it)."""
+    client.create_optimizer("default", {"class_name": "SGD", "config": {"learning_rate": 0.1}})
+    client.create_variables({"w": np.ones(2, np.float16)})
+    with pytest.raises(InvalidArgumentError) as changed:
+        client.set_hyperparameter("default", "learning_rate", 1e6)
+    client.create_optimizer("fresh", {"class_name": "SGD", "config": {"learning_rate": 1e6}})
+    with pytest.raises(InvalidArgumentError) as created:
+        client.create_variables({"v": np.ones(2, np.float16)}, optimizer="fresh")
+    assert changed.value.reason == created.value.reason == "INVALID_CONFIG"
+    assert _after_name(changed.value, "default") == _after_name(created.value, "fresh")
+    assert "cannot update float16 variables" in changed.value.message
+    assert client.get_config("default")["config"]["learning_rate"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_dtypes_that_fail_only_together_are_refused_at_creation(client: Client, mode: str) -> None:
+    """global_clipnorm stacks the norms of all gradients, so float32 and float64 variables of
+    one optimizer cannot be pushed together: the second dtype is refused when created, not
+    answered INTERNAL at every push."""
+    config = {"class_name": "SGD", "config": {"learning_rate": 0.1, "global_clipnorm": 1.0}}
+    client.create_optimizer("default", config, aggregation=Sync(1) if mode == "sync" else None)
+    client.create_variables({"a": np.ones(2, np.float32)})
+    with pytest.raises(InvalidArgumentError) as caught:
+        client.create_variables({"b": np.ones(2, np.float64)})
+    assert caught.value.reason == "INVALID_CONFIG"
+    assert "cannot update float32 and float64 variables together" in caught.value.message
+    assert [info.name for info in client.list_variables()] == ["a"]
+    client.push({"a": np.ones(2, np.float32)}, worker="w0")
+    assert client.iterations("default") == 1

@@ -163,6 +163,12 @@ def _load_optimizer(
             f"received {type(optimizer).__name__}"
         )
     ordered = sorted(pairs, key=lambda pair: metadata.variables.index(pair[0]))
+    differences = _construction_differences(optimizer, saved)
+    if differences:
+        raise ValueError(
+            f"load_into: the local {saved.class_name} is constructed unlike the server's "
+            f"{saved.name!r}, so training could not continue exactly: {'; '.join(differences)}"
+        )
     for key, value in saved.config["config"].items():
         if key in optimizer._hyper:
             if isinstance(value, dict):
@@ -179,3 +185,27 @@ def _load_optimizer(
         if id(weight) not in slots:
             short = layout.weight_name(weight.name)
             weight.assign(reader.get_tensor(layout.optimizer_weight_key(saved.name, short)))
+
+
+def _construction_differences(optimizer: Any, saved: layout.OptimizerEntry) -> list[str]:
+    """What the local optimizer fixed at construction unlike the server's: arguments that
+    are not hyperparameters (``epsilon``, ``amsgrad``, ...), its slots (SGD has a momentum
+    slot only if constructed with momentum) and whether decay applies."""
+    import tensorflow as tf
+
+    config = saved.config["config"]
+    local = optimizer.get_config()
+    differences = [
+        f"{key}: local {local.get(key)!r}, server {value!r}"
+        for key, value in config.items()
+        if key not in optimizer._hyper and key != "name" and local.get(key) != value
+    ]
+    if (optimizer._initial_decay > 0) != (config.get("decay", 0) > 0):
+        differences.append(
+            f"decay: local {optimizer._initial_decay!r}, server {config.get('decay', 0)!r}"
+        )
+    probe = type(optimizer).from_config(local)
+    probe._create_all_weights([tf.Variable(tf.zeros([1]))])
+    if list(probe.get_slot_names()) != list(saved.slots):
+        differences.append(f"slots: local {probe.get_slot_names()}, server {list(saved.slots)}")
+    return differences

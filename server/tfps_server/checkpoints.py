@@ -185,7 +185,7 @@ class Checkpointer:
             if latest is None:
                 raise NotFound(f"no checkpoint in {str(self.directory)!r}", Reason.NO_CHECKPOINT)
             return latest
-        if isinstance(which, int) or str(which).isdigit():
+        if isinstance(which, int) or re.fullmatch(r"[0-9]+", which):
             prefix = str(self.directory / f"{PREFIX}-{int(which)}")
         else:
             prefix = str(which)

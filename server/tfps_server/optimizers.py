@@ -11,7 +11,7 @@ import copy
 import inspect
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -248,40 +248,67 @@ def instantiate(spec: OptimizerSpec) -> tf_keras.optimizers.legacy.Optimizer:
         optimizer = spec.cls(**spec.kwargs)
     except _KERAS_REFUSALS as error:
         raise _fail(f"optimizer {name}: {_first_line(error)}") from None
-    check_applies(spec, tf.float32)
+    check_dtypes(spec, ["float32"])
     return optimizer
 
 
-def check_applies(spec: OptimizerSpec, dtype: tf.dtypes.DType, device: str | None = None) -> None:
-    """Applies a dense and a sparse update of ``dtype`` with a throwaway copy of the optimizer.
+def check_dtypes(spec: OptimizerSpec, dtypes: Collection[str], device: str | None = None) -> None:
+    """Proves the optimizer can update variables of each dtype, alone and all together.
+
+    A push may hold variables of every dtype the optimizer has at once, and some
+    options mix them (``global_clipnorm`` stacks the norms of all gradients), so the
+    dtypes are also applied together in one call when there are several.
 
     Raises:
-        InvalidArgument: the update fails or gives non-finite values.
+        InvalidArgument: an update fails or gives non-finite values; the message names
+            the dtype, or the dtypes that fail only together.
     """
+    for dtype in sorted(dtypes):
+        _check_applies(spec, [dtype], device)
+    if len(dtypes) > 1:
+        _check_applies(spec, sorted(dtypes), device)
+
+
+def _check_applies(spec: OptimizerSpec, dtypes: Sequence[str], device: str | None) -> None:
+    """Applies a dense and then a sparse update to one throwaway variable of each dtype."""
     name = spec.cls.__name__
     try:
         with tf.device(device):
             probe = spec.cls(**spec.kwargs)
-            variable = tf.Variable(tf.ones([2, 2], dtype))
-            dense = tf.fill([2, 2], tf.constant(0.5, dtype))
-            sparse = tf.IndexedSlices(
-                tf.fill([2, 2], tf.constant(0.5, dtype)), tf.constant([1, 1]), tf.constant([2, 2])
-            )
-            probe.apply_gradients([(dense, variable)])
-            probe.apply_gradients([(sparse, variable)])
-            if not np.all(np.isfinite(variable.numpy().astype(np.float64))):
+            variables = [tf.Variable(tf.ones([2, 2], dtype)) for dtype in dtypes]
+            dense = [tf.fill([2, 2], tf.constant(0.5, v.dtype)) for v in variables]
+            sparse = [
+                tf.IndexedSlices(
+                    tf.fill([2, 2], tf.constant(0.5, v.dtype)),
+                    tf.constant([1, 1]),
+                    tf.constant([2, 2]),
+                )
+                for v in variables
+            ]
+            probe.apply_gradients(list(zip(dense, variables, strict=True)))
+            probe.apply_gradients(list(zip(sparse, variables, strict=True)))
+            if not all(np.all(np.isfinite(v.numpy().astype(np.float64))) for v in variables):
                 raise ValueError("a unit update produced non-finite values")
     except _KERAS_REFUSALS as error:
+        together = "" if len(dtypes) == 1 else " together"
+        what = f"{' and '.join(dtypes)} variables{together}"
         raise _fail(
-            f"optimizer {name} cannot update {dtype.name} variables: {_first_line(error)}",
-            dtype=dtype.name,
+            f"optimizer {name} cannot update {what}: {_first_line(error)}", dtype=",".join(dtypes)
         ) from None
 
 
 def with_hyperparameter(
-    serialized: Mapping[str, Any], created: OptimizerSpec, key: str, value: Any
+    serialized: Mapping[str, Any],
+    created: OptimizerSpec,
+    dtypes: Collection[str],
+    key: str,
+    value: Any,
+    device: str | None = None,
 ) -> OptimizerSpec:
     """Checks a config with one hyperparameter changed, as creating it would.
+
+    As creating the optimizer and its variables would: the changed optimizer must
+    update the dtypes of the variables it holds, alone and together.
 
     Keras fixes some things when an optimizer is constructed, from the values given
     then: which slots it has (SGD's and RMSprop's momentum slot exists only for a
@@ -292,8 +319,10 @@ def with_hyperparameter(
     Args:
         serialized: ``{"class_name": ..., "config": {...}}`` of the optimizer now.
         created: what the running optimizer was constructed from.
+        dtypes: the dtypes of its variables.
         key: the hyperparameter, as a config argument (``learning_rate``, ``beta_1``, ...).
         value: a number, or for ``learning_rate`` a serialized schedule.
+        device: where its variables live.
 
     Raises:
         InvalidArgument: creating an optimizer with the changed config would be refused,
@@ -303,6 +332,7 @@ def with_hyperparameter(
     changed["config"] = {**changed.get("config", {}), key: value}
     spec = parse_serialized(changed)
     instantiate(spec)
+    check_dtypes(spec, dtypes, device)
     before, after = _construction(created), _construction(spec)
     if before != after:
         raise _fail(

@@ -79,12 +79,13 @@ class Pusher:
         worker: str = "",
         step: int | None = None,
     ) -> tuple[dict[str, OptimizerResult], list[tuple[str, np.ndarray]]]:
-        """Pushes, then pulls ``pull`` (checked before the push) from the same generation."""
+        """Pushes, then pulls ``pull`` (checked before the push; none when empty) from the
+        same generation."""
         generation = self._registry.current()
         for name in pull:
             generation.variable(name)
         results = self._push(generation, gradients, request_id, worker, step)
-        return results, self._registry.pull(pull, generation)
+        return results, self._registry.pull(pull, generation) if pull else []
 
     def _push(
         self,
@@ -99,7 +100,8 @@ class Pusher:
             self._registry.hooks.reach("push.validated")
             for managed in sorted(batches, key=lambda m: m.name):
                 if managed.name not in results:  # a push a checkpoint caught half-way
-                    results[managed.name] = self._submit(managed, batches[managed], worker, step)
+                    self._submit(managed, batches[managed], worker, step, results)
+                    self._registry.hooks.reach("push.applied")
 
         try:
             results, _ = generation.requests.run(request_id, apply_missing)
@@ -150,15 +152,20 @@ class Pusher:
         gradients: Sequence[Prepared],
         worker: str,
         step: int | None,
-    ) -> OptimizerResult:
-        """Hands one optimizer's part to its policy under its lock; returns what it did."""
+        results: dict[str, OptimizerResult],
+    ) -> None:
+        """Hands one optimizer's part to its policy and records what it did, under its lock.
+
+        Recording under the lock is what makes a checkpoint (cut under every lock) hold
+        exactly the results whose updates it holds.
+        """
         with managed.lock:
             managed.ensure_live()
             result = managed.policy.submit(
                 worker, step, gradients, managed.iterations, lambda g: self._apply(managed, g)
             )
+            results[managed.name] = result
         self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
-        return result
 
     def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared]) -> Outcome:
         """Applies one combined gradient list; the caller holds the optimizer's lock.

@@ -129,6 +129,8 @@ class Registry:
                 for managed in old.optimizers.values():
                     managed.retired = True
                     managed.policy.close(_replaced(managed.name, "a restore"))
+            for managed in generation.optimizers.values():
+                self._adopt(managed)
         _log.info(
             "state replaced: generation %d, %d optimizers, %d variables",
             generation.number,
@@ -151,6 +153,13 @@ class Registry:
             for managed in self._current.optimizers.values():
                 with managed.lock:
                     managed.policy.close(error)
+
+    def _adopt(self, managed: ManagedOptimizer) -> None:
+        """Closes a new optimizer's policy if the server is stopping; the caller holds the
+        structure lock, so no optimizer joins after :meth:`close` without being closed."""
+        if self._closed_by is not None:
+            with managed.lock:
+                managed.policy.close(self._closed_by)
 
     # The factory: creation and restore build state the same way ------------------------------
 
@@ -179,8 +188,6 @@ class Registry:
         policy = make_policy(
             options, lock, self.metrics, name, functools.partial(self.hooks.reach, "sync.waiting")
         )
-        if self._closed_by is not None:
-            policy.close(self._closed_by)
         config = creation_config if creation_config is not None else optimizers.serialize(optimizer)
         return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy)
 
@@ -193,14 +200,16 @@ class Registry:
         ordered as a local ``apply_gradients`` over the same variable list orders them.
 
         Raises:
-            InvalidArgument: the optimizer cannot update one of the dtypes.
+            InvalidArgument: the optimizer cannot update one of the dtypes, or all of its
+                variables' dtypes together.
         """
-        for dtype in sorted({value.dtype.name for _, value in declarations} - owner.checked_dtypes):
+        dtypes = owner.checked_dtypes | {value.dtype.name for _, value in declarations}
+        if dtypes != owner.checked_dtypes:
             try:
-                optimizers.check_applies(owner.spec, tf.as_dtype(dtype), self.device)
+                optimizers.check_dtypes(owner.spec, dtypes, self.device)
             except InvalidArgument as error:
                 raise _naming_optimizer(owner.name, error) from None
-            owner.checked_dtypes.add(dtype)
+            owner.checked_dtypes = dtypes
         with tf.device(self.device), tf.init_scope():
             variables = [
                 tf.Variable(value, name=_TF_NAME_CHARS.sub("_", name), trainable=True)
@@ -247,6 +256,7 @@ class Registry:
                     )
                 return False
             generation.optimizers[name] = candidate
+            self._adopt(candidate)
         _log.info(
             "created optimizer %r: %s, %s",
             name,
@@ -335,7 +345,12 @@ class Registry:
             managed.ensure_live()
             try:
                 spec = optimizers.with_hyperparameter(
-                    optimizers.serialize(managed.optimizer), managed.spec, key, value
+                    optimizers.serialize(managed.optimizer),
+                    managed.spec,
+                    managed.checked_dtypes,
+                    key,
+                    value,
+                    self.device,
                 )
             except InvalidArgument as error:
                 raise _naming_optimizer(optimizer, error) from None
