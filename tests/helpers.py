@@ -319,3 +319,22 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(30)
+
+
+def start_with_checkpoints(directory: Path | str, *extra: str) -> tuple[ServerProcess, Client]:
+    """``tfps-server --checkpoint-dir directory`` without periodic saves (default
+    ``--restore latest``), once it listens, and a client of it."""
+    port = free_port()
+    process = ServerProcess(
+        [
+            "--port",
+            str(port),
+            "--checkpoint-dir",
+            str(directory),
+            "--checkpoint-every-seconds",
+            "0",
+            *extra,
+        ]
+    )
+    process.wait_for(LISTENING)
+    return process, Client(f"127.0.0.1:{port}", timeout=120)

@@ -34,7 +34,6 @@ from tfps_server.errors import DataLoss, NotFound
 from tfps_server.snapshot import read_checkpoint
 
 from helpers import (
-    LISTENING,
     ServerProcess,
     State,
     assert_all_bitwise_equal,
@@ -42,6 +41,7 @@ from helpers import (
     assert_same_state,
     free_port,
     snapshot,
+    start_with_checkpoints,
 )
 from interleave import BlockingHooks, in_background
 
@@ -63,24 +63,6 @@ def push_steps(client: Client, steps: int, names: tuple[str, ...] = ("w",)) -> N
 def state(client: Client) -> State:
     """Everything observable about the variables and optimizer "sgd"."""
     return snapshot(client, ["sgd"])
-
-
-def start(directory: Path | str, *extra: str) -> tuple[ServerProcess, Client]:
-    """``tfps-server --checkpoint-dir directory`` (default ``--restore latest``), listening."""
-    port = free_port()
-    process = ServerProcess(
-        [
-            "--port",
-            str(port),
-            "--checkpoint-dir",
-            str(directory),
-            "--checkpoint-every-seconds",
-            "0",
-            *extra,
-        ]
-    )
-    process.wait_for(LISTENING)
-    return process, Client(f"127.0.0.1:{port}", timeout=120)
 
 
 def on_disk(directory: Path, files: str = "index") -> list[str]:
@@ -189,7 +171,7 @@ def test_a_broken_state_file_is_rebuilt_from_the_checkpoints_on_disk(
     --keep-checkpoints."""
     directory = copy_of(saved, tmp_path)
     damage(directory)
-    process, client = start(directory, "--keep-checkpoints", str(KEEP))
+    process, client = start_with_checkpoints(directory, "--keep-checkpoints", str(KEEP))
     with process, client:
         assert f"restored checkpoint {newest} " in process.output
         assert_same_state(state(client), saved.states[newest])
@@ -218,7 +200,7 @@ def test_a_broken_state_file_without_checkpoints_starts_empty(tmp_path: Path) ->
     directory = tmp_path / "ckpts"
     directory.mkdir()
     garbage(directory)
-    process, client = start(directory)
+    process, client = start_with_checkpoints(directory)
     with process, client:
         assert "starting empty" in process.output
         assert "WARNING tfps_server.checkpoints: checkpoint state file" in process.output
@@ -275,7 +257,7 @@ def test_a_relative_checkpoint_dir_restarts_from_its_checkpoints(
     """--checkpoint-dir given relative to the working directory finds its checkpoints: the
     server starts from the latest, without rebuilding the state file."""
     directory = copy_of(saved, tmp_path)
-    process, client = start(os.path.relpath(directory))
+    process, client = start_with_checkpoints(os.path.relpath(directory))
     with process, client:
         assert f"restored checkpoint {SAVED} " in process.output
         assert "WARNING tfps_server" not in process.output
@@ -334,7 +316,7 @@ def file_size_limit(tmp_path: Path) -> Iterator[FullDisk]:
     """A ``tfps-server`` process whose files may not grow past DISK_BYTES (RLIMIT_FSIZE, so
     writes fail with EFBIG; Python ignores SIGXFSZ); free() lifts the limit."""
     directory = tmp_path / "ckpts"
-    process, client = start(directory, "--keep-checkpoints", "3")
+    process, client = start_with_checkpoints(directory, "--keep-checkpoints", "3")
     pid = process.process.pid
     unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (DISK_BYTES, unlimited[1]))

@@ -26,6 +26,7 @@ from helpers import (
     assert_same_state,
     free_port,
     snapshot,
+    start_with_checkpoints,
 )
 
 LISTENING = re.compile(r"listening on \S+:(\d+)")
@@ -79,28 +80,11 @@ def local_state(steps: int) -> tuple[dict[str, np.ndarray], dict[str, list[np.nd
     return values, {name: references[name].weights() for name in sorted(references)}
 
 
-def start(directory: Path, *extra: str) -> tuple[ServerProcess, Client]:
-    port = free_port()
-    process = ServerProcess(
-        [
-            "--port",
-            str(port),
-            "--checkpoint-dir",
-            str(directory),
-            "--checkpoint-every-seconds",
-            "0",
-            *extra,
-        ]
-    )
-    process.wait_for(LISTENING)
-    return process, Client(f"127.0.0.1:{port}", timeout=120)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_kill_9_then_restart_resumes_bitwise(tmp_path: Path) -> None:
     k, m = 4, 3
-    process, client = start(tmp_path)
+    process, client = start_with_checkpoints(tmp_path)
     with process:
         assert declare(client) == [True, True]
         for step in range(k):
@@ -113,7 +97,7 @@ def test_kill_9_then_restart_resumes_bitwise(tmp_path: Path) -> None:
         process.wait_exit()
     client.close()
 
-    process, client = start(tmp_path)
+    process, client = start_with_checkpoints(tmp_path)
     with process:
         assert "restored checkpoint 1" in process.output
         assert_same_state(server_state(client), at_checkpoint)
@@ -136,7 +120,7 @@ def test_kill_9_then_restart_resumes_bitwise(tmp_path: Path) -> None:
 def test_kill_9_during_saves_always_leaves_a_loadable_latest(tmp_path: Path) -> None:
     rng = random.Random(5)
     for round_number in range(4):
-        process, client = start(
+        process, client = start_with_checkpoints(
             tmp_path, "--checkpoint-every-seconds", "0.01", "--keep-checkpoints", "3"
         )
         with process:
@@ -167,7 +151,7 @@ def test_kill_9_during_saves_always_leaves_a_loadable_latest(tmp_path: Path) -> 
         snapshot = read_checkpoint(latest)  # raises DataLoss if half-written
         saved = snapshot.metadata.optimizers[0].iterations
         assert snapshot.variables["big"].shape == (2048, 2048)
-    process, client = start(tmp_path)
+    process, client = start_with_checkpoints(tmp_path)
     with process:
         assert client.iterations("sgd") == saved
         assert process.terminate() == 0
@@ -175,7 +159,7 @@ def test_kill_9_during_saves_always_leaves_a_loadable_latest(tmp_path: Path) -> 
 
 
 def test_sigterm_writes_a_final_checkpoint_and_steps_trigger_saves(tmp_path: Path) -> None:
-    process, client = start(tmp_path, "--checkpoint-every-steps", "5")
+    process, client = start_with_checkpoints(tmp_path, "--checkpoint-every-steps", "5")
     with process:
         declare(client)
         for step in range(6):  # 12 iterations in all: two optimizers per push
@@ -190,7 +174,7 @@ def test_sigterm_writes_a_final_checkpoint_and_steps_trigger_saves(tmp_path: Pat
 
 
 def test_health_is_not_serving_until_the_restore_finished(tmp_path: Path) -> None:
-    process, client = start(tmp_path)
+    process, client = start_with_checkpoints(tmp_path)
     with process:
         client.create_optimizer("sgd", {"class_name": "SGD", "config": {}})
         client.create_variables({"big": np.ones((4096, 4096), np.float32)}, optimizer="sgd")
@@ -219,7 +203,7 @@ def test_health_is_not_serving_until_the_restore_finished(tmp_path: Path) -> Non
 
 
 def test_a_corrupted_latest_checkpoint_stops_the_start(tmp_path: Path) -> None:
-    process, client = start(tmp_path)
+    process, client = start_with_checkpoints(tmp_path)
     with process:
         declare(client)
         client.save_checkpoint()
