@@ -67,6 +67,12 @@ class InvalidArgument(ServerError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class DeadlineExceeded(ServerError):
+    """A stream stalled past the server's idle timeout."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class NotFound(ServerError):
     """An unknown variable, optimizer, slot or checkpoint was named."""
 
@@ -95,6 +101,18 @@ class OutOfRange(ServerError):
     """A counter would pass its largest value."""
 
     code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class PermissionDenied(ServerError):
+    """The caller's role may not make this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(ServerError):
+    """The call carried no token, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class ResourceExhausted(ServerError):
