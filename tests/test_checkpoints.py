@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfps_client import (
+    CheckpointInfo,
     Client,
     DataLossError,
     FailedPreconditionError,
@@ -71,11 +72,20 @@ def setup_adam(client: Client) -> None:
     )
 
 
+def on_disk(server: RunningServer, info: CheckpointInfo) -> str:
+    """The checkpoint's path prefix on the server's disk: clients see only its name."""
+    assert info.path == f"ckpt-{info.id}", "a checkpoint's listing reveals a server path"
+    assert server.checkpointer is not None
+    return str(server.checkpointer.directory / info.path)
+
+
 def state(client: Client) -> State:
     return snapshot(client, ["adam"])
 
 
-def test_checkpoint_keys_follow_the_documented_layout(ckpt_client: Client) -> None:
+def test_checkpoint_keys_follow_the_documented_layout(
+    ckpt_server: RunningServer, ckpt_client: Client
+) -> None:
     setup_adam(ckpt_client)
     ckpt_client.create_optimizer("n", {"class_name": "Nadam", "config": {}})
     ckpt_client.create_variables({"dense/kernel.0": np.ones(2, np.float32)}, optimizer="n")
@@ -83,7 +93,7 @@ def test_checkpoint_keys_follow_the_documented_layout(ckpt_client: Client) -> No
     info = ckpt_client.save_checkpoint()
     assert info.iterations == {"adam": 2, "n": 0}
     assert [v.name for v in info.variables] == ["dense", "emb", "dense/kernel.0"]
-    keys = dict(tf.train.list_variables(info.path))
+    keys = dict(tf.train.list_variables(on_disk(ckpt_server, info)))
     for name in ("dense", "emb", "dense/kernel.0"):
         assert layout.variable_key(name) in keys
     assert "variables/dense.Skernel..0/.ATTRIBUTES/VARIABLE_VALUE" in keys
@@ -91,7 +101,7 @@ def test_checkpoint_keys_follow_the_documented_layout(ckpt_client: Client) -> No
         assert keys[layout.slot_key("emb", slot)] == list(SHAPE)
     assert layout.optimizer_weight_key("adam", "iter") in keys
     assert layout.optimizer_weight_key("n", "momentum_cache") in keys
-    reader = tf.train.load_checkpoint(info.path)
+    reader = tf.train.load_checkpoint(on_disk(ckpt_server, info))
     assert reader.get_tensor(layout.optimizer_weight_key("adam", "iter")) == 2
     np.testing.assert_array_equal(
         reader.get_tensor(layout.slot_key("dense", "m")), ckpt_client.get_slot("dense", "m")
@@ -124,7 +134,9 @@ def test_restore_checkpoint_into_a_running_server(ckpt_client: Client) -> None:
         ckpt_client.restore_checkpoint(99)
 
 
-def test_saves_are_consistent_cuts_while_training(ckpt_client: Client) -> None:
+def test_saves_are_consistent_cuts_while_training(
+    ckpt_server: RunningServer, ckpt_client: Client
+) -> None:
     ckpt_client.create_optimizer(
         "sgd", {"class_name": "SGD", "config": {"learning_rate": 1.0, "momentum": 0.5}}
     )
@@ -147,7 +159,7 @@ def test_saves_are_consistent_cuts_while_training(ckpt_client: Client) -> None:
         for thread in threads:
             thread.join()
     for info in infos[-3:]:
-        reader = tf.train.load_checkpoint(info.path)
+        reader = tf.train.load_checkpoint(on_disk(ckpt_server, info))
         steps = int(reader.get_tensor(layout.optimizer_weight_key("sgd", "iter")))
         # SGD with momentum 0.5 and unit gradients: momentum_k = -(2 - 2**(1-k)) ... every value
         # of a variable and its slot is a function of the step count alone.
@@ -164,13 +176,15 @@ def test_saves_are_consistent_cuts_while_training(ckpt_client: Client) -> None:
             )
 
 
-def test_corrupted_checkpoint_is_refused_and_state_kept(ckpt_client: Client) -> None:
+def test_corrupted_checkpoint_is_refused_and_state_kept(
+    ckpt_server: RunningServer, ckpt_client: Client
+) -> None:
     setup_adam(ckpt_client)
     train(ckpt_client, 2)
     info = ckpt_client.save_checkpoint()
     train(ckpt_client, 1)
     before = state(ckpt_client)
-    data = next(Path(info.path).parent.glob(f"{Path(info.path).name}.data-*"))
+    data = next(Path(on_disk(ckpt_server, info)).parent.glob(f"{info.path}.data-*"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(DataLossError, match=r"checkpoint '.*ckpt-1' is unreadable"):
         ckpt_client.restore_checkpoint(info.id)
@@ -184,7 +198,9 @@ def test_without_checkpoint_dir_checkpoint_calls_fail_precondition(client: Clien
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_download_of_a_large_checkpoint_is_verified(ckpt_client: Client, tmp_path: Path) -> None:
+def test_download_of_a_large_checkpoint_is_verified(
+    ckpt_server: RunningServer, ckpt_client: Client, tmp_path: Path
+) -> None:
     big = np.arange(80 * 1024 * 1024, dtype=np.float32).reshape(-1, 1024)  # 320 MiB
     ckpt_client.create_optimizer("sgd", {"class_name": "SGD", "config": {}})
     ckpt_client.create_variables({"big": big}, optimizer="sgd")
@@ -192,7 +208,7 @@ def test_download_of_a_large_checkpoint_is_verified(ckpt_client: Client, tmp_pat
     assert info.size_bytes > big.nbytes
     prefix = ckpt_client.download_checkpoint(info.id, tmp_path / "download")
     assert Path(prefix).name == f"ckpt-{info.id}"
-    for original in Path(info.path).parent.glob(f"ckpt-{info.id}.*"):
+    for original in Path(on_disk(ckpt_server, info)).parent.glob(f"ckpt-{info.id}.*"):
         assert (tmp_path / "download" / original.name).read_bytes() == original.read_bytes()
     reader = tf.train.load_checkpoint(prefix)
     np.testing.assert_array_equal(reader.get_tensor(layout.variable_key("big")), big)

@@ -24,7 +24,7 @@ from tfps_client import (
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import tensor_pb2
 from tfps_server import RunningServer
-from tfps_server.service import DEFAULT_MAX_REQUEST_BYTES
+from tfps_server.limits import Limits
 
 from helpers import (
     LocalReference,
@@ -849,6 +849,6 @@ def test_absurd_announced_size_is_refused_cleanly(env: Env) -> None:
         caught.value,
         ResourceExhaustedError,
         "TOO_LARGE",
-        (f"expected at most {DEFAULT_MAX_REQUEST_BYTES} bytes", f"a request for {1 << 62}"),
+        (f"expected at most {Limits().max_payload_bytes} bytes", f"a request for {1 << 62}"),
     )
     assert_same_state(snapshot(env.client), before)

@@ -36,6 +36,7 @@ from tfps_server import Registry, RunningServer, create_server
 from tfps_server.aggregation import MAX_SYNC_TIMEOUT_SECONDS
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.errors import ECHO_CHARACTERS, STATUS_MESSAGE_CHARACTERS
+from tfps_server.limits import Limits
 from tfps_server.optimizers import MAX_BOUNDARIES
 from tfps_server.service import as_server_error
 from tfps_server.validation import MAX_DIMENSION, MAX_JSON_DEPTH
@@ -67,7 +68,7 @@ NAMED = {"class_name": "SGD", "config": {"name": "c" * MEBI}}
 """An optimizer whose config holds a megabyte: a conflicting declaration echoes it."""
 OPTIMIZERS = ("default", "ada", "named")
 ROWS_LIMIT = 1 << 16
-"""The world's max_request_bytes: PullRows may answer at most this many bytes."""
+"""The world's max_payload_bytes: PullRows may answer at most this many bytes."""
 MAX_MESSAGE = STATUS_MESSAGE_CHARACTERS + 40
 """Longest message a client may see: the cut, and the note of how long it was."""
 MAX_DETAIL = ECHO_CHARACTERS + 40
@@ -116,7 +117,7 @@ class World:
 
 def _build_world() -> World:
     """Dense, sparse, megabyte-named and zero-element variables, after one push."""
-    running = create_server(Registry(), "127.0.0.1:0", max_request_bytes=ROWS_LIMIT)
+    running = create_server(Registry(limits=Limits(max_payload_bytes=ROWS_LIMIT)), "127.0.0.1:0")
     client = Client(f"127.0.0.1:{running.port}", timeout=120.0)
     client.create_optimizer("default", ADAM)
     client.create_optimizer("ada", {"class_name": "Adagrad"})

@@ -166,7 +166,8 @@ class CheckpointInfo:
     id: int
     """Its number, growing with every save."""
     path: str
-    """Path prefix on the server's disk."""
+    """Its name (path prefix) relative to the server's checkpoint directory, e.g.
+    ``ckpt-3``: no path of the server's filesystem is shown to clients."""
     saved_at: float
     """Unix time of the save."""
     size_bytes: int

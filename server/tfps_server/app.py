@@ -1,5 +1,11 @@
 """The composition root: registry, pusher, checkpointer and metrics behind one gRPC server.
 
+The gRPC server is a ``grpc.aio`` server on an event loop of its own thread:
+a stalled or slow client costs a suspended coroutine, never a thread, so health
+checks and small calls stay answered whatever other clients do. Blocking work
+runs in two thread pools, one for changes (pushes may wait there for their sync
+step) and one for reads.
+
 Besides the parameter-server service the server answers the standard health
 service and server reflection, and serves metrics over HTTP on its own port.
 Both ports are bound exclusively (no SO_REUSEPORT): a second server on a
@@ -8,35 +14,73 @@ taken port fails at start instead of sharing the port with the first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Coroutine
 from concurrent import futures
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from tfps_client.transport import MAX_MESSAGE_BYTES, channel_options
+from tfps_client.transport import MAX_MESSAGE_BYTES
 from tfps_client.wire import parameter_server_pb2, parameter_server_pb2_grpc
+from tfps_server.budget import ByteBudget
 from tfps_server.checkpoints import Checkpointer
-from tfps_server.interceptors import DecodingInterceptor, MetricsInterceptor
+from tfps_server.interceptors import AdmissionInterceptor, DecodingInterceptor, MetricsInterceptor
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
-from tfps_server.service import DEFAULT_MAX_REQUEST_BYTES, ParameterServerServicer
+from tfps_server.service import ParameterServerServicer
 from tfps_server.state_metrics import StateCollector
+from tfps_server.streams import Streams
 
 _log = logging.getLogger(__name__)
 
-SERVICE_NAME = parameter_server_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+SERVICE = parameter_server_pb2.DESCRIPTOR.services_by_name["ParameterServer"]
+SERVICE_NAME = SERVICE.full_name
 """Fully qualified name of the service, as the health service reports it."""
+
+MAX_RECEIVE_MESSAGE_BYTES = 32 << 20
+"""Largest request message the server takes: gRPC holds a whole message before the
+service sees it, so this bounds what one call can make it buffer. Clients send
+tensors in chunks far smaller (1 MiB by default)."""
+
+_T = TypeVar("_T")
+
+
+class EventLoopThread:
+    """An asyncio event loop running in a daemon thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tfps-grpc", daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, _T]) -> futures.Future[_T]:
+        """Schedules ``coroutine`` on the loop; returns its future."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Runs ``coroutine`` on the loop and returns its result (from any other thread)."""
+        return self.submit(coroutine).result()
+
+    def close(self) -> None:
+        """Stops the loop and its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 class RunningServer:
     """A started gRPC server and the pieces tests and the CLI need to reach.
 
     Attributes:
-        server: the gRPC server.
+        server: the gRPC server (``grpc.aio``), running on ``event_loop``.
+        event_loop: the thread and loop the server runs on.
         port: the port it listens on.
         registry: the state it serves.
         pusher: applies pushes to the state.
@@ -48,17 +92,21 @@ class RunningServer:
 
     def __init__(
         self,
-        server: grpc.Server,
+        server: grpc.aio.Server,
+        event_loop: EventLoopThread,
+        pools: tuple[futures.ThreadPoolExecutor, ...],
         port: int,
         registry: Registry,
         pusher: Pusher,
-        health_servicer: health.HealthServicer,
+        health_servicer: health.aio.HealthServicer,
         servicer: ParameterServerServicer,
         state_collector: StateCollector,
         metrics_http: _MetricsHttp | None = None,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self.server = server
+        self.event_loop = event_loop
+        self._pools = pools
         self.port = port
         self.registry = registry
         self.pusher = pusher
@@ -83,7 +131,7 @@ class RunningServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for service in ("", SERVICE_NAME):
-            self.health.set(service, status)
+            self.event_loop.run(self.health.set(service, status))
 
     def add_shutdown_hook(self, hook: Callable[[], object]) -> None:
         """Registers work for :meth:`stop` once no RPC runs any more, such as a final checkpoint.
@@ -108,11 +156,13 @@ class RunningServer:
         if self._stopped:
             return
         self._stopped = True
-        self.health.enter_graceful_shutdown()
-        stopped = self.server.stop(grace)
+        self.event_loop.run(self.health.enter_graceful_shutdown())
+        stopped = self.event_loop.run(_begin_stop(self.server, grace))
         self.registry.close()
         self.registry.hooks.reach("shutdown.draining")
-        stopped.wait()
+        self.event_loop.run(_finished(stopped))
+        for pool in self._pools:  # work handed to threads ends before the shutdown hooks run
+            pool.shutdown(wait=True)
         _log.info("gRPC server stopped; running %d shutdown hooks", len(self._shutdown_hooks))
         failure: Exception | None = None
         for hook in self._shutdown_hooks:
@@ -124,8 +174,20 @@ class RunningServer:
         if self._metrics_http is not None:
             self._metrics_http.close()
         self.registry.metrics.registry.unregister(self._state_collector)
+        self.event_loop.close()
         if failure is not None:
             raise failure
+
+
+async def _begin_stop(server: grpc.aio.Server, grace: float | None) -> asyncio.Task[None]:
+    """Starts stopping ``server``; once this returns, it takes no new calls."""
+    stopping = asyncio.ensure_future(server.stop(grace))
+    await asyncio.sleep(0)
+    return stopping
+
+
+async def _finished(task: asyncio.Task[None]) -> None:
+    await task
 
 
 class _MetricsHttp:
@@ -161,24 +223,25 @@ def create_server(
     metrics_address: str | None = None,
     metrics_variable_labels: bool = False,
     checkpointer: Checkpointer | None = None,
-    max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
     serving: bool = True,
 ) -> RunningServer:
     """Creates and starts a server; port 0 in ``address`` picks a free port.
 
     RPCs are measured, and the state is reported at scrape time, in
-    ``registry.metrics``, whether or not they are served over HTTP.
+    ``registry.metrics``, whether or not they are served over HTTP. Every request
+    is bounded by ``registry.limits``.
 
     Args:
         registry: the variables and optimizers to serve.
         address: ``host:port`` to bind.
-        max_workers: threads serving RPCs concurrently.
-        max_message_bytes: largest gRPC message accepted or sent.
+        max_workers: threads for calls that change the state (a push waiting for its
+            sync step holds one); reads have a pool of their own.
+        max_message_bytes: largest gRPC message sent (requests: at most
+            :data:`MAX_RECEIVE_MESSAGE_BYTES`).
         metrics_address: ``host:port`` to serve ``/metrics`` on over HTTP (port 0 picks
             a free one); None serves none.
         metrics_variable_labels: label per-variable byte gauges by variable name.
         checkpointer: serves the checkpoint RPCs; None refuses them (no directory).
-        max_request_bytes: the most tensor bytes one request may announce.
         serving: start SERVING; False starts NOT_SERVING (e.g. to restore first),
             answering UNAVAILABLE until ``set_serving(True)``.
 
@@ -186,38 +249,67 @@ def create_server(
         RuntimeError: an address could not be bound.
     """
     metrics = registry.metrics
-    service = parameter_server_pb2.DESCRIPTOR.services_by_name["ParameterServer"]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfps-rpc"),
-        interceptors=[MetricsInterceptor(metrics, service), DecodingInterceptor(service)],
-        options=[*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)],
+    limits = registry.limits
+    state_pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="tfps-state")
+    read_pool = futures.ThreadPoolExecutor(
+        min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="tfps-read"
     )
+    event_loop = EventLoopThread()
+    metrics.in_flight_capacity.set(limits.max_in_flight_bytes)
     pusher = Pusher(registry)
+    streams = Streams(
+        limits, ByteBudget(limits.max_in_flight_bytes, metrics.in_flight_bytes), read_pool
+    )
     servicer = ParameterServerServicer(
-        registry, pusher, max_request_bytes=max_request_bytes, checkpointer=checkpointer
+        registry, pusher, streams, state_pool, read_pool, checkpointer=checkpointer
     )
-    parameter_server_pb2_grpc.add_ParameterServerServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    health_servicer = health.aio.HealthServicer()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            interceptors=[
+                MetricsInterceptor(metrics, SERVICE),
+                AdmissionInterceptor(SERVICE, None, limits.max_concurrent_calls),
+                DecodingInterceptor(SERVICE, read_pool),
+            ],
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        parameter_server_pb2_grpc.add_ParameterServerServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"could not bind {address}: {error} (is another server on it?)"
+            ) from None
+        if port == 0:
+            raise RuntimeError(f"could not bind {address} (is another server on it?)")
+        await server.start()
+        return server, port
+
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as error:
-        raise RuntimeError(
-            f"could not bind {address}: {error} (is another server on it?)"
-        ) from None
-    if port == 0:
-        raise RuntimeError(f"could not bind {address} (is another server on it?)")
-    metrics_http = (
-        _MetricsHttp(metrics.registry, metrics_address) if metrics_address is not None else None
-    )
+        server, port = event_loop.run(start())
+        metrics_http = (
+            _MetricsHttp(metrics.registry, metrics_address) if metrics_address is not None else None
+        )
+    except BaseException:
+        event_loop.close()
+        state_pool.shutdown()
+        read_pool.shutdown()
+        raise
     state_collector = StateCollector(registry, metrics_variable_labels)
     metrics.registry.register(state_collector)
-    server.start()
     running = RunningServer(
         server,
+        event_loop,
+        (state_pool, read_pool),
         port,
         registry,
         pusher,

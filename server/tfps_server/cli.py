@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tfps_client import tf_config
 from tfps_client.wire.reasons import Reason
-from tfps_server import logs
+from tfps_server import limits, logs
 from tfps_server.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
@@ -112,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
     )
     add(
-        "--max-request-gib",
-        "8",
-        "largest tensor payload one request may announce, in GiB; default %(default)s",
-        type=float,
+        "--max-workers",
+        "64",
+        "threads for calls that change the state (a push waiting for its sync step holds "
+        "one); default %(default)s",
+        type=int,
     )
-    add("--max-workers", "64", "threads serving RPCs; default %(default)s", type=int)
+    limits.add_flags(add)
     add(
         "--grace-seconds",
         "10",
@@ -291,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tfps_server.registry import Registry
 
     try:
-        registry = Registry(args.device, request_window=args.request_window)
+        registry = Registry(
+            args.device, request_window=args.request_window, limits=limits.from_args(args)
+        )
         checkpointer = (
             Checkpointer(registry, args.checkpoint_dir, keep=args.keep_checkpoints)
             if args.checkpoint_dir
@@ -306,7 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             else None,
             metrics_variable_labels=args.metrics_variable_labels,
             checkpointer=checkpointer,
-            max_request_bytes=int(args.max_request_gib * (1 << 30)),
             serving=False,
         )
     except (ServerError, RuntimeError, ValueError, OSError) as error:

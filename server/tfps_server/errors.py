@@ -139,12 +139,12 @@ class Internal(ServerError):
     code = grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, error: ServerError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext, error: ServerError) -> NoReturn:
     """Ends an RPC with the error's status, message and details; raises, as ``context.abort`` does.
 
     The message is cut to :data:`STATUS_MESSAGE_CHARACTERS`, so that no status
     overflows gRPC's metadata limit.
     """
     context.set_trailing_metadata(encode_detail(error.reason, error.metadata))
-    context.abort(error.code, clipped(error.message, STATUS_MESSAGE_CHARACTERS))
+    await context.abort(error.code, clipped(error.message, STATUS_MESSAGE_CHARACTERS))
     raise AssertionError("unreachable: context.abort raises")

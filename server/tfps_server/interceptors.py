@@ -1,34 +1,39 @@
-"""gRPC server interceptors for one service: request decoding, and metrics.
-
-:class:`DecodingInterceptor` answers bytes that do not parse as the method's
-request message with INVALID_ARGUMENT (one log line), where gRPC would answer
-INTERNAL and log a traceback per request.
+"""gRPC server interceptors for one service: metrics, admission, and request decoding.
 
 :class:`MetricsInterceptor` counts, per method: RPCs finished by status code,
-latency, RPCs in flight, and the serialized bytes of requests and responses.
-The handler is wrapped rather than observed from outside, so a status set by
-``context.abort`` (which raises) is counted with its code, and a
-server-streaming RPC is timed until its last message.
+latency, RPCs in flight, the serialized bytes of requests and responses, and
+refusals by tfps reason. The handler is wrapped rather than observed from
+outside, so a status set by ``context.abort`` (which raises) is counted with
+its code, and a streaming response is timed until its last message.
+
+:class:`AdmissionInterceptor` decides whether a call may start: its token's
+role (when tokens are configured), and room under the cap on concurrent calls.
+
+:class:`DecodingInterceptor` parses request bytes itself, in a worker thread
+when they are large (the event loop stays free), and answers bytes that do not
+parse as the method's request message with INVALID_ARGUMENT (one log line),
+where gRPC would answer INTERNAL and log a traceback per request.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from tfps_client.wire.reasons import Reason
-from tfps_server.errors import InvalidArgument, abort
+from tfps_client.wire.reasons import Reason, decode_detail
+from tfps_server.errors import InvalidArgument, ResourceExhausted, ServerError, abort
 from tfps_server.metrics import Metrics
+from tfps_server.streams import in_thread
 
 _log = logging.getLogger(__name__)
 
-_Behavior = Callable[[Any, grpc.ServicerContext], Any]
+_Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -37,8 +42,14 @@ _HANDLER_FACTORIES = {
 }
 """(request_streaming, response_streaming) -> the grpc function that builds such a handler."""
 
+INLINE_DECODE_BYTES = 64 << 10
+"""Requests up to this size are parsed on the event loop; larger ones in a worker thread."""
 
-class _ServiceInterceptor(grpc.ServerInterceptor):
+Authorize = Callable[[str, Sequence[tuple[str, Any]]], object]
+"""Checks a call's metadata for its method (short name); raises a ServerError to refuse it."""
+
+
+class _ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handlers of one service's methods; other services pass through untouched.
 
     Args:
@@ -48,21 +59,42 @@ class _ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(self, service: ServiceDescriptor) -> None:
         self._prefix = f"/{service.full_name}/"
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler:
         """Returns the service's handler as :meth:`wrap` makes it; others unchanged."""
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         full_name = handler_call_details.method
         if handler is None or not full_name.startswith(self._prefix):
             return handler
-        return self.wrap(handler, full_name[len(self._prefix) :])
+        return self.wrap(handler, full_name[len(self._prefix) :], handler_call_details)
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Returns the handler of ``method`` (its short name) to serve instead of ``handler``."""
         raise NotImplementedError
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> _Behavior:
+    return (  # type: ignore[no-any-return]
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+def _rebuilt(
+    handler: grpc.RpcMethodHandler,
+    behavior: _Behavior,
+    deserializer: Callable[[bytes], Any] | None,
+    serializer: Callable[[Any], bytes] | None,
+) -> grpc.RpcMethodHandler:
+    """Returns a handler of the same kind with another behavior and (de)serializers."""
+    streaming = (handler.request_streaming, handler.response_streaming)
+    return _HANDLER_FACTORIES[streaming](
+        behavior, request_deserializer=deserializer, response_serializer=serializer
+    )
 
 
 class MetricsInterceptor(_ServiceInterceptor):
@@ -86,9 +118,29 @@ class MetricsInterceptor(_ServiceInterceptor):
             metrics.rpc_request_bytes.labels(method.name)
             metrics.rpc_response_bytes.labels(method.name)
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         """Returns the handler wrapped in measurements."""
-        return _measured(handler, _MethodMetrics(self._metrics, method))
+        measures = _MethodMetrics(self._metrics, method)
+        behavior = _behavior(handler)
+
+        async def measured(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _Call(measures, context)
+            try:
+                response = await behavior(request, context)
+            except BaseException:
+                call.finish(_failure_code(context))
+                raise
+            call.finish(_success_code(context))
+            return response
+
+        return _rebuilt(
+            handler,
+            measured,
+            _counting(handler.request_deserializer, measures.request_bytes.inc),
+            _counting_serializer(handler.response_serializer, measures.response_bytes.inc),
+        )
 
 
 class _MethodMetrics:
@@ -96,6 +148,7 @@ class _MethodMetrics:
 
     def __init__(self, metrics: Metrics, method: str) -> None:
         self.requests = metrics.rpc_requests
+        self.rejections = metrics.rejections
         self.method = method
         self.in_flight = metrics.rpc_in_flight.labels(method)
         self.duration = metrics.rpc_duration.labels(method)
@@ -107,206 +160,195 @@ class _Call:
     """One RPC: in flight from creation until :meth:`finish`, which counts it once.
 
     gRPC calls back when the RPC terminates; if the handler has not finished it by
-    then (the client cancelled, or never read a response stream), it counts as CANCELLED.
+    then (the client cancelled), it counts as CANCELLED. Everything runs on the
+    event loop: no locks.
     """
 
-    def __init__(self, method: _MethodMetrics, context: grpc.ServicerContext) -> None:
+    def __init__(self, method: _MethodMetrics, context: grpc.aio.ServicerContext) -> None:
         self._method = method
+        self._context = context
         self._start = time.perf_counter()
-        self._lock = threading.Lock()
         self._finished = False
         method.in_flight.inc()
-        if not context.add_callback(self._terminated):
-            self._terminated()
+        context.add_done_callback(self._terminated)
 
-    def _terminated(self) -> None:
+    def _terminated(self, context: object) -> None:
         self.finish(grpc.StatusCode.CANCELLED)
 
     def finish(self, code: grpc.StatusCode) -> None:
-        """Counts the RPC finished with ``code``, unless it was already."""
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
+        """Counts the RPC finished with ``code``, unless it was already; a refusal with a
+        tfps reason is also counted by reason."""
+        if self._finished:
+            return
+        self._finished = True
         method = self._method
         method.in_flight.dec()
         method.duration.observe(time.perf_counter() - self._start)
         method.requests.labels(method.method, code.name).inc()
+        if code != grpc.StatusCode.OK:
+            reason, _ = decode_detail(self._context.trailing_metadata())
+            if reason:
+                method.rejections.labels(reason).inc()
 
 
-def _rebuilt(
-    handler: grpc.RpcMethodHandler,
-    wrap: Callable[[_Behavior], _Behavior],
-    wrap_deserializer: Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]],
-    wrap_serializer: Callable[[Callable[[Any], bytes]], Callable[[Any], bytes]],
-) -> grpc.RpcMethodHandler:
-    """Returns a handler of the same kind with its behavior and (de)serializers wrapped."""
-    streaming = (handler.request_streaming, handler.response_streaming)
-    behavior = (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    )
-    return _HANDLER_FACTORIES[streaming](
-        wrap(behavior),
-        request_deserializer=wrap_deserializer(handler.request_deserializer or _identity),
-        response_serializer=wrap_serializer(handler.response_serializer or _identity),
-    )
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _measured(handler: grpc.RpcMethodHandler, method: _MethodMetrics) -> grpc.RpcMethodHandler:
-    """Returns a handler of the same kind that measures ``handler``."""
-    wrap = _stream_response if handler.response_streaming else _unary_response
-    return _rebuilt(
-        handler,
-        lambda behavior: wrap(behavior, method),
-        lambda deserialize: _counting_deserializer(deserialize, method),
-        lambda serialize: _counting_serializer(serialize, method),
-    )
-
-
-def _unary_response(behavior: _Behavior, method: _MethodMetrics) -> _Behavior:
-    def measured(request: Any, context: grpc.ServicerContext) -> Any:
-        call = _Call(method, context)
-        try:
-            response = behavior(request, context)
-        except BaseException:
-            call.finish(_failure_code(context))
-            raise
-        call.finish(_success_code(context))
-        return response
-
-    return measured
-
-
-def _stream_response(behavior: _Behavior, method: _MethodMetrics) -> _Behavior:
-    def measured(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _Call(method, context)
-        try:
-            responses = behavior(request, context)
-        except BaseException:
-            call.finish(_failure_code(context))
-            raise
-        return _measured_stream(responses, context, call)
-
-    return measured
-
-
-def _measured_stream(
-    responses: Iterator[Any], context: grpc.ServicerContext, call: _Call
-) -> Iterator[Any]:
-    try:
-        yield from responses
-    except GeneratorExit:  # gRPC stopped reading: the client went away
-        call.finish(grpc.StatusCode.CANCELLED)
-        raise
-    except BaseException:
-        call.finish(_failure_code(context))
-        raise
-    call.finish(_success_code(context))
-
-
-def _success_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+def _success_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """The status of a handler that returned: the code it set, else OK, CANCELLED if gone."""
-    if not context.is_active():
+    if context.cancelled():
         return grpc.StatusCode.CANCELLED
     return context.code() or grpc.StatusCode.OK
 
 
-def _failure_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+def _failure_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """The status of a handler that raised: the code ``context.abort`` set, else UNKNOWN."""
     code = context.code()
-    return code if code is not None and code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
+    if code is None or code == grpc.StatusCode.OK:
+        return grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
+    return code  # type: ignore[no-any-return]
 
 
-def _counting_deserializer(
-    deserialize: Callable[[bytes], Any], method: _MethodMetrics
+def _counting(
+    deserialize: Callable[[bytes], Any] | None, count: Callable[[int], None]
 ) -> Callable[[bytes], Any]:
     def counted(data: bytes) -> Any:
-        method.request_bytes.inc(len(data))
-        return deserialize(data)
+        count(len(data))
+        return deserialize(data) if deserialize is not None else data
 
     return counted
 
 
 def _counting_serializer(
-    serialize: Callable[[Any], bytes], method: _MethodMetrics
+    serialize: Callable[[Any], bytes] | None, count: Callable[[int], None]
 ) -> Callable[[Any], bytes]:
     def counted(message: Any) -> bytes:
-        data = serialize(message)
-        method.response_bytes.inc(len(data))
+        data = serialize(message) if serialize is not None else message
+        count(len(data))
         return data
 
     return counted
 
 
-class _Malformed:
-    """Stands in for a request message whose bytes did not parse."""
-
-    def __init__(self, error: InvalidArgument) -> None:
-        self.error = error
-
-
-class DecodingInterceptor(_ServiceInterceptor):
-    """Refuses request bytes that are not the method's message with INVALID_ARGUMENT.
+class AdmissionInterceptor(_ServiceInterceptor):
+    """Lets a call of one service start only if its token allows it and there is room.
 
     Args:
-        service: the service whose methods are guarded; others pass through.
+        service: the service whose calls are admitted; others (health, reflection) pass.
+        authorize: checks a call's metadata for its method; None: the server is open.
+        max_concurrent_calls: calls of the service in progress at once; more are
+            refused with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED).
     """
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        """Returns the handler with a deserializer that never raises."""
-        guarded = _guarded_stream if handler.request_streaming else _guarded_unary
+    def __init__(
+        self,
+        service: ServiceDescriptor,
+        authorize: Authorize | None,
+        max_concurrent_calls: int,
+    ) -> None:
+        super().__init__(service)
+        self._authorize = authorize
+        self._max_calls = max_concurrent_calls
+        self._calls = 0
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """Returns the handler, or one that refuses the call with the reason why."""
+        behavior = _behavior(handler)
+        try:
+            if self._authorize is not None:
+                self._authorize(method, details.invocation_metadata or ())
+        except ServerError as error:
+            return _rebuilt(handler, _refusing(error), None, handler.response_serializer)
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self._calls >= self._max_calls:
+                await abort(
+                    context,
+                    ResourceExhausted(
+                        f"{method}: expected at most {self._max_calls} calls in progress "
+                        f"(--max-concurrent-calls), received one more; retry later",
+                        Reason.LIMIT_EXCEEDED,
+                        {"limit": "max_concurrent_calls", "expected": self._max_calls},
+                    ),
+                )
+            self._calls += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self._calls -= 1
+
         return _rebuilt(
-            handler,
-            guarded,
-            lambda deserialize: _tolerant_deserializer(deserialize, f"{self._prefix}{method}"),
-            lambda serialize: serialize,
+            handler, admitted, handler.request_deserializer, handler.response_serializer
         )
 
 
-def _tolerant_deserializer(
-    deserialize: Callable[[bytes], Any], method: str
-) -> Callable[[bytes], Any]:
-    def tolerant(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as error:  # DecodeError, mostly; whatever it is, the bytes are bad
-            _log.warning(
-                "malformed request to %s: %d bytes do not parse (%s)", method, len(data), error
-            )
-            return _Malformed(
-                InvalidArgument(
-                    f"{method}: expected a serialized request message, received {len(data)} "
-                    f"bytes that do not parse ({error})",
+def _refusing(error: ServerError) -> _Behavior:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort(context, error.again())
+
+    return refuse
+
+
+class DecodingInterceptor(_ServiceInterceptor):
+    """Parses requests of one service off the event loop, refusing bytes that do not parse.
+
+    Args:
+        service: the service whose methods are guarded; others pass through.
+        pool: threads that parse large requests.
+    """
+
+    def __init__(self, service: ServiceDescriptor, pool: Executor) -> None:
+        super().__init__(service)
+        self._pool = pool
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        """Returns the handler taking raw bytes, which it parses itself."""
+        deserialize = handler.request_deserializer or _identity
+        behavior = _behavior(handler)
+        full_name = f"{self._prefix}{method}"
+
+        async def parse(data: bytes) -> Any:
+            try:
+                if len(data) <= INLINE_DECODE_BYTES:
+                    return deserialize(data)
+                return await in_thread(self._pool, deserialize, data)
+            except Exception as error:  # DecodeError, mostly; whatever it is, the bytes are bad
+                _log.warning(
+                    "malformed request to %s: %d bytes do not parse (%s)",
+                    full_name,
+                    len(data),
+                    error,
+                )
+                raise InvalidArgument(
+                    f"{full_name}: expected a serialized request message, received "
+                    f"{len(data)} bytes that do not parse ({error})",
                     Reason.MALFORMED_REQUEST,
                     {"received": len(data)},
-                )
-            )
+                ) from None
 
-    return tolerant
+        async def parsed_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = await parse(data)
+            except InvalidArgument as error:
+                await abort(context, error)
+            return await behavior(request, context)
 
+        async def parsed_stream(
+            stream: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> Any:
+            return await behavior(_parsed_each(stream, parse), context)
 
-def _guarded_unary(behavior: _Behavior) -> _Behavior:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
-            abort(context, request.error)
-        return behavior(request, context)
-
-    return guarded
-
-
-def _guarded_stream(behavior: _Behavior) -> _Behavior:
-    def guarded(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
-        return behavior(_refusing_malformed(requests), context)
-
-    return guarded
+        guarded = parsed_stream if handler.request_streaming else parsed_unary
+        return _rebuilt(handler, guarded, None, handler.response_serializer)
 
 
-def _refusing_malformed(requests: Iterable[Any]) -> Iterator[Any]:
-    for request in requests:
-        if isinstance(request, _Malformed):
-            raise request.error.again()
-        yield request
+async def _parsed_each(
+    stream: AsyncIterator[bytes], parse: Callable[[bytes], Awaitable[Any]]
+) -> AsyncIterator[Any]:
+    async for data in stream:
+        yield await parse(data)
+
+
+def _identity(value: Any) -> Any:
+    return value

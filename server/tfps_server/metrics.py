@@ -72,6 +72,23 @@ class Metrics:
             registry=r,
         )
 
+        self.rejections = Counter(
+            "tfps_rejections",
+            "Requests refused with a tfps reason (bad input, bounds, identity), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight_bytes = Gauge(
+            "tfps_in_flight_bytes",
+            "Tensor bytes reserved now by calls in progress (the --max-in-flight-gib budget).",
+            registry=r,
+        )
+        self.in_flight_capacity = Gauge(
+            "tfps_in_flight_capacity_bytes",
+            "The budget of tensor bytes in flight (--max-in-flight-gib).",
+            registry=r,
+        )
+
         # Training
         self.pushes = Counter(
             "tfps_pushes",

@@ -10,13 +10,14 @@ The rules are in ``docs/state-model.md``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +37,7 @@ from tfps_server.errors import (
     shown,
 )
 from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
+from tfps_server.limits import Limits
 from tfps_server.metrics import Metrics
 from tfps_server.state import (
     Generation,
@@ -48,7 +50,6 @@ from tfps_server.validation import (
     check_declarations,
     check_name,
     check_rows,
-    check_rows_bytes,
     check_same_declaration,
 )
 from tfps_server.weights import assign_weights
@@ -56,6 +57,9 @@ from tfps_server.weights import assign_weights
 _log = logging.getLogger(__name__)
 
 _TF_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+_Value = TypeVar("_Value")
 
 
 class OptimizerView(NamedTuple):
@@ -75,6 +79,16 @@ class VariableBytes(NamedTuple):
     slot_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Planned(Generic[_Value]):
+    """A read whose size is known before it is made, so that it can be refused or budgeted."""
+
+    nbytes: int
+    """Bytes of the tensors the read returns."""
+    read: Callable[[], _Value]
+    """Makes the read (under the state's locks); call it from a worker thread."""
+
+
 class Registry:
     """Holds the state of one server on one device.
 
@@ -91,7 +105,9 @@ class Registry:
         metrics: Metrics | None = None,
         request_window: int = DEFAULT_WINDOW,
         hooks: Hooks | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        self.limits = limits or Limits()
         self.device = resolve_device(device)
         self.metrics = metrics if metrics is not None else Metrics()
         self.request_window = request_window
@@ -404,9 +420,7 @@ class Registry:
 
     def get_weights(self, optimizer: str) -> list[np.ndarray]:
         """Returns the optimizer's weights in Keras order (iterations, then slots)."""
-        managed = self._current.optimizer(optimizer)
-        with managed.lock:
-            return list(managed.optimizer.get_weights())
+        return self.plan_weights(optimizer).read()
 
     def pull(
         self, names: Sequence[str], generation: Generation | None = None
@@ -415,28 +429,7 @@ class Registry:
 
         The values are one consistent cut: every optimizer involved is locked at once.
         """
-        generation = generation or self._current
-        managed = (
-            [generation.variable(name) for name in names]
-            if names
-            else list(generation.variables.values())
-        )
-        with locked(m.optimizer for m in managed):
-            return [(m.name, m.variable.numpy()) for m in managed]
-
-    def pull_rows(self, name: str, indices: np.ndarray, max_bytes: int | None = None) -> np.ndarray:
-        """Returns ``variable[indices]``.
-
-        Raises:
-            InvalidArgument: the variable is a scalar or an index is out of range.
-            ResourceExhausted: the rows would be more than ``max_bytes``; checked before
-                anything is gathered.
-        """
-        managed = self._current.variable(name)
-        check_rows(managed, indices)
-        check_rows_bytes(managed, len(indices), max_bytes)
-        with managed.optimizer.lock, tf.device(self.device):
-            return tf.gather(managed.variable, indices).numpy()
+        return self.plan_pull(names, generation).read()
 
     def get_slot(self, variable: str, slot: str) -> np.ndarray:
         """Returns one slot's value for one variable.
@@ -444,6 +437,41 @@ class Registry:
         Raises:
             NotFound: unknown variable, or a slot the optimizer does not have.
         """
+        return self.plan_slot(variable, slot).read()
+
+    # Reads sized before they are made ------------------------------------------------------------
+
+    def plan_pull(
+        self, names: Sequence[str], generation: Generation | None = None
+    ) -> Planned[list[tuple[str, np.ndarray]]]:
+        """Plans :meth:`pull`; raises NotFound for an unknown name."""
+        generation = generation or self._current
+        managed = (
+            [generation.variable(name) for name in names]
+            if names
+            else list(generation.variables.values())
+        )
+
+        def read() -> list[tuple[str, np.ndarray]]:
+            with locked(m.optimizer for m in managed):
+                return [(m.name, m.variable.numpy()) for m in managed]
+
+        return Planned(sum(_nbytes(m.variable) for m in managed), read)
+
+    def plan_weights(self, optimizer: str) -> Planned[list[np.ndarray]]:
+        """Plans :meth:`get_weights`; raises NotFound for an unknown optimizer."""
+        managed = self._current.optimizer(optimizer)
+        with managed.lock:
+            nbytes = sum(_nbytes(weight) for weight in managed.optimizer.weights)
+
+        def read() -> list[np.ndarray]:
+            with managed.lock:
+                return list(managed.optimizer.get_weights())
+
+        return Planned(nbytes, read)
+
+    def plan_slot(self, variable: str, slot: str) -> Planned[np.ndarray]:
+        """Plans :meth:`get_slot`; raises NotFound for an unknown variable or slot."""
         managed = self._current.variable(variable)
         optimizer = managed.optimizer.optimizer
         with managed.optimizer.lock:
@@ -455,7 +483,31 @@ class Registry:
                     Reason.UNKNOWN_SLOT,
                     {"variable": variable, "expected": names, "received": slot},
                 )
-            return optimizer.get_slot(managed.variable, slot).numpy()
+            slot_variable = optimizer.get_slot(managed.variable, slot)
+
+        def read() -> np.ndarray:
+            with managed.optimizer.lock:
+                return slot_variable.numpy()
+
+        return Planned(_nbytes(slot_variable), read)
+
+    def plan_rows(self, name: str, indices: np.ndarray) -> Planned[tf.Tensor]:
+        """Plans a read of ``variable[indices]``: the plan reads the variable once (a
+        snapshot the rows are gathered from, in blocks, by :func:`gather_rows`).
+
+        Raises:
+            NotFound: unknown variable.
+            InvalidArgument: the variable is a scalar or an index is out of range.
+        """
+        managed = self._current.variable(name)
+        check_rows(managed, indices)
+        row_bytes = _nbytes(managed.variable) // max(managed.shape[0], 1)
+
+        def read() -> tf.Tensor:
+            with managed.optimizer.lock, tf.device(self.device):
+                return managed.variable.read_value()
+
+        return Planned(len(indices) * row_bytes, read)
 
     def optimizer_views(self) -> list[OptimizerView]:
         """Returns every optimizer's iterations and learning rate, in name order."""

@@ -1,5 +1,10 @@
 """The gRPC servicer: decode, call the registry, pusher or checkpointer, encode.
 
+Handlers are coroutines on the server's event loop; every blocking step (the
+state, TensorFlow, the disk) runs in a worker thread, so that the loop, and with
+it health checks and small calls, stays free whatever other calls do. Changes
+run in the state pool; reads and response building in the read pool.
+
 Every error is mapped to a status here, streamed responses included: a
 request gets the precise status of what was wrong with it, and the process
 never dies on a request. A fault of the server's own is INTERNAL, logged once.
@@ -7,20 +12,24 @@ never dies on a request. A fault of the server's own is INTERNAL, logged once.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
 import numpy as np
 import tensorflow as tf
 
-from tfps_client.types import OptimizerOptions
-from tfps_client.wire import codec, convert, tensor_pb2
+from tfps_client.types import CheckpointInfo, OptimizerOptions
+from tfps_client.wire import codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 from tfps_client.wire.reasons import Reason
@@ -36,16 +45,20 @@ from tfps_server.errors import (
     clipped,
     shown,
 )
+from tfps_server.limits import Limits
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
-from tfps_server.validation import check_step, parse_json
+from tfps_server.streams import Streams, check_count, in_thread
+from tfps_server.validation import check_config_size, check_step, parse_json
 
 _log = logging.getLogger(__name__)
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
+_Result = TypeVar("_Result")
 
-DEFAULT_MAX_REQUEST_BYTES = 8 << 30
-"""Most tensor bytes one request may announce (8 GiB); larger is RESOURCE_EXHAUSTED."""
+DOWNLOAD_WINDOW_BYTES = 64 << 20
+"""Budget a checkpoint download holds: what gRPC may buffer for one stream, not the
+checkpoint's size (files are read from disk a message at a time)."""
 
 
 def as_server_error(error: Exception, method: str) -> ServerError:
@@ -81,46 +94,36 @@ def _rpc(handler: _Handler) -> _Handler:
     """Turns exceptions into statuses, those raised while streaming a response too."""
 
     @functools.wraps(handler)
-    def wrapper(self: ParameterServerServicer, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(
+        self: ParameterServerServicer, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
         method = handler.__name__
-        if not self.ready.is_set():
-            abort(
-                context,
-                Unavailable(
+        try:
+            if not self.ready.is_set():
+                raise Unavailable(
                     f"{method}: the server is restoring a checkpoint; retry shortly",
                     Reason.NOT_READY,
-                ),
-            )
-        try:
-            response = handler(self, request, context)
-        except grpc.RpcError:
+                )
+            return await handler(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as error:
-            abort(context, as_server_error(error, method))
-        if isinstance(response, Iterator):
-            return _mapped(response, context, method)
-        return response
+            await abort(context, as_server_error(error, method))
 
     return wrapper  # type: ignore[return-value]
 
 
-def _mapped(responses: Iterator[Any], context: grpc.ServicerContext, method: str) -> Iterator[Any]:
-    try:
-        yield from responses
-    except grpc.RpcError:
-        raise
-    except Exception as error:
-        abort(context, as_server_error(error, method))
-
-
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
-    """Serves the ``tfps.v1.ParameterServer`` service.
+    """Serves the ``tfps.v1.ParameterServer`` service on a ``grpc.aio`` server.
 
     Args:
-        registry: the state.
+        registry: the state; its ``limits`` bound every request.
         pusher: applies pushes to it.
+        streams: receives and sends tensor streams within the bounds and budget.
+        state_pool: threads for calls that change the state (pushes may wait there
+            for their sync step).
+        read_pool: threads for reads.
         chunk_bytes: tensor bytes per response message.
-        max_request_bytes: the most tensor bytes one request may announce; None: no limit.
         checkpointer: serves the checkpoint RPCs; None when there is no checkpoint directory.
     """
 
@@ -128,139 +131,205 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self,
         registry: Registry,
         pusher: Pusher,
+        streams: Streams,
+        state_pool: Executor,
+        read_pool: Executor,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
-        max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self._registry = registry
+        self._limits = registry.limits
         self._pusher = pusher
+        self._streams = streams
+        self._state_pool = state_pool
+        self._read_pool = read_pool
         self._checkpointer = checkpointer
         self.ready = threading.Event()
         """Set once the server may answer; RPCs before that get UNAVAILABLE."""
         self.ready.set()
         self._chunk_bytes = chunk_bytes
-        self._max_request_bytes = max_request_bytes
 
-    def _read(
-        self, stream: Iterable[Any], specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]]
-    ) -> tuple[Any, list[np.ndarray]]:
-        return codec.read_stream(stream, specs_of, self._max_request_bytes, writable=False)
+    async def _change(self, function: Callable[..., _Result], *args: Any) -> _Result:
+        return await in_thread(self._state_pool, function, *args)
 
-    def _send(
+    async def _read(self, function: Callable[..., _Result], *args: Any) -> _Result:
+        return await in_thread(self._read_pool, function, *args)
+
+    def _messages(
         self, message: Callable[..., Any], header: dict[str, Any], arrays: Sequence[np.ndarray]
     ) -> Iterator[Any]:
         return codec.stream_messages(message, header, arrays, self._chunk_bytes)
 
     @_rpc
-    def CreateOptimizer(
-        self, request: pb.CreateOptimizerRequest, context: grpc.ServicerContext
+    async def CreateOptimizer(
+        self, request: pb.CreateOptimizerRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOptimizerResponse:
         options = _options_from_proto(request.name, request.options)
-        created = self._registry.create_optimizer(request.name, request.config_json, options)
+        created = await self._change(
+            self._registry.create_optimizer, request.name, request.config_json, options
+        )
         return pb.CreateOptimizerResponse(created=created)
 
     @_rpc
-    def CreateVariables(
-        self, request_iterator: Iterator[pb.CreateVariablesRequest], context: grpc.ServicerContext
+    async def CreateVariables(
+        self,
+        request_iterator: AsyncIterator[pb.CreateVariablesRequest],
+        context: grpc.aio.ServicerContext,
     ) -> pb.CreateVariablesResponse:
-        first, values = self._read(request_iterator, lambda f: [v.spec for v in f.variables])
-        declarations = [(v.name, value) for v, value in zip(first.variables, values, strict=True)]
-        created, existing = self._registry.create_variables(first.optimizer, declarations)
+        async with self._streams.receive(
+            request_iterator,
+            "CreateVariables",
+            lambda f: len(f.variables),
+            lambda f: [v.spec for v in f.variables],
+        ) as (first, values):
+            declarations = [
+                (v.name, value) for v, value in zip(first.variables, values, strict=True)
+            ]
+            created, existing = await self._change(
+                self._registry.create_variables, first.optimizer, declarations
+            )
         return pb.CreateVariablesResponse(created=created, existing=existing)
 
     @_rpc
-    def ListVariables(
-        self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
+    async def ListVariables(
+        self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVariablesResponse:
-        infos = self._registry.variable_infos()
+        infos = await self._read(self._registry.variable_infos)
         return pb.ListVariablesResponse(
             variables=[convert.variable_info_to_message(info) for info in infos]
         )
 
-    @_rpc
-    def Push(
-        self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
-    ) -> pb.PushResponse:
-        first, arrays = self._read(request_iterator, lambda f: convert.gradient_specs(f.gradients))
-        gradients = convert.gradients_from_wire(first.gradients, arrays)
-        return convert.push_response(self._pusher.push(gradients, **_push_context(first)))
-
-    @_rpc
-    def PushPull(
-        self, request_iterator: Iterator[pb.PushRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.PushPullResponse]:
-        first, arrays = self._read(request_iterator, lambda f: convert.gradient_specs(f.gradients))
-        gradients = convert.gradients_from_wire(first.gradients, arrays)
-        results, pulled = self._pusher.push_pull(
-            gradients, _distinct(first.pull), **_push_context(first)
+    def _receive_push(self, requests: AsyncIterator[pb.PushRequest], method: str) -> Any:
+        return self._streams.receive(
+            requests,
+            method,
+            lambda f: len(f.gradients),
+            lambda f: convert.gradient_specs(f.gradients),
         )
-        header = {"push": convert.push_response(results), "tensors": convert.named_specs(pulled)}
-        return self._send(pb.PushPullResponse, header, [value for _, value in pulled])
 
     @_rpc
-    def Pull(
-        self, request: pb.PullRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.PullResponse]:
-        pulled = self._registry.pull(_distinct(request.names))
-        header = {"tensors": convert.named_specs(pulled)}
-        return self._send(pb.PullResponse, header, [value for _, value in pulled])
+    async def Push(
+        self, request_iterator: AsyncIterator[pb.PushRequest], context: grpc.aio.ServicerContext
+    ) -> pb.PushResponse:
+        async with self._receive_push(request_iterator, "Push") as (first, arrays):
+            gradients = convert.gradients_from_wire(first.gradients, arrays)
+            results = await self._change(
+                functools.partial(self._pusher.push, gradients, **_push_context(first))
+            )
+        return convert.push_response(results)
 
     @_rpc
-    def PullRows(
-        self, request: pb.PullRowsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.PullRowsResponse]:
+    async def PushPull(
+        self, request_iterator: AsyncIterator[pb.PushRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        async with self._receive_push(request_iterator, "PushPull") as (first, arrays):
+            gradients = convert.gradients_from_wire(first.gradients, arrays)
+            names = self._pull_names("PushPull", first.pull)
+            nbytes = self._registry.plan_pull(names).nbytes if names else 0
+            async with self._streams.reserved("PushPull", nbytes):
+                results, pulled = await self._change(
+                    functools.partial(
+                        self._pusher.push_pull, gradients, names, **_push_context(first)
+                    )
+                )
+                header = {
+                    "push": convert.push_response(results),
+                    "tensors": convert.named_specs(pulled),
+                }
+                messages = self._messages(
+                    pb.PushPullResponse, header, [value for _, value in pulled]
+                )
+                while (message := await self._read(next, messages, None)) is not None:
+                    await self._streams.write(context, "PushPull", message)
+
+    def _pull_names(self, method: str, names: Sequence[str]) -> list[str]:
+        """The names in order, each once: an answer holds every variable at most once."""
+        check_count(method, "variable names", len(names), self._limits)
+        return list(dict.fromkeys(names))
+
+    @_rpc
+    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> None:
+        plan = self._registry.plan_pull(self._pull_names("Pull", request.names))
+
+        def build() -> Iterator[pb.PullResponse]:
+            pulled = plan.read()
+            header = {"tensors": convert.named_specs(pulled)}
+            return self._messages(pb.PullResponse, header, [value for _, value in pulled])
+
+        await self._streams.send(context, "Pull", plan.nbytes, build)
+
+    @_rpc
+    async def PullRows(
+        self, request: pb.PullRowsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         indices = np.asarray(request.indices, dtype=np.int64)
-        rows = self._registry.pull_rows(request.variable, indices, self._max_request_bytes)
-        return self._send(pb.PullRowsResponse, {"rows": codec.spec_of(rows)}, [rows])
+        plan = await self._read(self._registry.plan_rows, request.variable, indices)
+
+        def build() -> Iterator[pb.PullRowsResponse]:
+            return _row_messages(plan.read(), indices, self._registry.device, self._chunk_bytes)
+
+        await self._streams.send(context, "PullRows", plan.nbytes, build)
 
     @_rpc
-    def GetOptimizerWeights(
-        self, request: pb.GetOptimizerWeightsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.GetOptimizerWeightsResponse]:
-        weights = self._registry.get_weights(request.optimizer)
-        specs = [codec.spec_of(w) for w in weights]
-        return self._send(pb.GetOptimizerWeightsResponse, {"weights": specs}, weights)
+    async def GetOptimizerWeights(
+        self, request: pb.GetOptimizerWeightsRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        plan = await self._read(self._registry.plan_weights, request.optimizer)
+
+        def build() -> Iterator[pb.GetOptimizerWeightsResponse]:
+            weights = plan.read()
+            header = {"weights": [codec.spec_of(w) for w in weights]}
+            return self._messages(pb.GetOptimizerWeightsResponse, header, weights)
+
+        await self._streams.send(context, "GetOptimizerWeights", plan.nbytes, build)
 
     @_rpc
-    def SetOptimizerWeights(
+    async def SetOptimizerWeights(
         self,
-        request_iterator: Iterator[pb.SetOptimizerWeightsRequest],
-        context: grpc.ServicerContext,
+        request_iterator: AsyncIterator[pb.SetOptimizerWeightsRequest],
+        context: grpc.aio.ServicerContext,
     ) -> pb.SetOptimizerWeightsResponse:
-        first, weights = self._read(request_iterator, lambda f: f.weights)
-        self._registry.set_weights(first.optimizer, weights)
+        async with self._streams.receive(
+            request_iterator, "SetOptimizerWeights", lambda f: len(f.weights), lambda f: f.weights
+        ) as (first, weights):
+            await self._change(self._registry.set_weights, first.optimizer, weights)
         return pb.SetOptimizerWeightsResponse()
 
     @_rpc
-    def GetOptimizerConfig(
-        self, request: pb.GetOptimizerConfigRequest, context: grpc.ServicerContext
+    async def GetOptimizerConfig(
+        self, request: pb.GetOptimizerConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOptimizerConfigResponse:
-        config = self._registry.get_config(request.optimizer)
+        config = await self._read(self._registry.get_config, request.optimizer)
         options = convert.options_to_message(self._registry.options(request.optimizer))
         return pb.GetOptimizerConfigResponse(config_json=json.dumps(config), options=options)
 
     @_rpc
-    def GetIterations(
-        self, request: pb.GetIterationsRequest, context: grpc.ServicerContext
+    async def GetIterations(
+        self, request: pb.GetIterationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetIterationsResponse:
-        return pb.GetIterationsResponse(iterations=self._registry.iterations(request.optimizer))
+        iterations = await self._read(self._registry.iterations, request.optimizer)
+        return pb.GetIterationsResponse(iterations=iterations)
 
     @_rpc
-    def GetSlotNames(
-        self, request: pb.GetSlotNamesRequest, context: grpc.ServicerContext
+    async def GetSlotNames(
+        self, request: pb.GetSlotNamesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSlotNamesResponse:
-        return pb.GetSlotNamesResponse(slot_names=self._registry.slot_names(request.optimizer))
+        names = await self._read(self._registry.slot_names, request.optimizer)
+        return pb.GetSlotNamesResponse(slot_names=names)
 
     @_rpc
-    def GetSlot(
-        self, request: pb.GetSlotRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.GetSlotResponse]:
-        value = self._registry.get_slot(request.variable, request.slot)
-        return self._send(pb.GetSlotResponse, {"slot": codec.spec_of(value)}, [value])
+    async def GetSlot(self, request: pb.GetSlotRequest, context: grpc.aio.ServicerContext) -> None:
+        plan = await self._read(self._registry.plan_slot, request.variable, request.slot)
+
+        def build() -> Iterator[pb.GetSlotResponse]:
+            value = plan.read()
+            return self._messages(pb.GetSlotResponse, {"slot": codec.spec_of(value)}, [value])
+
+        await self._streams.send(context, "GetSlot", plan.nbytes, build)
 
     @_rpc
-    def SetHyperparameter(
-        self, request: pb.SetHyperparameterRequest, context: grpc.ServicerContext
+    async def SetHyperparameter(
+        self, request: pb.SetHyperparameterRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetHyperparameterResponse:
         where = f"optimizer {shown(request.optimizer)}"
         kind = request.WhichOneof("value")
@@ -273,43 +342,79 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             )
         value: Any = request.number
         if kind == "schedule_json":
-            value = _schedule(where, request.optimizer, request.schedule_json)
-        self._registry.set_hyperparameter(request.optimizer, request.name, value)
+            value = _schedule(where, request.optimizer, request.schedule_json, self._limits)
+        await self._change(
+            self._registry.set_hyperparameter, request.optimizer, request.name, value
+        )
         return pb.SetHyperparameterResponse()
 
     @_rpc
-    def SaveCheckpoint(
-        self, request: pb.SaveCheckpointRequest, context: grpc.ServicerContext
+    async def SaveCheckpoint(
+        self, request: pb.SaveCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.SaveCheckpointResponse:
-        info = require(self._checkpointer).save()
-        return pb.SaveCheckpointResponse(checkpoint=convert.checkpoint_info_to_message(info))
+        info = await self._change(require(self._checkpointer).save)
+        return pb.SaveCheckpointResponse(checkpoint=_public(info))
 
     @_rpc
-    def ListCheckpoints(
-        self, request: pb.ListCheckpointsRequest, context: grpc.ServicerContext
+    async def ListCheckpoints(
+        self, request: pb.ListCheckpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCheckpointsResponse:
-        infos = require(self._checkpointer).retained()
-        return pb.ListCheckpointsResponse(
-            checkpoints=[convert.checkpoint_info_to_message(i) for i in infos]
-        )
+        infos = await self._read(require(self._checkpointer).retained)
+        return pb.ListCheckpointsResponse(checkpoints=[_public(info) for info in infos])
 
     @_rpc
-    def RestoreCheckpoint(
-        self, request: pb.RestoreCheckpointRequest, context: grpc.ServicerContext
+    async def RestoreCheckpoint(
+        self, request: pb.RestoreCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.RestoreCheckpointResponse:
-        info = require(self._checkpointer).restore(request.id or "latest")
-        return pb.RestoreCheckpointResponse(checkpoint=convert.checkpoint_info_to_message(info))
+        info = await self._change(require(self._checkpointer).restore, request.id or "latest")
+        return pb.RestoreCheckpointResponse(checkpoint=_public(info))
 
     @_rpc
-    def DownloadCheckpoint(
-        self, request: pb.DownloadCheckpointRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.DownloadCheckpointResponse]:
-        info, handles = require(self._checkpointer).open_files(request.id or "latest")
-        return _file_stream(handles, convert.checkpoint_info_to_message(info), self._chunk_bytes)
+    async def DownloadCheckpoint(
+        self, request: pb.DownloadCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        checkpointer = require(self._checkpointer)
+        info, handles = await self._read(checkpointer.open_files, request.id or "latest")
+        try:
+            await self._streams.send(
+                context,
+                "DownloadCheckpoint",
+                min(info.size_bytes, DOWNLOAD_WINDOW_BYTES),
+                lambda: _file_stream(handles, _public(info), self._chunk_bytes),
+            )
+        finally:
+            for _, handle in handles:
+                handle.close()
 
 
-def _schedule(where: str, optimizer: str, text: str) -> dict[str, Any]:
+def _public(info: CheckpointInfo) -> pb.CheckpointInfo:
+    """The wire form of a checkpoint: its path relative to the checkpoint directory, so
+    that no path of the server's filesystem reaches clients."""
+    return convert.checkpoint_info_to_message(dataclasses.replace(info, path=Path(info.path).name))
+
+
+def _row_messages(
+    snapshot: tf.Tensor, indices: np.ndarray, device: str, chunk_bytes: int
+) -> Iterator[pb.PullRowsResponse]:
+    """Yields ``snapshot[indices]`` as a tensor stream, gathering only one message's rows at
+    a time: the whole answer is never held at once."""
+    shape = (len(indices), *snapshot.shape[1:])
+    header = {"rows": codec.TensorSpec(dtype=codec.wire_dtype(snapshot.dtype.name), shape=shape)}
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * snapshot.dtype.size
+    rows_per_message = max(1, chunk_bytes // max(row_bytes, 1))
+    offset = 0
+    for start in range(0, max(len(indices), 1), rows_per_message):
+        with tf.device(device):
+            block = tf.gather(snapshot, indices[start : start + rows_per_message]).numpy()
+        data = block.tobytes()
+        chunks = [codec.TensorChunk(tensor_index=0, offset=offset, data=data)] if data else []
+        yield pb.PullRowsResponse(chunks=chunks, **(header if start == 0 else {}))
+        offset += len(data)
+
+
+def _schedule(where: str, optimizer: str, text: str, limits: Limits) -> dict[str, Any]:
     """Returns a serialized schedule given as JSON, which must be an object."""
+    check_config_size(f"{where}: schedule JSON", text, limits.max_config_bytes)
     try:
         value = parse_json(text, f"{where}: schedule JSON")
     except InvalidArgument as error:
@@ -330,11 +435,6 @@ def _push_context(first: pb.PushRequest) -> dict[str, Any]:
     return {"request_id": first.request_id, "worker": first.worker, "step": step}
 
 
-def _distinct(names: Iterable[str]) -> list[str]:
-    """The names in order, each once: an answer holds every variable at most once."""
-    return list(dict.fromkeys(names))
-
-
 def _options_from_proto(optimizer: str, message: pb.OptimizerOptions) -> OptimizerOptions:
     """Returns checked options; a refusal names the optimizer."""
     try:
@@ -353,18 +453,14 @@ def _file_stream(
 ) -> Iterator[pb.DownloadCheckpointResponse]:
     """Yields every file's pieces, then the manifest with sizes and SHA-256 digests."""
     digests = []
-    try:
-        for name, handle in handles:
-            digest, offset = hashlib.sha256(), 0
-            while data := handle.read(chunk_bytes):
-                digest.update(data)
-                yield pb.DownloadCheckpointResponse(
-                    chunk=pb.FileChunk(file=name, offset=offset, data=data)
-                )
-                offset += len(data)
-            digests.append(pb.FileDigest(file=name, size=offset, sha256=digest.hexdigest()))
-    finally:
-        for _, handle in handles:
-            handle.close()
+    for name, handle in handles:
+        digest, offset = hashlib.sha256(), 0
+        while data := handle.read(chunk_bytes):
+            digest.update(data)
+            yield pb.DownloadCheckpointResponse(
+                chunk=pb.FileChunk(file=name, offset=offset, data=data)
+            )
+            offset += len(data)
+        digests.append(pb.FileDigest(file=name, size=offset, sha256=digest.hexdigest()))
     manifest = pb.CheckpointManifest(checkpoint=info, files=digests)
     yield pb.DownloadCheckpointResponse(manifest=manifest)

@@ -184,11 +184,12 @@ class TensorAssembler:
     ) -> None:
         self._specs = list(specs)
         self._sizes = [spec_nbytes(spec) for spec in self._specs]
-        total = sum(self._sizes)
-        if max_total_bytes is not None and total > max_total_bytes:
+        self.nbytes = sum(self._sizes)
+        """Bytes of all the tensors announced."""
+        if max_total_bytes is not None and self.nbytes > max_total_bytes:
             raise TooLargeError(
                 f"expected at most {max_total_bytes} bytes of tensors, "
-                f"received a request for {total}"
+                f"received a request for {self.nbytes}"
             )
         self._writable = writable
         self._received = [0] * len(self._specs)
