@@ -25,7 +25,7 @@ from tfps_client.errors import (
     UnknownError,
 )
 from tfps_client.tf_config import ps_addresses
-from tfps_client.transport import MAX_MESSAGE_BYTES, channel_options
+from tfps_client.transport import MAX_MESSAGE_BYTES, channel_options, tls_credentials
 from tfps_client.types import (
     Aggregation,
     Async,
@@ -75,4 +75,5 @@ __all__ = [
     "VariableInfo",
     "channel_options",
     "ps_addresses",
+    "tls_credentials",
 ]

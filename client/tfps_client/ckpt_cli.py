@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from tfps_client.client import Client
 from tfps_client.errors import TfpsError
+from tfps_client.transport import TOKEN_ENVIRONMENT_VARIABLE, tls_credentials
 from tfps_client.types import CheckpointInfo
 from tfps_client.wire import checkpoint_layout as layout
 
@@ -48,19 +49,47 @@ def _inspect(path: str) -> None:
         print(f"  {key} {shape}")
 
 
+def _add_connection_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server")
+    command.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+    command.add_argument(
+        "--token",
+        default=None,
+        help=f"the token of a role allowed the command (default: ${TOKEN_ENVIRONMENT_VARIABLE}, "
+        "which unlike this flag no other user can see in the process list)",
+    )
+    command.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, trusting the system's root certificates unless --tls-ca is "
+        "given (implied by the other --tls-* flags)",
+    )
+    command.add_argument("--tls-ca", default=None, help="PEM file of the server's CA")
+    command.add_argument(
+        "--tls-cert", default=None, help="PEM file of this client's certificate (mutual TLS)"
+    )
+    command.add_argument("--tls-key", default=None, help="PEM file of --tls-cert's private key")
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    """Returns a client to the server the arguments name, with their token and TLS files."""
+    tls = args.tls or any(path is not None for path in (args.tls_ca, args.tls_cert, args.tls_key))
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
+    return Client(args.server, timeout=args.timeout, credentials=credentials, token=args.token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of ``tfps-ckpt``."""
     parser = argparse.ArgumentParser(prog="tfps-ckpt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [
         ("ls", "list the server's checkpoints"),
-        ("save", "make the server write a checkpoint now"),
+        ("save", "make the server write a checkpoint now (admin)"),
         ("restore", "replace the server's state with a checkpoint (admin)"),
         ("download", "download a checkpoint, verifying sizes and SHA-256"),
     ]:
         command = commands.add_parser(name, help=text)
-        command.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server")
-        command.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+        _add_connection_arguments(command)
         if name in ("restore", "download"):
             command.add_argument(
                 "--id", type=int, default=None, help="checkpoint id (default latest)"
@@ -79,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _inspect(args.path)
         return 0
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with _connect(args) as client:
             if args.command == "ls":
                 for info in client.list_checkpoints():
                     print(_describe(info))
@@ -89,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(_describe(client.restore_checkpoint(args.id)))
             else:
                 print(client.download_checkpoint(args.id, args.dest))
-    except TfpsError as error:
+    except (TfpsError, OSError, ValueError) as error:
         print(f"tfps-ckpt {args.command}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client.transport import MAX_MESSAGE_BYTES, Transport, open_channel
+from tfps_client.transport import MAX_MESSAGE_BYTES, Transport, bearer_metadata, open_channel
 from tfps_client.types import (
     Aggregation,
     Async,
@@ -43,8 +43,15 @@ class Client:
         timeout: seconds each call may take; ``None`` waits forever.
         chunk_bytes: tensor bytes per stream message.
         max_message_bytes: largest gRPC message sent or received.
-        credentials: channel credentials for TLS; ``None`` for plaintext.
+        credentials: channel credentials for TLS, such as
+            ``tfps_client.tls_credentials("ca.pem")``; ``None`` for plaintext.
         retry: how calls failing with UNAVAILABLE or DEADLINE_EXCEEDED are retried.
+        token: sent as ``authorization: Bearer TOKEN`` with every call, for a server
+            that requires tokens; ``None`` reads the ``TFPS_TOKEN`` environment
+            variable; empty sends none.
+
+    Raises:
+        ValueError: the token is not printable ASCII without spaces.
     """
 
     def __init__(
@@ -56,9 +63,12 @@ class Client:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
         self.address = address
-        self._transport = Transport(timeout, retry or RetryPolicy(), chunk_bytes)
+        self._transport = Transport(
+            timeout, retry or RetryPolicy(), chunk_bytes, bearer_metadata(token)
+        )
         self._channel = open_channel(address, credentials, max_message_bytes)
         self._stub = pb_grpc.ParameterServerStub(self._channel)
 

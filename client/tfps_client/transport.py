@@ -1,8 +1,10 @@
-"""How calls travel: the channel, retries, and tensor and file streams in both directions."""
+"""How calls travel: the channel, TLS, tokens, retries, and tensor and file streams in both
+directions."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +24,9 @@ MAX_MESSAGE_BYTES = 256 << 20
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Status codes the client retries by itself."""
+
+TOKEN_ENVIRONMENT_VARIABLE = "TFPS_TOKEN"
+"""Where a client finds its token when none is given."""
 
 _T = TypeVar("_T")
 
@@ -46,8 +51,66 @@ def open_channel(
     return grpc.insecure_channel(address, options)
 
 
+def tls_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """Returns channel credentials for a TLS server, as ``Client(..., credentials=...)`` takes.
+
+    Args:
+        ca_file: PEM certificates of the CA that signed the server's certificate;
+            None trusts the system's root certificates.
+        cert_file: this client's certificate chain (PEM), for a server that requires
+            client certificates (mutual TLS); given with ``key_file``.
+        key_file: the private key of ``cert_file`` (PEM, unencrypted).
+
+    Raises:
+        ValueError: only one of ``cert_file`` and ``key_file`` was given.
+        OSError: a file cannot be read.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError(
+            "tls_credentials: expected cert_file and key_file together or neither, "
+            f"received cert_file={cert_file!r} and key_file={key_file!r}"
+        )
+    return grpc.ssl_channel_credentials(
+        root_certificates=_file_bytes(ca_file),
+        private_key=_file_bytes(key_file),
+        certificate_chain=_file_bytes(cert_file),
+    )
+
+
+def _file_bytes(path: str | Path | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Returns the metadata that carries ``token`` with every call.
+
+    Args:
+        token: the token; None reads :data:`TOKEN_ENVIRONMENT_VARIABLE`, and an empty
+            one (given or read) sends none. Surrounding whitespace is ignored.
+
+    Raises:
+        ValueError: the token is not printable ASCII without spaces (it is not shown).
+    """
+    if token is None:
+        token = os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
+    token = token.strip()
+    if not token:
+        return ()
+    if not all("!" <= character <= "~" for character in token):
+        raise ValueError(
+            "token: expected printable ASCII characters without spaces, received a token "
+            f"of {len(token)} characters with others (the token is not shown)"
+        )
+    return (("authorization", f"Bearer {token}"),)
+
+
 class Transport:
-    """Makes calls with a deadline and retries, and moves tensors and files as streams.
+    """Makes calls with a deadline, retries and the caller's token, and moves tensors and
+    files as streams.
 
     Every failure is raised as the :class:`tfps_client.TfpsError` subclass of its status.
 
@@ -55,12 +118,24 @@ class Transport:
         timeout: seconds each attempt may take; ``None`` waits forever.
         retry: how UNAVAILABLE and DEADLINE_EXCEEDED are retried.
         chunk_bytes: tensor bytes per stream message.
+        metadata: sent with every call, such as :func:`bearer_metadata`'s.
     """
 
-    def __init__(self, timeout: float | None, retry: RetryPolicy, chunk_bytes: int) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        retry: RetryPolicy,
+        chunk_bytes: int,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.timeout = timeout
         self.retry = retry
         self.chunk_bytes = chunk_bytes
+        self._metadata = tuple(metadata)
+
+    def _call(self, method: Callable[..., _T], request: Any) -> _T:
+        """Makes one attempt of a call, with the deadline and the metadata."""
+        return method(request, timeout=self.timeout, metadata=self._metadata)
 
     def with_retries(self, attempt: Callable[[], _T]) -> _T:
         """Runs ``attempt``, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff."""
@@ -79,7 +154,7 @@ class Transport:
 
     def unary(self, method: Callable[..., _T], request: Any) -> _T:
         """Calls a unary method."""
-        return self.with_retries(lambda: method(request, timeout=self.timeout))
+        return self.with_retries(lambda: self._call(method, request))
 
     def upload(
         self,
@@ -89,9 +164,7 @@ class Transport:
         arrays: Sequence[np.ndarray],
     ) -> _T:
         """Calls a client-streaming method with ``header`` and the arrays' chunks."""
-        return self.with_retries(
-            lambda: method(self._stream(message, header, arrays), timeout=self.timeout)
-        )
+        return self.with_retries(lambda: self._call(method, self._stream(message, header, arrays)))
 
     def download(
         self,
@@ -100,9 +173,7 @@ class Transport:
         specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
     ) -> tuple[Any, list[np.ndarray]]:
         """Calls a server-streaming method; returns its first message and its tensors."""
-        return self.with_retries(
-            lambda: codec.read_stream(method(request, timeout=self.timeout), specs_of)
-        )
+        return self.with_retries(lambda: codec.read_stream(self._call(method, request), specs_of))
 
     def exchange(
         self,
@@ -115,7 +186,7 @@ class Transport:
         """Calls a bidirectional method: tensors up, tensors down."""
         return self.with_retries(
             lambda: codec.read_stream(
-                method(self._stream(message, header, arrays), timeout=self.timeout), specs_of
+                self._call(method, self._stream(message, header, arrays)), specs_of
             )
         )
 
@@ -133,7 +204,7 @@ class Transport:
             DataLossError: a file's size or digest does not match the manifest.
         """
         return self.with_retries(
-            lambda: _receive_files(method(request, timeout=self.timeout), Path(dest_dir))
+            lambda: _receive_files(self._call(method, request), Path(dest_dir))
         )
 
     def _stream(
