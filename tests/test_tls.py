@@ -22,7 +22,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from certs import Authority, Certificates, KeyPair, generate
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter
 
@@ -34,6 +33,8 @@ from tfps_server.auth import TokenFile
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.metrics_http import MetricsHttp
 from tfps_server.tls import ServerTls, TlsFiles
+
+from certs import Authority, Certificates, KeyPair, generate
 
 ONCE = RetryPolicy(max_attempts=1)
 """Refused handshakes are UNAVAILABLE, which the client would retry."""

@@ -15,6 +15,7 @@ taken port fails at start instead of sharing the port with the first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -24,19 +25,21 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from grpc_reflection.v1alpha import reflection as server_reflection
 
 from tfps_client.transport import MAX_MESSAGE_BYTES
 from tfps_client.wire import parameter_server_pb2, parameter_server_pb2_grpc
+from tfps_server.auth import TokenFile, authorize
 from tfps_server.budget import ByteBudget
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.interceptors import AdmissionInterceptor, DecodingInterceptor, MetricsInterceptor
+from tfps_server.metrics_http import MetricsHttp
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
 from tfps_server.service import ParameterServerServicer
 from tfps_server.state_metrics import StateCollector
 from tfps_server.streams import Streams
+from tfps_server.tls import ServerTls, TlsFiles
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +104,9 @@ class RunningServer:
         health_servicer: health.aio.HealthServicer,
         servicer: ParameterServerServicer,
         state_collector: StateCollector,
-        metrics_http: _MetricsHttp | None = None,
+        metrics_http: MetricsHttp | None = None,
+        tokens: TokenFile | None = None,
+        tls: ServerTls | None = None,
         checkpointer: Checkpointer | None = None,
     ) -> None:
         self.server = server
@@ -116,6 +121,8 @@ class RunningServer:
         self.metrics_port = metrics_http.port if metrics_http is not None else None
         self._state_collector = state_collector
         self._metrics_http = metrics_http
+        self._tokens = tokens
+        self._tls = tls
         self._shutdown_hooks: list[Callable[[], object]] = []
         self._stopped = False
 
@@ -132,6 +139,21 @@ class RunningServer:
         )
         for service in ("", SERVICE_NAME):
             self.event_loop.run(self.health.set(service, status))
+
+    def reload(self) -> bool:
+        """Re-reads the tokens file and the TLS certificates now (the CLI's SIGHUP).
+
+        Whatever does not load (a broken file) is logged and the old one kept.
+
+        Returns:
+            True if everything reloaded.
+        """
+        reloaded = [
+            part.reload()
+            for part in (self._tokens, self._tls, self._metrics_http)
+            if part is not None
+        ]
+        return all(reloaded)
 
     def add_shutdown_hook(self, hook: Callable[[], object]) -> None:
         """Registers work for :meth:`stop` once no RPC runs any more, such as a final checkpoint.
@@ -190,30 +212,6 @@ async def _finished(task: asyncio.Task[None]) -> None:
     await task
 
 
-class _MetricsHttp:
-    """Serves a registry's metrics at ``/metrics`` over HTTP from a daemon thread.
-
-    Raises:
-        RuntimeError: the address could not be bound.
-    """
-
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        try:
-            self._httpd, self._thread = start_http_server(
-                int(port), host.strip("[]"), registry=registry
-            )
-        except (OSError, ValueError) as error:
-            raise RuntimeError(f"could not serve metrics on {address}: {error}") from error
-        self.port: int = self._httpd.server_address[1]
-
-    def close(self) -> None:
-        """Stops serving and releases the port."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-
 def create_server(
     registry: Registry,
     address: str = "127.0.0.1:0",
@@ -224,6 +222,10 @@ def create_server(
     metrics_variable_labels: bool = False,
     checkpointer: Checkpointer | None = None,
     serving: bool = True,
+    tokens: TokenFile | None = None,
+    tls: ServerTls | None = None,
+    reflection: bool = True,
+    metrics_tls: TlsFiles | None = None,
 ) -> RunningServer:
     """Creates and starts a server; port 0 in ``address`` picks a free port.
 
@@ -244,9 +246,15 @@ def create_server(
         checkpointer: serves the checkpoint RPCs; None refuses them (no directory).
         serving: start SERVING; False starts NOT_SERVING (e.g. to restore first),
             answering UNAVAILABLE until ``set_serving(True)``.
+        tokens: the tokens and roles the parameter-server service requires; None
+            serves everyone. Health and reflection need no token.
+        tls: serve TLS (mutual TLS with a client CA); None serves plaintext.
+        reflection: answer the server reflection service.
+        metrics_tls: serve ``/metrics`` over HTTPS with these files; None: plain HTTP.
 
     Raises:
         RuntimeError: an address could not be bound.
+        ValueError: the metrics TLS files do not make a working certificate.
     """
     metrics = registry.metrics
     limits = registry.limits
@@ -269,7 +277,11 @@ def create_server(
         server = grpc.aio.server(
             interceptors=[
                 MetricsInterceptor(metrics, SERVICE),
-                AdmissionInterceptor(SERVICE, None, limits.max_concurrent_calls),
+                AdmissionInterceptor(
+                    SERVICE,
+                    functools.partial(authorize, tokens) if tokens is not None else None,
+                    limits.max_concurrent_calls,
+                ),
                 DecodingInterceptor(SERVICE, read_pool),
             ],
             options=[
@@ -280,11 +292,16 @@ def create_server(
         )
         parameter_server_pb2_grpc.add_ParameterServerServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if reflection:
+            server_reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, server_reflection.SERVICE_NAME), server
+            )
         try:
-            port = server.add_insecure_port(address)
+            port = (
+                server.add_secure_port(address, tls.credentials())
+                if tls is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError as error:
             raise RuntimeError(
                 f"could not bind {address}: {error} (is another server on it?)"
@@ -294,12 +311,17 @@ def create_server(
         await server.start()
         return server, port
 
+    server: grpc.aio.Server | None = None
     try:
         server, port = event_loop.run(start())
         metrics_http = (
-            _MetricsHttp(metrics.registry, metrics_address) if metrics_address is not None else None
+            MetricsHttp(metrics.registry, metrics_address, metrics_tls)
+            if metrics_address is not None
+            else None
         )
     except BaseException:
+        if server is not None:
+            event_loop.run(server.stop(None))
         event_loop.close()
         state_pool.shutdown()
         read_pool.shutdown()
@@ -317,6 +339,8 @@ def create_server(
         servicer,
         state_collector,
         metrics_http,
+        tokens,
+        tls,
         checkpointer,
     )
     running.set_serving(serving)

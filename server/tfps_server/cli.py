@@ -21,7 +21,9 @@ from tfps_server.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
     from tfps_server.app import RunningServer
+    from tfps_server.auth import TokenFile
     from tfps_server.checkpoints import Checkpointer
+    from tfps_server.tls import TlsFiles
 
 _log = logging.getLogger("tfps_server")
 
@@ -142,6 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         metavar="BOOL",
     )
+    add("--tls-cert", None, "PEM certificate (chain) to serve gRPC over TLS; needs --tls-key")
+    add("--tls-key", None, "PEM private key of --tls-cert (not encrypted)")
+    add(
+        "--tls-client-ca",
+        None,
+        "PEM CA bundle: clients must present a certificate it signed (mutual TLS)",
+    )
+    add(
+        "--metrics-tls",
+        "false",
+        "serve /metrics over HTTPS with the --tls-* files (and their client CA); "
+        "default %(default)s",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+    )
+    add(
+        "--auth-tokens-file",
+        None,
+        "file of 'ROLE TOKEN' lines (roles: reader, worker, admin); calls must carry "
+        "'authorization: Bearer TOKEN'; re-read on SIGHUP; none: the server is open",
+    )
+    add(
+        "--reflection",
+        "true",
+        "answer gRPC server reflection (health is always answered); default %(default)s",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+    )
     add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR; default %(default)s")
     add(
         "--log-format",
@@ -185,6 +219,7 @@ def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
     Shutdown is :meth:`RunningServer.stop`: health NOT_SERVING, no new RPCs,
     in-flight ones finish within ``grace_seconds``, then the shutdown hooks run
     (the place for a final checkpoint). A second signal ends the process at once.
+    SIGHUP re-reads the tokens file and the TLS certificates.
     """
     received: list[int] = []
     stopping = threading.Event()
@@ -195,8 +230,12 @@ def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
             signal.signal(other, signal.SIG_DFL)
         stopping.set()
 
+    def reload(signum: int, frame: object) -> None:
+        threading.Thread(target=_reload, args=(running,), name="tfps-reload").start()
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, reload)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump thread stacks
     stopping.wait()
     _log.info(
@@ -211,6 +250,45 @@ def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
         return 1
     _log.info("stopped")
     return 0
+
+
+def _reload(running: RunningServer) -> None:
+    if running.reload():
+        _log.info("SIGHUP: reloaded the tokens file and TLS certificates")
+    else:
+        _log.error("SIGHUP: a file did not reload (see above); the old one still serves")
+
+
+def security(args: argparse.Namespace) -> tuple[TokenFile | None, TlsFiles | None]:
+    """Returns the tokens and TLS files the flags name, and logs how the server is exposed.
+
+    Raises:
+        ValueError: a file is unreadable or malformed, or --tls-cert and --tls-key
+            are not given together.
+    """
+    from tfps_server.auth import TokenFile
+    from tfps_server.tls import TlsFiles
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together; received only one")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.metrics_tls and not args.tls_cert:
+        raise ValueError("--metrics-tls needs --tls-cert and --tls-key")
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    tokens = TokenFile(args.auth_tokens_file) if args.auth_tokens_file else None
+    if tokens is None:
+        _log.warning(
+            "no --auth-tokens-file: the server is OPEN, anyone who reaches %s:%s can read "
+            "and overwrite the model; see SECURITY.md",
+            args.host,
+            args.port,
+        )
+    else:
+        _log.info("tokens: %s", tokens.summary())
+    if tls is None:
+        _log.warning("no --tls-cert: gRPC is plaintext (tokens and tensors travel unencrypted)")
+    return tokens, tls
 
 
 def restore(checkpointer: Checkpointer | None, which: str) -> None:
@@ -292,6 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tfps_server.registry import Registry
 
     try:
+        tokens, tls_files = security(args)
+    except (ValueError, OSError) as error:
+        _log.error("cannot start: %s", error)
+        return 2
+    from tfps_server.tls import ServerTls
+
+    try:
         registry = Registry(
             args.device, request_window=args.request_window, limits=limits.from_args(args)
         )
@@ -310,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_variable_labels=args.metrics_variable_labels,
             checkpointer=checkpointer,
             serving=False,
+            tokens=tokens,
+            tls=ServerTls(tls_files) if tls_files is not None else None,
+            reflection=args.reflection,
+            metrics_tls=tls_files if args.metrics_tls else None,
         )
     except (ServerError, RuntimeError, ValueError, OSError) as error:
         _log.error("cannot start: %s", getattr(error, "message", error))
@@ -336,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.host,
         running.port,
         registry.device,
-        f"http://{args.metrics_host}:{running.metrics_port}/metrics"
+        f"{'https' if args.metrics_tls else 'http'}://{args.metrics_host}:"
+        f"{running.metrics_port}/metrics"
         if running.metrics_port
         else "off",
     )
