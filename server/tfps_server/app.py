@@ -47,7 +47,7 @@ SERVICE = parameter_server_pb2.DESCRIPTOR.services_by_name["ParameterServer"]
 SERVICE_NAME = SERVICE.full_name
 """Fully qualified name of the service, as the health service reports it."""
 
-MAX_RECEIVE_MESSAGE_BYTES = 32 << 20
+MAX_RECEIVE_MESSAGE_BYTES = 16 << 20
 """Largest request message the server takes: gRPC holds a whole message before the
 service sees it, so this bounds what one call can make it buffer. Clients send
 tensors in chunks far smaller (1 MiB by default)."""

@@ -55,7 +55,7 @@ class Limits:
     """Longest optimizer config or schedule JSON, in bytes."""
     max_schedule_boundaries: int = 64
     """Most boundaries of a piecewise-constant learning-rate schedule."""
-    max_concurrent_calls: int = 1024
+    max_concurrent_calls: int = 256
     """Most parameter-server calls in progress at once (health and reflection not counted)."""
     stream_idle_seconds: float = 60.0
     """Longest a stream may go without sending or reading a message before it is ended."""
@@ -146,7 +146,7 @@ FLAGS = (
     Flag(
         "--max-concurrent-calls",
         "max_concurrent_calls",
-        "1024",
+        "256",
         "most parameter-server calls in progress at once (health not counted)",
         int,
         int,
