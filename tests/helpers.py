@@ -38,6 +38,10 @@ STATUS_OF: dict[type[tfps_client.TfpsError], grpc.StatusCode] = {
     tfps_client.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     tfps_client.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     tfps_client.InternalError: grpc.StatusCode.INTERNAL,
+    tfps_client.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    tfps_client.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    tfps_client.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    tfps_client.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
 }
 """The gRPC status each error class the tests expect must carry."""
 
