@@ -260,7 +260,7 @@ def test_a_relative_checkpoint_dir_restarts_from_its_checkpoints(
     process, client = start_with_checkpoints(os.path.relpath(directory))
     with process, client:
         assert f"restored checkpoint {SAVED} " in process.output
-        assert "WARNING tfps_server" not in process.output
+        assert "WARNING tfps_server.checkpoints" not in process.output
         assert_same_state(state(client), saved.states[SAVED])
         assert [c.id for c in client.list_checkpoints()] == list(range(1, SAVED + 1))
         assert process.terminate() == 0
