@@ -416,7 +416,3 @@ def _json_problem(value: Any) -> str:
                 return f"expected text encodable as UTF-8, received {shown(item)}"
     return ""
 
-
-def check_config_size(where: str, text: str, limit: int) -> None:  # TEMP until bounds merge
-    if len(text.encode("utf-8", "surrogatepass")) > limit:
-        raise ResourceExhausted(f"{where}: too long", Reason.LIMIT_EXCEEDED)
