@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,11 +31,13 @@ from tfps_server.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     ServerError,
     Unavailable,
     shown,
 )
 from tfps_server.exactly_once import DEFAULT_WINDOW, RequestLog
+from tfps_server.limits import Limits
 from tfps_server.metrics import Metrics
 from tfps_server.state import (
     Generation,
@@ -45,11 +47,16 @@ from tfps_server.state import (
     locked,
 )
 from tfps_server.validation import (
+    check_config_size,
+    check_count,
     check_declarations,
     check_name,
+    check_name_length,
     check_rows,
     check_rows_bytes,
     check_same_declaration,
+    check_state_quota,
+    state_bytes,
 )
 from tfps_server.weights import assign_weights
 
@@ -83,6 +90,7 @@ class Registry:
         metrics: where to count what happens; a fresh registry if None.
         request_window: push request ids remembered for exactly-once retries.
         hooks: named points where tests hold threads; none by default.
+        limits: the bounds on names, counts and state; the defaults if None.
     """
 
     def __init__(
@@ -91,13 +99,15 @@ class Registry:
         metrics: Metrics | None = None,
         request_window: int = DEFAULT_WINDOW,
         hooks: Hooks | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.metrics = metrics if metrics is not None else Metrics()
         self.request_window = request_window
         self.hooks = hooks if hooks is not None else Hooks()
+        self.limits = limits if limits is not None else Limits()
         self._structure = threading.Lock()
-        self._current = Generation(RequestLog(request_window))
+        self._current = self.new_generation()
         self._closed_by: ServerError | None = None
 
     # The generation ---------------------------------------------------------------------------
@@ -163,6 +173,12 @@ class Registry:
 
     # The factory: creation and restore build state the same way ------------------------------
 
+    def new_generation(
+        self, requests: Iterable[tuple[str, Mapping[str, Any], bool]] = ()
+    ) -> Generation:
+        """Returns an empty generation whose window starts with ``requests`` (oldest first)."""
+        return Generation(RequestLog(self.request_window, requests), self.limits.max_name_bytes)
+
     def new_optimizer(
         self,
         name: str,
@@ -174,14 +190,16 @@ class Registry:
 
         Raises:
             InvalidArgument: bad name or options, or a config Keras refuses or cannot apply.
+            ResourceExhausted: a name longer than ``limits.max_name_bytes``.
         """
-        check_name("optimizer", name)
+        check_name("optimizer", name, self.limits.max_name_bytes)
         options = checked(options)
         try:
             with tf.device(self.device), tf.init_scope():
                 optimizer = optimizers.instantiate(spec)
                 _ = optimizer.iterations
                 optimizer._create_hypers()
+                slot_names = optimizers.slot_names(spec)
         except InvalidArgument as error:
             raise _naming_optimizer(name, error) from None
         lock = threading.Condition()
@@ -189,7 +207,7 @@ class Registry:
             options, lock, self.metrics, name, functools.partial(self.hooks.reach, "sync.waiting")
         )
         config = creation_config if creation_config is not None else optimizers.serialize(optimizer)
-        return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy)
+        return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy, slot_names)
 
     def new_variables(
         self, owner: ManagedOptimizer, declarations: Sequence[tuple[str, np.ndarray]], batch: int
@@ -231,15 +249,23 @@ class Registry:
         Raises:
             InvalidArgument: bad name, config or options.
             AlreadyExists: the name exists with a different config or options.
+            ResourceExhausted: a name or config past its bound, or one optimizer more
+                than ``limits.max_optimizers``; checked before anything is built.
         """
-        check_name("optimizer", name)
+        limits = self.limits
+        check_name("optimizer", name, limits.max_name_bytes)
+        check_config_size(
+            f"optimizer {shown(name)}: config JSON", config_json, limits.max_config_bytes
+        )
+        self._check_room_for_optimizer(self._current, name)
         try:
-            spec = optimizers.parse(config_json)
-        except InvalidArgument as error:
+            spec = optimizers.parse(config_json, limits)
+        except (InvalidArgument, ResourceExhausted) as error:
             raise _naming_optimizer(name, error) from None
         candidate = self.new_optimizer(name, spec, options or OptimizerOptions())
         with self._structure:
             generation = self._current
+            self._check_room_for_optimizer(generation, name)
             existing = generation.optimizers.get(name)
             if existing is not None:
                 if (existing.creation_config, existing.options) != (
@@ -275,8 +301,12 @@ class Registry:
             InvalidArgument: bad name, duplicate name, non-finite value, or a
                 dtype the optimizer cannot update.
             AlreadyExists: a name exists with a different shape, dtype or optimizer.
+            ResourceExhausted: a name past ``limits.max_name_bytes``, more variables in all
+                than ``limits.max_variables``, or more bytes of state than
+                ``limits.state_quota_bytes``; checked before anything is built.
         """
-        check_declarations(declarations)
+        limits = self.limits
+        check_declarations(declarations, limits.max_name_bytes)
         with self._structure:
             generation = self._current
             owner = generation.optimizer(optimizer)
@@ -288,13 +318,29 @@ class Registry:
                     check_same_declaration(declared, declared.optimizer.name, optimizer, value)
             fresh = [(n, v) for n, v in declarations if n not in generation.variables]
             if fresh:
+                where = f"optimizer {shown(optimizer)}: create_variables"
+                check_count(
+                    where,
+                    "variables",
+                    "max_variables",
+                    limits.max_variables,
+                    len(generation.variables),
+                    len(fresh),
+                )
+                slots = len(owner.slot_names)
+                asked = sum(state_bytes(v.shape, v.dtype.name, slots) for _, v in fresh)
+                check_state_quota(where, generation.state_bytes, asked, limits.state_quota_bytes)
                 with owner.lock:
                     variables = self.new_variables(owner, fresh, generation.batches + 1)
                     generation.add_variables(variables)
         created = [name for name, _ in fresh]
         if created:
             _log.info(
-                "created variables %s on %s for optimizer %r", created, self.device, optimizer
+                "created %d variables on %s for optimizer %r: %s",
+                len(created),
+                self.device,
+                optimizer,
+                shown(created),
             )
         return created, existing
 
@@ -328,12 +374,14 @@ class Registry:
         Raises:
             NotFound: unknown optimizer.
             InvalidArgument: unknown hyperparameter, or a value creation refuses.
+            ResourceExhausted: a name or a schedule past its bound.
             Aborted: a restore replaced the optimizer first.
         """
         managed = self._current.optimizer(optimizer)
         key = "learning_rate" if key == "lr" else key  # Keras's alias, as opt.lr = ...
         known = sorted(managed.optimizer._hyper)
         if key not in known:
+            check_name_length("hyperparameter", key, self.limits.max_name_bytes)
             raise InvalidArgument(
                 f"optimizer {shown(optimizer)}: expected a hyperparameter in {known}, "
                 f"received {shown(key)}",
@@ -350,14 +398,31 @@ class Registry:
                     managed.checked_dtypes,
                     key,
                     value,
+                    self.limits,
                     self.device,
                 )
-            except InvalidArgument as error:
+            except (InvalidArgument, ResourceExhausted) as error:
                 raise _naming_optimizer(optimizer, error) from None
             with tf.device(self.device):
                 setattr(managed.optimizer, key, spec.kwargs[key])
 
+    def _check_room_for_optimizer(self, generation: Generation, name: str) -> None:
+        """Refuses a new optimizer past ``limits.max_optimizers``; one that exists is no growth."""
+        if name not in generation.optimizers:
+            check_count(
+                f"optimizer {shown(name)}",
+                "optimizers",
+                "max_optimizers",
+                self.limits.max_optimizers,
+                len(generation.optimizers),
+                1,
+            )
+
     # Views ------------------------------------------------------------------------------------
+
+    def state_bytes(self) -> int:
+        """Returns the bytes of every variable and optimizer slot held: what the quota bounds."""
+        return self._current.state_bytes
 
     def optimizer_names(self) -> list[str]:
         """Returns the names of every optimizer, sorted."""
@@ -488,9 +553,9 @@ def _nbytes(variable: tf.Variable) -> int:
     return int(variable.shape.num_elements() or 0) * variable.dtype.size
 
 
-def _naming_optimizer(name: str, error: InvalidArgument) -> InvalidArgument:
+def _naming_optimizer(name: str, error: ServerError) -> ServerError:
     """The same refusal, with the optimizer's name in front and in the metadata."""
-    return InvalidArgument(
+    return type(error)(
         f"optimizer {shown(name)}: {error.message}",
         error.reason,
         {**error.metadata, "optimizer": name},
