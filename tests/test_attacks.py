@@ -251,7 +251,7 @@ def test_responses_are_sized_before_they_are_built(bounded: RunningServer) -> No
             error,
             tfps_client.ResourceExhaustedError,
             Reason.TOO_LARGE,
-            ["PullRows", "--max-payload-gib", str(300_000 * ROW_WIDTH * 4)],
+            ["'emb'", "--max-payload-gib", f"300000 rows of {ROW_WIDTH * 4} bytes"],
         )
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             pulled = list(

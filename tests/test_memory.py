@@ -27,11 +27,13 @@ import pytest
 from tfps_client import Client
 from tfps_server import Registry, create_server
 from tfps_server.checkpoints import Checkpointer
+from tfps_server.limits import Limits
 
 WINDOW = 20
 """``--request-window``: small, so that a few pushes turn it over."""
 ID_BYTES = 512 * 1024
-"""Length of each request id: a full window holds 10 MiB of them."""
+"""Length of each request id: a full window holds 10 MiB of them (``--max-id-bytes`` is
+raised to allow it)."""
 KEEP = 2
 BIG = np.ones(1024 * 1024, np.float32)
 """4 MiB; with Adam's two slots the state holds 12 MiB of it."""
@@ -81,7 +83,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     """A server with a window of WINDOW ids, Adam on BIG and SMALL, and a full window."""
-    registry = Registry(request_window=WINDOW)
+    registry = Registry(request_window=WINDOW, limits=Limits(max_id_bytes=ID_BYTES))
     checkpointer = Checkpointer(registry, tmp_path / "ckpts", keep=KEEP)
     running = create_server(registry, "127.0.0.1:0", checkpointer=checkpointer)
     with Client(f"127.0.0.1:{running.port}", timeout=120) as client:

@@ -9,6 +9,7 @@ every request message set to empty, huge, negative and non-finite values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,7 +38,6 @@ from tfps_server.aggregation import MAX_SYNC_TIMEOUT_SECONDS
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.errors import ECHO_CHARACTERS, STATUS_MESSAGE_CHARACTERS
 from tfps_server.limits import Limits
-from tfps_server.optimizers import MAX_BOUNDARIES
 from tfps_server.service import as_server_error
 from tfps_server.validation import MAX_DIMENSION, MAX_JSON_DEPTH
 
@@ -67,6 +67,10 @@ ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.1}}
 NAMED = {"class_name": "SGD", "config": {"name": "c" * MEBI}}
 """An optimizer whose config holds a megabyte: a conflicting declaration echoes it."""
 OPTIMIZERS = ("default", "ada", "named")
+LIMITS = Limits(max_name_bytes=2 * MEBI, max_id_bytes=2 * MEBI, max_config_bytes=4 * MEBI)
+"""The world's limits: names, ids and configs of a megabyte pass them, so that their echo is
+what is tested here (tests/test_bounds.py tests the bounds themselves)."""
+MAX_BOUNDARIES = LIMITS.max_schedule_boundaries
 ROWS_LIMIT = 1 << 16
 """The world's max_payload_bytes: PullRows may answer at most this many bytes."""
 MAX_MESSAGE = STATUS_MESSAGE_CHARACTERS + 40
@@ -117,7 +121,9 @@ class World:
 
 def _build_world() -> World:
     """Dense, sparse, megabyte-named and zero-element variables, after one push."""
-    running = create_server(Registry(limits=Limits(max_payload_bytes=ROWS_LIMIT)), "127.0.0.1:0")
+    running = create_server(
+        Registry(limits=dataclasses.replace(LIMITS, max_payload_bytes=ROWS_LIMIT)), "127.0.0.1:0"
+    )
     client = Client(f"127.0.0.1:{running.port}", timeout=120.0)
     client.create_optimizer("default", ADAM)
     client.create_optimizer("ada", {"class_name": "Adagrad"})
@@ -688,7 +694,7 @@ def _piecewise(boundaries: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("boundaries", [MAX_BOUNDARIES + 1, 20_000])
 @pytest.mark.parametrize("path", ["create", "set-hyperparameter"])
-def test_piecewise_schedules_with_too_many_boundaries_are_invalid_config(
+def test_piecewise_schedules_with_too_many_boundaries_are_limit_exceeded(
     world: World, boundaries: int, path: str
 ) -> None:
     """tf.case nests a call per boundary: 20,000 once ended in INTERNAL RecursionError."""
@@ -702,14 +708,15 @@ def test_piecewise_schedules_with_too_many_boundaries_are_invalid_config(
     refused(
         world,
         call,
-        Code.INVALID_ARGUMENT,
-        "INVALID_CONFIG",
+        Code.RESOURCE_EXHAUSTED,
+        "LIMIT_EXCEEDED",
         (
             f"optimizer '{name}'",
-            f"expected a list of 1 to {MAX_BOUNDARIES} numbers for 'boundaries'",
-            f"received {boundaries} items",
+            f"expected at most {MAX_BOUNDARIES} numbers for 'boundaries' "
+            "(--max-schedule-boundaries)",
+            f"received {boundaries}",
         ),
-        {"optimizer": name},
+        {"optimizer": name, "limit": "max_schedule_boundaries"},
     )
 
 

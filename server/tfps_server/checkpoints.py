@@ -231,15 +231,15 @@ class Checkpointer:
         """
         with self._files_lock:
             prefix = self.find(which)
+            try:  # before reading the tensors: a checkpoint past the bounds is never loaded
+                snapshot.check_limits(_read_metadata(prefix), self.registry.limits)
+            except ServerError as error:
+                raise _naming(prefix, error) from None
             captured = snapshot.read_checkpoint(prefix)
         try:
             snapshot.restore(self.registry, captured)
         except ServerError as error:
-            raise type(error)(
-                f"checkpoint {Path(prefix).name}: {error.message}",
-                error.reason,
-                {**error.metadata, "checkpoint": Path(prefix).name},
-            ) from None
+            raise _naming(prefix, error) from None
         _log.info("restored checkpoint %s", prefix)
         with self._files_lock:
             return self._summarize(prefix, captured.metadata)
@@ -376,6 +376,16 @@ class Checkpointer:
         if not is_complete(latest):
             return f"naming {Path(latest).name}, which is not complete on disk"
         return ""
+
+
+def _naming(prefix: str, error: ServerError) -> ServerError:
+    """The same refusal, naming the checkpoint (unless it does already)."""
+    name = Path(prefix).name
+    if error.metadata.get("checkpoint") == name:
+        return error
+    return type(error)(
+        f"checkpoint {name}: {error.message}", error.reason, {**error.metadata, "checkpoint": name}
+    )
 
 
 def _read_metadata(prefix: str) -> layout.CheckpointMetadata:

@@ -54,7 +54,9 @@ class Limits:
     max_config_bytes: int = 65536
     """Longest optimizer config or schedule JSON, in bytes."""
     max_schedule_boundaries: int = 64
-    """Most boundaries of a piecewise-constant learning-rate schedule."""
+    """Most boundaries of a piecewise-constant learning-rate schedule. Keras evaluates one with
+    ``tf.case``, which nests a Python call per boundary: a few hundred exhaust the recursion
+    limit at a late step."""
     max_concurrent_calls: int = 256
     """Most parameter-server calls in progress at once (health and reflection not counted)."""
     stream_idle_seconds: float = 60.0
@@ -161,6 +163,11 @@ FLAGS = (
     ),
 )
 """Every flag of :class:`Limits`, in the order ``--help`` shows them."""
+
+
+def flag_of(field: str) -> str:
+    """Returns the ``tfps-server`` flag that sets a field of :class:`Limits`."""
+    return next(flag.name for flag in FLAGS if flag.field == field)
 
 
 def _positive(parse: Callable[[str], Any]) -> Callable[[str], Any]:

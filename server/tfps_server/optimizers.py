@@ -20,7 +20,8 @@ import tf_keras
 
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import InvalidArgument, clipped, shown
-from tfps_server.validation import parse_json
+from tfps_server.limits import Limits
+from tfps_server.validation import parse_json, past_limit
 
 _legacy = tf_keras.optimizers.legacy
 _schedules = tf_keras.optimizers.schedules
@@ -53,16 +54,9 @@ SCHEDULE_CLASSES: dict[str, type] = {
 }
 """The accepted learning-rate schedule classes, by lower-case class name."""
 
-MAX_BOUNDARIES = 64
-"""Most boundaries of a PiecewiseConstantDecay. Keras evaluates it with ``tf.case``, which
-nests Python calls for each interval before the one holding the step: with a few hundred
-boundaries, a push at a late step would exhaust the recursion limit."""
-
 _BASE_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm", "decay", "lr")
 _BOOLEAN_ARGS = frozenset({"amsgrad", "nesterov", "centered", "staircase", "cycle"})
 _STRING_ARGS = frozenset({"name"})
-_NUMBER_LISTS = {"boundaries": MAX_BOUNDARIES, "values": MAX_BOUNDARIES + 1}
-"""Arguments that are lists of numbers, and their longest length."""
 _OPTIONAL_NUMBER_ARGS = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "epsilon"})
 _SERIALIZATION_KEYS = frozenset({"module", "registered_name"})
 _KERAS_REFUSALS = (ValueError, TypeError, ArithmeticError, RecursionError, tf.errors.OpError)
@@ -93,21 +87,38 @@ def _class_names(classes: Mapping[str, type]) -> list[str]:
     return sorted(cls.__name__ for cls in classes.values())
 
 
-def _check_value(where: str, key: str, value: Any) -> None:
-    """Checks that one argument has the type Keras will need when applying."""
+def _number_lists(limits: Limits) -> dict[str, int]:
+    """Arguments that are lists of numbers (PiecewiseConstantDecay's), and their longest length."""
+    return {
+        "boundaries": limits.max_schedule_boundaries,
+        "values": limits.max_schedule_boundaries + 1,
+    }
+
+
+def _check_value(where: str, key: str, value: Any, lists: Mapping[str, int]) -> None:
+    """Checks that one argument has the type Keras will need when applying.
+
+    Args:
+        where: what the argument belongs to, for messages.
+        key: its name.
+        value: its value.
+        lists: the arguments that are lists of numbers, and their longest length.
+    """
     if key in _BOOLEAN_ARGS:
         if not isinstance(value, bool):
             raise _fail(f"{where}: expected a boolean for '{key}', received {shown(value)}")
     elif key in _STRING_ARGS:
         if not (value is None or isinstance(value, str)):
             raise _fail(f"{where}: expected a string for '{key}', received {shown(value)}")
-    elif key in _NUMBER_LISTS:
-        longest = _NUMBER_LISTS[key]
-        if not isinstance(value, list) or not 0 < len(value) <= longest:
-            received = f"{len(value)} items" if isinstance(value, list) else shown(value)
+    elif key in lists:
+        if not isinstance(value, list) or not value:
             raise _fail(
-                f"{where}: expected a list of 1 to {longest} numbers for '{key}', "
-                f"received {received}"
+                f"{where}: expected a non-empty list of numbers for '{key}', "
+                f"received {shown(value)}"
+            )
+        if len(value) > lists[key]:
+            raise past_limit(
+                where, f"numbers for '{key}'", "max_schedule_boundaries", lists[key], len(value)
             )
         for item in value:
             _check_number(where, key, item)
@@ -147,7 +158,11 @@ def _split_serialized(where: str, serialized: Any) -> tuple[str, dict[str, Any]]
 
 
 def _check_arguments(
-    where: str, cls: type, config: Mapping[str, Any], extra: tuple[str, ...]
+    where: str,
+    cls: type,
+    config: Mapping[str, Any],
+    extra: tuple[str, ...],
+    lists: Mapping[str, int],
 ) -> None:
     allowed = [*_parameters(cls), *extra]
     unknown = sorted(set(config) - set(allowed))
@@ -158,14 +173,17 @@ def _check_arguments(
         )
     for key, value in config.items():
         if key != "learning_rate" or not isinstance(value, Mapping):
-            _check_value(where, key, value)
+            _check_value(where, key, value, lists)
 
 
-def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRateSchedule:
+def build_schedule(
+    serialized: Any, limits: Limits
+) -> tf_keras.optimizers.schedules.LearningRateSchedule:
     """Builds one of the allowed learning-rate schedules from its Keras serialization.
 
     Raises:
         InvalidArgument: unknown class, bad argument, or a schedule that cannot be evaluated.
+        ResourceExhausted: more boundaries than ``limits.max_schedule_boundaries``.
     """
     class_name, config = _split_serialized("learning_rate schedule", serialized)
     cls = SCHEDULE_CLASSES.get(class_name.lower())
@@ -175,7 +193,9 @@ def build_schedule(serialized: Any) -> tf_keras.optimizers.schedules.LearningRat
             f"received class_name {shown(class_name)}",
             received=class_name,
         )
-    _check_arguments(f"learning_rate schedule {cls.__name__}", cls, config, ())
+    _check_arguments(
+        f"learning_rate schedule {cls.__name__}", cls, config, (), _number_lists(limits)
+    )
     try:
         schedule = cls(**config)
         for step in _probe_steps(config):
@@ -200,20 +220,22 @@ def _probe_steps(config: Mapping[str, Any]) -> list[int]:
     return sorted({0, 1, 1000, *(n for n in near if n >= 0)})
 
 
-def parse(config_json: str) -> OptimizerSpec:
+def parse(config_json: str, limits: Limits) -> OptimizerSpec:
     """Parses and checks an optimizer config given as JSON.
 
     Raises:
         InvalidArgument: the JSON, class name or any argument is wrong.
+        ResourceExhausted: its schedule passes a bound of ``limits``.
     """
-    return parse_serialized(parse_json(config_json, "optimizer config"))
+    return parse_serialized(parse_json(config_json, "optimizer config"), limits)
 
 
-def parse_serialized(serialized: Any) -> OptimizerSpec:
+def parse_serialized(serialized: Any, limits: Limits) -> OptimizerSpec:
     """Checks a decoded ``{"class_name": ..., "config": {...}}`` optimizer config.
 
     Raises:
         InvalidArgument: the class name or any argument is wrong.
+        ResourceExhausted: its schedule passes a bound of ``limits``.
     """
     class_name, config = _split_serialized("optimizer config", serialized)
     cls = OPTIMIZER_CLASSES.get(class_name.lower())
@@ -224,13 +246,13 @@ def parse_serialized(serialized: Any) -> OptimizerSpec:
             received=class_name,
         )
     where = f"optimizer {cls.__name__}"
-    _check_arguments(where, cls, config, _BASE_KWARGS)
+    _check_arguments(where, cls, config, _BASE_KWARGS, {})
     if "lr" in config:
         if "learning_rate" in config:
             raise _fail(f"{where}: expected one of 'lr' and 'learning_rate', received both")
         config["learning_rate"] = config.pop("lr")
     if isinstance(config.get("learning_rate"), Mapping):
-        config["learning_rate"] = build_schedule(config["learning_rate"])
+        config["learning_rate"] = build_schedule(config["learning_rate"], limits)
     return OptimizerSpec(cls, config)
 
 
@@ -303,6 +325,7 @@ def with_hyperparameter(
     dtypes: Collection[str],
     key: str,
     value: Any,
+    limits: Limits,
     device: str | None = None,
 ) -> OptimizerSpec:
     """Checks a config with one hyperparameter changed, as creating it would.
@@ -322,15 +345,17 @@ def with_hyperparameter(
         dtypes: the dtypes of its variables.
         key: the hyperparameter, as a config argument (``learning_rate``, ``beta_1``, ...).
         value: a number, or for ``learning_rate`` a serialized schedule.
+        limits: the server's bounds.
         device: where its variables live.
 
     Raises:
         InvalidArgument: creating an optimizer with the changed config would be refused,
             or it would be constructed differently.
+        ResourceExhausted: the changed config passes a bound of ``limits``.
     """
     changed = copy.deepcopy(dict(serialized))
     changed["config"] = {**changed.get("config", {}), key: value}
-    spec = parse_serialized(changed)
+    spec = parse_serialized(changed, limits)
     instantiate(spec)
     check_dtypes(spec, dtypes, device)
     before, after = _construction(created), _construction(spec)
@@ -347,9 +372,17 @@ def with_hyperparameter(
 
 def _construction(spec: OptimizerSpec) -> tuple[tuple[str, ...], bool]:
     """What Keras decides at construction: the slot names, and whether decay applies."""
+    return slot_names(spec), spec.cls(**spec.kwargs)._initial_decay > 0
+
+
+def slot_names(spec: OptimizerSpec) -> tuple[str, ...]:
+    """Returns the slots Keras creates for each variable, found on a probe of one element.
+
+    Keras fixes them at construction; each has its variable's shape and dtype.
+    """
     probe = spec.cls(**spec.kwargs)
     probe._create_all_weights([tf.Variable(tf.zeros([1]))])
-    return tuple(probe.get_slot_names()), probe._initial_decay > 0
+    return tuple(probe.get_slot_names())
 
 
 def _first_line(error: BaseException) -> str:

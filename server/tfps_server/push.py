@@ -22,7 +22,7 @@ from tfps_server.aggregation import Prepared
 from tfps_server.errors import InvalidArgument, ServerError, shown
 from tfps_server.registry import Registry
 from tfps_server.state import Generation, ManagedOptimizer, ManagedVariable
-from tfps_server.validation import check_finite, check_gradient
+from tfps_server.validation import check_finite, check_gradient, check_text_bytes
 
 
 class Pusher:
@@ -63,6 +63,8 @@ class Pusher:
             NotFound: unknown variable.
             InvalidArgument: duplicate variable, wrong shape, dtype, index, or
                 non-finite values for an optimizer that rejects them.
+            ResourceExhausted: a request id or worker id longer than
+                ``limits.max_id_bytes``, or a variable name longer than any can be.
             FailedPrecondition: a step ahead of the optimizer, or a second
                 contribution of one worker to a sync step.
             Aborted: a restore or ``set_weights`` replaced the state first.
@@ -104,11 +106,18 @@ class Pusher:
                     self._registry.hooks.reach("push.applied")
 
         try:
+            self._check_ids(request_id, worker)
             results, _ = generation.requests.run(request_id, apply_missing)
         except ServerError as error:
             self._metrics.push_rejections.labels(error.reason).inc()
             raise
         return results
+
+    def _check_ids(self, request_id: str, worker: str) -> None:
+        """Refuses ids longer than ``limits.max_id_bytes``, before one is remembered."""
+        bound = self._registry.limits.max_id_bytes
+        for field, value in (("request_id", request_id), ("worker", worker)):
+            check_text_bytes(f"push {field} {shown(value)}", value, "max_id_bytes", bound)
 
     def _validate(
         self, generation: Generation, gradients: Sequence[Gradient]

@@ -14,9 +14,8 @@ import dataclasses
 import functools
 import json
 import logging
-import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -32,6 +31,7 @@ from tfps_server.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     ServerError,
     Unavailable,
     shown,
@@ -47,16 +47,20 @@ from tfps_server.state import (
     locked,
 )
 from tfps_server.validation import (
+    check_config_size,
+    check_count,
     check_declarations,
     check_name,
+    check_name_length,
     check_rows,
+    check_rows_bytes,
     check_same_declaration,
+    check_state_quota,
+    state_bytes,
 )
 from tfps_server.weights import assign_weights
 
 _log = logging.getLogger(__name__)
-
-_TF_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
 _Value = TypeVar("_Value")
@@ -97,6 +101,7 @@ class Registry:
         metrics: where to count what happens; a fresh registry if None.
         request_window: push request ids remembered for exactly-once retries.
         hooks: named points where tests hold threads; none by default.
+        limits: the bounds on names, counts and state; the defaults if None.
     """
 
     def __init__(
@@ -112,8 +117,9 @@ class Registry:
         self.metrics = metrics if metrics is not None else Metrics()
         self.request_window = request_window
         self.hooks = hooks if hooks is not None else Hooks()
+        self.limits = limits if limits is not None else Limits()
         self._structure = threading.Lock()
-        self._current = Generation(RequestLog(request_window))
+        self._current = self.new_generation()
         self._closed_by: ServerError | None = None
 
     # The generation ---------------------------------------------------------------------------
@@ -179,6 +185,12 @@ class Registry:
 
     # The factory: creation and restore build state the same way ------------------------------
 
+    def new_generation(
+        self, requests: Iterable[tuple[str, Mapping[str, Any], bool]] = ()
+    ) -> Generation:
+        """Returns an empty generation whose window starts with ``requests`` (oldest first)."""
+        return Generation(RequestLog(self.request_window, requests), self.limits.max_name_bytes)
+
     def new_optimizer(
         self,
         name: str,
@@ -190,14 +202,16 @@ class Registry:
 
         Raises:
             InvalidArgument: bad name or options, or a config Keras refuses or cannot apply.
+            ResourceExhausted: a name longer than ``limits.max_name_bytes``.
         """
-        check_name("optimizer", name)
+        check_name("optimizer", name, self.limits.max_name_bytes)
         options = checked(options)
         try:
             with tf.device(self.device), tf.init_scope():
                 optimizer = optimizers.instantiate(spec)
                 _ = optimizer.iterations
                 optimizer._create_hypers()
+                slot_names = optimizers.slot_names(spec)
         except InvalidArgument as error:
             raise _naming_optimizer(name, error) from None
         lock = threading.Condition()
@@ -205,7 +219,7 @@ class Registry:
             options, lock, self.metrics, name, functools.partial(self.hooks.reach, "sync.waiting")
         )
         config = creation_config if creation_config is not None else optimizers.serialize(optimizer)
-        return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy)
+        return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy, slot_names)
 
     def new_variables(
         self, owner: ManagedOptimizer, declarations: Sequence[tuple[str, np.ndarray]], batch: int
@@ -214,6 +228,9 @@ class Registry:
 
         Slots are created in one Keras call for the whole batch, so they are
         ordered as a local ``apply_gradients`` over the same variable list orders them.
+        The variables keep TensorFlow's default name (ours are the registry's keys): each
+        distinct name makes TensorFlow build and cache a kernel of its own for the variable
+        and for each of its slots, which made creating many variables several times slower.
 
         Raises:
             InvalidArgument: the optimizer cannot update one of the dtypes, or all of its
@@ -227,10 +244,7 @@ class Registry:
                 raise _naming_optimizer(owner.name, error) from None
             owner.checked_dtypes = dtypes
         with tf.device(self.device), tf.init_scope():
-            variables = [
-                tf.Variable(value, name=_TF_NAME_CHARS.sub("_", name), trainable=True)
-                for name, value in declarations
-            ]
+            variables = [tf.Variable(value, trainable=True) for _, value in declarations]
             owner.optimizer._create_all_weights(variables)
         return [
             ManagedVariable(name, variable, owner, batch)
@@ -247,15 +261,23 @@ class Registry:
         Raises:
             InvalidArgument: bad name, config or options.
             AlreadyExists: the name exists with a different config or options.
+            ResourceExhausted: a name or config past its bound, or one optimizer more
+                than ``limits.max_optimizers``; checked before anything is built.
         """
-        check_name("optimizer", name)
+        limits = self.limits
+        check_name("optimizer", name, limits.max_name_bytes)
+        check_config_size(
+            f"optimizer {shown(name)}: config JSON", config_json, limits.max_config_bytes
+        )
+        self._check_room_for_optimizer(self._current, name)
         try:
-            spec = optimizers.parse(config_json)
-        except InvalidArgument as error:
+            spec = optimizers.parse(config_json, limits)
+        except (InvalidArgument, ResourceExhausted) as error:
             raise _naming_optimizer(name, error) from None
         candidate = self.new_optimizer(name, spec, options or OptimizerOptions())
         with self._structure:
             generation = self._current
+            self._check_room_for_optimizer(generation, name)
             existing = generation.optimizers.get(name)
             if existing is not None:
                 if (existing.creation_config, existing.options) != (
@@ -291,8 +313,12 @@ class Registry:
             InvalidArgument: bad name, duplicate name, non-finite value, or a
                 dtype the optimizer cannot update.
             AlreadyExists: a name exists with a different shape, dtype or optimizer.
+            ResourceExhausted: a name past ``limits.max_name_bytes``, more variables in all
+                than ``limits.max_variables``, or more bytes of state than
+                ``limits.state_quota_bytes``; checked before anything is built.
         """
-        check_declarations(declarations)
+        limits = self.limits
+        check_declarations(declarations, limits.max_name_bytes)
         with self._structure:
             generation = self._current
             owner = generation.optimizer(optimizer)
@@ -304,13 +330,29 @@ class Registry:
                     check_same_declaration(declared, declared.optimizer.name, optimizer, value)
             fresh = [(n, v) for n, v in declarations if n not in generation.variables]
             if fresh:
+                where = f"optimizer {shown(optimizer)}: create_variables"
+                check_count(
+                    where,
+                    "variables",
+                    "max_variables",
+                    limits.max_variables,
+                    len(generation.variables),
+                    len(fresh),
+                )
+                slots = len(owner.slot_names)
+                asked = sum(state_bytes(v.shape, v.dtype.name, slots) for _, v in fresh)
+                check_state_quota(where, generation.state_bytes, asked, limits.state_quota_bytes)
                 with owner.lock:
                     variables = self.new_variables(owner, fresh, generation.batches + 1)
                     generation.add_variables(variables)
         created = [name for name, _ in fresh]
         if created:
             _log.info(
-                "created variables %s on %s for optimizer %r", created, self.device, optimizer
+                "created %d variables on %s for optimizer %r: %s",
+                len(created),
+                self.device,
+                optimizer,
+                shown(created),
             )
         return created, existing
 
@@ -344,12 +386,14 @@ class Registry:
         Raises:
             NotFound: unknown optimizer.
             InvalidArgument: unknown hyperparameter, or a value creation refuses.
+            ResourceExhausted: a name or a schedule past its bound.
             Aborted: a restore replaced the optimizer first.
         """
         managed = self._current.optimizer(optimizer)
         key = "learning_rate" if key == "lr" else key  # Keras's alias, as opt.lr = ...
         known = sorted(managed.optimizer._hyper)
         if key not in known:
+            check_name_length("hyperparameter", key, self.limits.max_name_bytes)
             raise InvalidArgument(
                 f"optimizer {shown(optimizer)}: expected a hyperparameter in {known}, "
                 f"received {shown(key)}",
@@ -366,14 +410,31 @@ class Registry:
                     managed.checked_dtypes,
                     key,
                     value,
+                    self.limits,
                     self.device,
                 )
-            except InvalidArgument as error:
+            except (InvalidArgument, ResourceExhausted) as error:
                 raise _naming_optimizer(optimizer, error) from None
             with tf.device(self.device):
                 setattr(managed.optimizer, key, spec.kwargs[key])
 
+    def _check_room_for_optimizer(self, generation: Generation, name: str) -> None:
+        """Refuses a new optimizer past ``limits.max_optimizers``; one that exists is no growth."""
+        if name not in generation.optimizers:
+            check_count(
+                f"optimizer {shown(name)}",
+                "optimizers",
+                "max_optimizers",
+                self.limits.max_optimizers,
+                len(generation.optimizers),
+                1,
+            )
+
     # Views ------------------------------------------------------------------------------------
+
+    def state_bytes(self) -> int:
+        """Returns the bytes of every variable and optimizer slot held: what the quota bounds."""
+        return self._current.state_bytes
 
     def optimizer_names(self) -> list[str]:
         """Returns the names of every optimizer, sorted."""
@@ -477,6 +538,7 @@ class Registry:
         with managed.optimizer.lock:
             names = list(optimizer.get_slot_names())
             if slot not in names:
+                check_name_length("slot", slot, self.limits.max_name_bytes)
                 raise NotFound(
                     f"variable {shown(variable)}: expected a slot in {names}, "
                     f"received {shown(slot)}",
@@ -498,9 +560,11 @@ class Registry:
         Raises:
             NotFound: unknown variable.
             InvalidArgument: the variable is a scalar or an index is out of range.
+            ResourceExhausted: the rows would pass ``--max-payload-gib``.
         """
         managed = self._current.variable(name)
         check_rows(managed, indices)
+        check_rows_bytes(managed, len(indices), self.limits.max_payload_bytes)
         row_bytes = _nbytes(managed.variable) // max(managed.shape[0], 1)
 
         def read() -> tf.Tensor:
@@ -540,9 +604,9 @@ def _nbytes(variable: tf.Variable) -> int:
     return int(variable.shape.num_elements() or 0) * variable.dtype.size
 
 
-def _naming_optimizer(name: str, error: InvalidArgument) -> InvalidArgument:
+def _naming_optimizer(name: str, error: ServerError) -> ServerError:
     """The same refusal, with the optimizer's name in front and in the metadata."""
-    return InvalidArgument(
+    return type(error)(
         f"optimizer {shown(name)}: {error.message}",
         error.reason,
         {**error.metadata, "optimizer": name},

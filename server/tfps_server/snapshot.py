@@ -4,7 +4,8 @@ A :class:`Snapshot` is what a checkpoint holds: metadata (as
 :mod:`tfps_client.wire.checkpoint_layout` documents it) and the values of
 every variable, slot and optimizer weight. Rebuilding goes through the
 registry's factory and the same checks as creation, so a checkpoint holding
-anything creation would refuse is refused, and the current state is kept.
+anything creation would refuse is refused, and the current state is kept; one
+holding more than the server's limits is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ from tfps_client.wire import checkpoint_layout as layout
 from tfps_client.wire.convert import OptimizerResult
 from tfps_client.wire.reasons import Reason
 from tfps_server import optimizers
-from tfps_server.errors import DataLoss, InvalidArgument, ServerError, shown
-from tfps_server.exactly_once import RequestLog
+from tfps_server.errors import DataLoss, InvalidArgument, ResourceExhausted, ServerError, shown
+from tfps_server.limits import Limits
 from tfps_server.registry import Registry
 from tfps_server.state import Generation
-from tfps_server.validation import check_declarations
+from tfps_server.validation import (
+    check_count,
+    check_declarations,
+    check_dtype,
+    check_state_quota,
+    state_bytes,
+)
 from tfps_server.weights import assign_weights, in_keras_order, slot_owners
 
 _log = logging.getLogger(__name__)
@@ -103,17 +110,20 @@ def rebuild(registry: Registry, snapshot: Snapshot) -> Generation:
 
     Raises:
         ServerError: the snapshot holds something creation would refuse (with
-            creation's status and message), or its parts do not fit together.
+            creation's status and message), more than the registry's limits allow,
+            or its parts do not fit together.
     """
     metadata = snapshot.metadata
-    generation = Generation(RequestLog(registry.request_window, _request_entries(metadata)))
+    limits = registry.limits
+    check_limits(metadata, limits)
+    generation = registry.new_generation(_request_entries(metadata))
     for entry in metadata.optimizers:
         try:
-            spec = optimizers.parse_serialized(entry.config)
-            optimizers.parse_serialized(entry.creation_config)
+            spec = optimizers.parse_serialized(entry.config, limits)
+            optimizers.parse_serialized(entry.creation_config, limits)
             options = layout.options_from_json(entry.options)
-        except InvalidArgument as error:
-            raise InvalidArgument(
+        except (InvalidArgument, ResourceExhausted) as error:
+            raise type(error)(
                 f"optimizer {shown(entry.name)}: {error.message}",
                 error.reason,
                 {**error.metadata, "optimizer": entry.name},
@@ -133,7 +143,7 @@ def rebuild(registry: Registry, snapshot: Snapshot) -> Generation:
             raise _mismatch(f"creation batch {batch} out of order")
         previous_batch = batch
         declarations = [(v.name, _value(snapshot.variables, v.name)) for v in declared]
-        check_declarations(declarations, require_finite=False)
+        check_declarations(declarations, limits.max_name_bytes, require_finite=False)
         with owner.lock:
             generation.add_variables(registry.new_variables(owner, declarations, batch))
     for managed in generation.optimizers.values():
@@ -144,6 +154,30 @@ def rebuild(registry: Registry, snapshot: Snapshot) -> Generation:
             assign_weights(managed, values, registry.device, require_finite=False)
     _warn_non_finite(snapshot)
     return generation
+
+
+def check_limits(metadata: layout.CheckpointMetadata, limits: Limits) -> None:
+    """Refuses, by arithmetic on its metadata, a checkpoint holding more than ``limits`` allow.
+
+    The optimizers, the variables, and the bytes of the variables and their slots (from
+    their shapes and dtypes) are counted against the limits; the state a restore
+    replaces does not count, as it is dropped.
+
+    Raises:
+        ResourceExhausted: more optimizers or variables, or more bytes, than allowed.
+        InvalidArgument: a variable of a dtype no variable may have.
+    """
+    for what, field, bound, count in (
+        ("optimizers", "max_optimizers", limits.max_optimizers, len(metadata.optimizers)),
+        ("variables", "max_variables", limits.max_variables, len(metadata.variables)),
+    ):
+        check_count("restore", what, field, bound, 0, count)
+    slots = {entry.name: len(entry.slots) for entry in metadata.optimizers}
+    asked = 0
+    for variable in metadata.variables:
+        check_dtype(variable.name, variable.dtype)
+        asked += state_bytes(variable.shape, variable.dtype, slots.get(variable.optimizer, 0))
+    check_state_quota("restore", 0, asked, limits.state_quota_bytes)
 
 
 def restore(registry: Registry, snapshot: Snapshot) -> None:

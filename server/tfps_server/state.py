@@ -23,6 +23,7 @@ from tfps_server.aggregation import Policy
 from tfps_server.errors import Aborted, NotFound, shown
 from tfps_server.exactly_once import RequestLog
 from tfps_server.optimizers import OptimizerSpec
+from tfps_server.validation import check_name_length, state_bytes
 
 MAX_ITERATIONS = 2**62
 """The largest ``iterations`` an optimizer may reach; a step beyond it is refused."""
@@ -57,6 +58,8 @@ class ManagedOptimizer:
     options: OptimizerOptions
     lock: threading.Condition
     policy: Policy
+    slot_names: tuple[str, ...]
+    """The slots Keras creates for each variable (fixed at construction)."""
     bound: dict[str, tf.Variable] = field(default_factory=dict)
     """Names and values of the variables bound to it, in creation order. (Not the
     :class:`ManagedVariable` objects, which refer to their optimizer: without that cycle,
@@ -107,6 +110,11 @@ class ManagedVariable:
         """Element type name of the variable, for example ``"float32"``."""
         return str(self.variable.dtype.name)
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the variable and of its optimizer slots."""
+        return state_bytes(self.shape, self.dtype, len(self.optimizer.slot_names))
+
 
 @dataclass(eq=False)
 class Generation:
@@ -118,6 +126,8 @@ class Generation:
 
     requests: RequestLog
     """The exactly-once window of this generation."""
+    max_name_bytes: int
+    """The longest name a lookup may give (``Limits.max_name_bytes``)."""
     number: int = 0
     """Counts restores since the server started."""
     optimizers: dict[str, ManagedOptimizer] = field(default_factory=dict)
@@ -125,15 +135,19 @@ class Generation:
     """By name, in creation order."""
     batches: int = 0
     """Creation requests so far."""
+    state_bytes: int = 0
+    """Bytes of every variable and of its optimizer slots."""
 
     def optimizer(self, name: str) -> ManagedOptimizer:
         """Returns a named optimizer.
 
         Raises:
             NotFound: no such optimizer.
+            ResourceExhausted: a name longer than any optimizer can have.
         """
         managed = self.optimizers.get(name)
         if managed is None:
+            check_name_length("optimizer", name, self.max_name_bytes)
             raise NotFound(
                 f"optimizer {shown(name)} not found; known optimizers: "
                 f"{shown(sorted(self.optimizers))}",
@@ -147,9 +161,11 @@ class Generation:
 
         Raises:
             NotFound: no such variable.
+            ResourceExhausted: a name longer than any variable can have.
         """
         managed = self.variables.get(name)
         if managed is None:
+            check_name_length("variable", name, self.max_name_bytes)
             raise NotFound(
                 f"variable {shown(name)} not found", Reason.UNKNOWN_VARIABLE, {"variable": name}
             )
@@ -162,6 +178,7 @@ class Generation:
             managed.position = len(self.variables)
             self.variables[managed.name] = managed
             managed.optimizer.bound[managed.name] = managed.variable
+            self.state_bytes += managed.state_bytes
 
 
 @contextlib.contextmanager

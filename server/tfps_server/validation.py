@@ -6,13 +6,15 @@ Each check is the one every path uses: creating a variable and restoring it
 from a checkpoint run :func:`check_declarations`; ``set_weights`` and a
 restore run :func:`check_weights`; a config and a hyperparameter change are
 both parsed by :mod:`tfps_server.optimizers` from JSON read by :func:`parse_json`.
+The bounds of :class:`~tfps_server.limits.Limits` (names, ids, counts, the state
+quota, config sizes) are checked here too, by arithmetic, before anything is built.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -26,6 +28,7 @@ from tfps_server.errors import (
     clipped,
     shown,
 )
+from tfps_server.limits import flag_of
 
 MAX_ITERATIONS = 2**62
 """The largest ``iterations`` an optimizer may hold; a step beyond it is refused."""
@@ -44,7 +47,10 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_INTEGER_DIGITS = 19
 """Longest integer literal in a config (int64 has 19 digits)."""
 
-VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+"""Element types a variable may have, and the bytes of one element."""
+
+VARIABLE_DTYPES = tuple(DTYPE_BYTES)
 """Element types a variable may have."""
 
 UPCASTS = {
@@ -81,8 +87,9 @@ class WeightSpec(NamedTuple):
 # Names and declarations ------------------------------------------------------------------------
 
 
-def check_name(kind: str, name: str) -> None:
-    """Refuses empty or unprintable variable and optimizer names."""
+def check_name(kind: str, name: str, max_bytes: int) -> None:
+    """Refuses empty, unprintable or too long names of what a request creates."""
+    check_name_length(kind, name, max_bytes)
     if not name or not name.isprintable():
         raise InvalidArgument(
             f"{kind} name: expected a non-empty printable string, received {shown(name)}",
@@ -91,8 +98,17 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
+def check_name_length(kind: str, name: str, max_bytes: int) -> None:
+    """Refuses a name of more than ``max_bytes`` UTF-8 bytes, wherever a request gives one.
+
+    A lookup of an unknown name runs it too: no name that long can exist, and the
+    client learns why its name can never be found.
+    """
+    check_text_bytes(f"{kind} name {shown(name)}", name, "max_name_bytes", max_bytes, {kind: name})
+
+
 def check_declarations(
-    declarations: Sequence[tuple[str, np.ndarray]], require_finite: bool = True
+    declarations: Sequence[tuple[str, np.ndarray]], max_name_bytes: int, require_finite: bool = True
 ) -> None:
     """Checks the names, dtypes and initial values of variables declared together.
 
@@ -102,7 +118,7 @@ def check_declarations(
     """
     seen: set[str] = set()
     for name, value in declarations:
-        check_name("variable", name)
+        check_name("variable", name, max_name_bytes)
         if name in seen:
             raise InvalidArgument(
                 f"variable {shown(name)}: declared twice in one request",
@@ -110,13 +126,7 @@ def check_declarations(
                 {"variable": name},
             )
         seen.add(name)
-        if value.dtype.name not in VARIABLE_DTYPES:
-            raise InvalidArgument(
-                f"variable {shown(name)}: expected dtype in {list(VARIABLE_DTYPES)}, "
-                f"received {value.dtype.name}",
-                Reason.INVALID_DTYPE,
-                {"variable": name, "expected": VARIABLE_DTYPES, "received": value.dtype.name},
-            )
+        check_dtype(name, value.dtype.name)
         if any(d > MAX_DIMENSION for d in value.shape):
             raise InvalidArgument(
                 f"variable {shown(name)}: expected dimensions of at most 2**31 - 1, "
@@ -130,6 +140,17 @@ def check_declarations(
             )
         if require_finite:
             check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
+
+
+def check_dtype(variable: str, dtype: str) -> None:
+    """Refuses an element type no variable may have."""
+    if dtype not in DTYPE_BYTES:
+        raise InvalidArgument(
+            f"variable {shown(variable)}: expected dtype in {list(VARIABLE_DTYPES)}, "
+            f"received {clipped(dtype)}",
+            Reason.INVALID_DTYPE,
+            {"variable": variable, "expected": VARIABLE_DTYPES, "received": dtype},
+        )
 
 
 def check_same_declaration(
@@ -153,6 +174,94 @@ def check_same_declaration(
             f"variable {shown(existing.name)}: {text}",
             Reason.VARIABLE_EXISTS,
             {"variable": existing.name, "field": what, "expected": old, "received": new},
+        )
+
+
+# Limits ----------------------------------------------------------------------------------------
+
+
+def past_limit(
+    where: str,
+    what: str,
+    field: str,
+    bound: int,
+    received: int,
+    metadata: Mapping[str, object] | None = None,
+    note: str = "",
+) -> ResourceExhausted:
+    """The refusal of a request that passes one bound of :class:`~tfps_server.limits.Limits`.
+
+    Args:
+        where: what the request named, for messages: ``variable name 'w'``, ``push``, ...
+        what: what the bound counts: ``UTF-8 bytes``, ``variables``, ...
+        field: the :class:`~tfps_server.limits.Limits` field; the message names its flag.
+        bound: the field's value.
+        received: what the request asked for, in the units of the bound.
+        metadata: facts besides the limit, the bound and the value received.
+        note: said after the value received, e.g. how it adds up.
+    """
+    return ResourceExhausted(
+        f"{where}: expected at most {bound} {what} ({flag_of(field)}), received {received}{note}",
+        Reason.LIMIT_EXCEEDED,
+        {**(metadata or {}), "limit": field, "expected": bound, "received": received},
+    )
+
+
+def check_text_bytes(
+    where: str, text: str, field: str, bound: int, metadata: Mapping[str, object] | None = None
+) -> None:
+    """Refuses text (a name, an id, a JSON document) of more than ``bound`` UTF-8 bytes.
+
+    The text itself is not repeated: ``where`` shows as much of it as a message may.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > bound:
+        raise past_limit(where, "UTF-8 bytes", field, bound, size, metadata)
+
+
+def check_config_size(where: str, text: str, limit: int) -> None:
+    """Refuses an optimizer config or a schedule given as JSON of more than ``limit`` bytes,
+    before it is parsed (``Limits.max_config_bytes``)."""
+    check_text_bytes(where, text, "max_config_bytes", limit)
+
+
+def check_count(where: str, what: str, field: str, bound: int, held: int, new: int) -> None:
+    """Refuses ``new`` more of what the server holds ``held`` of, past ``bound`` in all."""
+    if held + new > bound:
+        note = f" ({held} held, {new} new)" if held else ""
+        raise past_limit(where, what, field, bound, held + new, {"held": held}, note)
+
+
+def state_bytes(shape: Sequence[int], dtype: str, slots: int) -> int:
+    """Returns the bytes of a variable and of its ``slots`` optimizer slots.
+
+    Every slot of a ``tf_keras`` legacy optimizer has its variable's shape and dtype.
+    """
+    return math.prod(shape) * DTYPE_BYTES[dtype] * (1 + slots)
+
+
+def check_state_quota(where: str, held: int, asked: int, quota: int | None) -> None:
+    """Refuses state of ``asked`` more bytes that would take the ``held`` ones past ``quota``.
+
+    Args:
+        where: what the request is, for the message.
+        held: bytes of the variables and slots the server holds (those a restore replaces: 0).
+        asked: bytes the request would add.
+        quota: ``Limits.state_quota_bytes``; None: no quota.
+    """
+    if quota is not None and held + asked > quota:
+        raise ResourceExhausted(
+            f"{where}: expected state (variables and optimizer slots) of at most {quota} bytes "
+            f"({flag_of('state_quota_bytes')}), received a request for {asked} bytes with "
+            f"{held} bytes held",
+            Reason.STATE_QUOTA,
+            {
+                "limit": "state_quota_bytes",
+                "expected": quota,
+                "received": held + asked,
+                "held": held,
+                "asked": asked,
+            },
         )
 
 
@@ -311,7 +420,8 @@ def check_rows_bytes(managed: Described, rows: int, max_bytes: int | None) -> No
     row_bytes = math.prod(managed.shape[1:]) * np.dtype(managed.dtype).itemsize
     if rows * row_bytes > max_bytes:
         raise ResourceExhausted(
-            f"variable {shown(managed.name)}: expected rows of at most {max_bytes} bytes, "
+            f"variable {shown(managed.name)}: expected rows of at most {max_bytes} bytes "
+            "(--max-payload-gib), "
             f"received a request for {rows} rows of {row_bytes} bytes",
             Reason.TOO_LARGE,
             {"variable": managed.name, "expected": max_bytes, "received": rows * row_bytes},
@@ -415,4 +525,3 @@ def _json_problem(value: Any) -> str:
             except UnicodeEncodeError:
                 return f"expected text encodable as UTF-8, received {shown(item)}"
     return ""
-
