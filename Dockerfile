@@ -4,6 +4,16 @@
 #   docker build --target worker -t tfps-worker .       the demo worker of docker-compose.yml
 # GPU server (TensorFlow with its CUDA libraries; run with the NVIDIA container runtime):
 #   docker build --build-arg TENSORFLOW="tensorflow[and-cuda]" -t tfps-server:gpu .
+# The server listens on all interfaces of the container and, without the files below, is
+# open: anyone who reaches the port can read and overwrite the model. Run it with mutual TLS
+# and tokens by mounting what deploy/make-secrets.sh writes, read-only (SECURITY.md):
+#   deploy/make-secrets.sh ./secrets my-host.example.com
+#   sudo chown -R 10001:10001 secrets/server       # the server runs as uid 10001
+#   docker run -p 50051:50051 -v "$PWD/secrets/server:/etc/tfps:ro" --env-file tls.env tfps-server
+# where tls.env holds the four variables that point the server at the files:
+#   TFPS_TLS_CERT=/etc/tfps/tls.crt, TFPS_TLS_KEY=/etc/tfps/tls.key,
+#   TFPS_TLS_CLIENT_CA=/etc/tfps/ca.crt, TFPS_AUTH_TOKENS_FILE=/etc/tfps/tokens (one a line)
+# The HEALTHCHECK reads the same TFPS_TLS_* variables and keeps working over TLS.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # Build: a virtual environment with the pinned dependencies, outside the final images.

@@ -163,32 +163,33 @@ def train_step(client: Client, model: tf_keras.Model, x: np.ndarray, y: np.ndarr
     return float(loss)
 
 
-def run_worker(index: int, address: str, settings: Settings) -> None:
-    """Trains on shard ``index`` of the training split; prints the mean loss per epoch."""
+def run_worker(index: int, client: Client, settings: Settings) -> None:
+    """Trains on shard ``index`` of the training split through ``client``; prints the mean
+    loss per epoch."""
     data = load_data(settings.seed)
     x, y = data.x_train[index::NUM_WORKERS], data.y_train[index::NUM_WORKERS]
     rng = np.random.default_rng(settings.seed + 1 + index)
     model = build_model(settings.seed)
-    with Client(address) as client:
-        create_variables(client, model.trainable_variables, optimizer=OPTIMIZER)
-        pull_into(client, model.trainable_variables)
-        for epoch in range(1, settings.epochs + 1):
-            order = rng.permutation(len(x))
-            losses = []
-            for start in range(0, len(x), settings.batch_size):
-                batch = order[start : start + settings.batch_size]
-                losses.append(train_step(client, model, x[batch], y[batch]))
-            print(
-                f"  worker {index}  epoch {epoch:2d}/{settings.epochs}  "
-                f"loss {np.mean(losses):.4f}  server iterations {client.iterations(OPTIMIZER)}",
-                flush=True,
-            )
+    create_variables(client, model.trainable_variables, optimizer=OPTIMIZER)
+    pull_into(client, model.trainable_variables)
+    for epoch in range(1, settings.epochs + 1):
+        order = rng.permutation(len(x))
+        losses = []
+        for start in range(0, len(x), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            losses.append(train_step(client, model, x[batch], y[batch]))
+        print(
+            f"  worker {index}  epoch {epoch:2d}/{settings.epochs}  "
+            f"loss {np.mean(losses):.4f}  server iterations {client.iterations(OPTIMIZER)}",
+            flush=True,
+        )
 
 
 def _worker_process(index: int, address: str, settings: Settings) -> None:
     """Runs a worker in its own process; Ctrl-C is left to the coordinator, which stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    run_worker(index, address, settings)
+    with Client(address) as client:
+        run_worker(index, client, settings)
 
 
 @contextlib.contextmanager

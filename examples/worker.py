@@ -7,7 +7,9 @@ weights and pushing gradients per batch, and prints its loss per epoch.
 
 The server address is ``--server``, else the environment variable ``TFPS_SERVER``,
 else the first ``ps`` task of ``TF_CONFIG``; the index, when not given, is this
-task's index in ``TF_CONFIG``, else 0.
+task's index in ``TF_CONFIG``, else 0. For a secure server, ``--tls-ca`` (with
+``--tls-cert`` and ``--tls-key`` under mutual TLS) turns TLS on, and the token is
+read from ``--token-file``, else the environment variable ``TFPS_TOKEN``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from demo import NUM_WORKERS, Settings, run_worker
 
-from tfps_client import Client, ps_addresses, tf_config
+from tfps_client import Client, ps_addresses, tf_config, tls_credentials
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -36,6 +39,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=300.0,
         help="how long to wait for the server to accept connections; default %(default)s",
     )
+    parser.add_argument("--tls-ca", default=None, help="PEM file of the server's CA; turns TLS on")
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate of this worker (mTLS)")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--token-file", default=None, help="file holding this worker's token (default: $TFPS_TOKEN)"
+    )
     args = parser.parse_args(argv)
     config = tf_config.load()
     if args.server is None:
@@ -50,15 +59,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def connect(args: argparse.Namespace) -> Client:
+    """Returns a client of the server, with TLS and the token when the arguments give them."""
+    tls = any(path is not None for path in (args.tls_ca, args.tls_cert, args.tls_key))
+    credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
+    token = Path(args.token_file).read_text() if args.token_file else None
+    return Client(args.server, credentials=credentials, token=token)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Waits for the server, then trains; returns the exit code."""
     args = parse_args(argv)
     print(f"worker {args.index}: waiting for {args.server}", flush=True)
-    with Client(args.server) as client:
-        client.wait_for_ready(timeout=args.wait_seconds)
     # The learning rate is the server's (its --optimizer); the worker only computes gradients.
     settings = Settings(args.epochs, args.batch_size, learning_rate=0.0, seed=args.seed)
-    run_worker(args.index, args.server, settings)
+    with connect(args) as client:
+        client.wait_for_ready(timeout=args.wait_seconds)
+        run_worker(args.index, client, settings)
     return 0
 
 
