@@ -362,3 +362,32 @@ def test_push_pull_of_nothing_pulls_nothing(client: Client) -> None:
     unit_sgd(client, Async())
     result, pulled = client.push_pull({"w": np.ones(SHAPE, np.float32)}, pull=[])
     assert pulled == {} and result.iterations == {"sgd": 1}
+
+
+@pytest.mark.parametrize(
+    ("later", "push", "refusal"),
+    [
+        (Async(), {"step": 2}, "computed at step 2"),
+        (Sync(2, timeout=600), {"step": 0}, "expected a worker id"),
+    ],
+    ids=["step-ahead", "sync-without-worker"],
+)
+def test_a_push_one_optimizer_refuses_applies_to_none(
+    client: Client, later: Async | Sync, push: dict[str, Any], refusal: str
+) -> None:
+    """A push to two optimizers that the second (in name order) refuses by its state or
+    options changes neither: every optimizer admits a push before any applies it."""
+    client.create_optimizer("a", {"class_name": "SGD"})
+    client.create_optimizer("b", {"class_name": "SGD"}, aggregation=later)
+    ones = np.ones(SHAPE, np.float32)
+    client.create_variables({"wa": ones}, optimizer="a")
+    client.create_variables({"wb": ones}, optimizer="b")
+    for _ in range(2):
+        client.push({"wa": ones})  # a is at iterations 2, b at 0
+    before = client.pull()
+    with pytest.raises((FailedPreconditionError, InvalidArgumentError), match=refusal):
+        client.push({"wa": ones, "wb": ones}, **push)
+    assert client.iterations("a") == 2
+    assert client.iterations("b") == 0
+    for name, value in client.pull().items():
+        assert value.tobytes() == before[name].tobytes(), name

@@ -148,6 +148,13 @@ class AsyncPolicy:
     def __init__(self, options: Async) -> None:
         self.options = options
 
+    def admit(self, worker: str, step: int | None, current: int) -> None:
+        """Raises what :meth:`submit` would refuse the push with at iterations ``current``.
+
+        A push to several optimizers is admitted by all of them before any applies it.
+        """
+        _check_step(worker, step, current)
+
     def submit(
         self,
         worker: str,
@@ -158,7 +165,7 @@ class AsyncPolicy:
     ) -> OptimizerResult:
         """Applies or drops one push; the caller holds the optimizer's lock."""
         current = iterations()
-        _check_step(worker, step, current)
+        self.admit(worker, step, current)
         bound = self.options.max_staleness
         if bound is not None and step is not None and current - step > bound:
             return OptimizerResult(Outcome.STALE, current)
@@ -208,6 +215,33 @@ class SyncPolicy:
         self._contributions: dict[str, Sequence[Prepared]] = {}
         self._results: OrderedDict[int, OptimizerResult | ServerError] = OrderedDict()
 
+    def admit(self, worker: str, step: int | None, current: int) -> None:
+        """Raises what :meth:`submit` would refuse the push with at iterations ``current``.
+
+        A push to several optimizers is admitted by all of them before any applies it.
+
+        Raises:
+            InvalidArgument: no worker id.
+            FailedPrecondition: the worker already contributed to this step, or
+                its step is ahead of the optimizer.
+            ServerError: the policy closed.
+        """
+        if not worker:
+            raise InvalidArgument(
+                "sync aggregation: expected a worker id with every push, received none",
+                Reason.MISSING_WORKER,
+            )
+        if self._closed_by is not None:
+            raise self._closed_by.again()
+        _check_step(worker, step, current)
+        stale = step is not None and step < current
+        if not stale and worker in self._contributions:
+            raise FailedPrecondition(
+                f"sync aggregation: worker {shown(worker)} already contributed to step {current}",
+                Reason.DUPLICATE_CONTRIBUTION,
+                {"worker": worker, "step": current},
+            )
+
     def submit(
         self,
         worker: str,
@@ -226,23 +260,10 @@ class SyncPolicy:
                 its step is ahead of the optimizer.
             ServerError: the step was aborted, or the policy closed.
         """
-        if not worker:
-            raise InvalidArgument(
-                "sync aggregation: expected a worker id with every push, received none",
-                Reason.MISSING_WORKER,
-            )
-        if self._closed_by is not None:
-            raise self._closed_by.again()
         current = iterations()
-        _check_step(worker, step, current)
+        self.admit(worker, step, current)
         if step is not None and step < current:
             return OptimizerResult(Outcome.STALE, current)
-        if worker in self._contributions:
-            raise FailedPrecondition(
-                f"sync aggregation: worker {shown(worker)} already contributed to step {current}",
-                Reason.DUPLICATE_CONTRIBUTION,
-                {"worker": worker, "step": current},
-            )
         if not self._contributions:
             self._opened_at = time.monotonic()
         self._contributions[worker] = gradients

@@ -17,6 +17,7 @@ where gRPC would answer INTERNAL and log a traceback per request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -129,6 +130,9 @@ class MetricsInterceptor(_ServiceInterceptor):
             call = _Call(measures, context)
             try:
                 response = await behavior(request, context)
+            except asyncio.CancelledError:  # the client cancelled or went away
+                call.finish(grpc.StatusCode.CANCELLED)
+                raise
             except BaseException:
                 call.finish(_failure_code(context))
                 raise
@@ -200,9 +204,11 @@ def _success_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 def _failure_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """The status of a handler that raised: the code ``context.abort`` set, else UNKNOWN."""
+    if context.cancelled():
+        return grpc.StatusCode.CANCELLED
     code = context.code()
     if code is None or code == grpc.StatusCode.OK:
-        return grpc.StatusCode.CANCELLED if context.cancelled() else grpc.StatusCode.UNKNOWN
+        return grpc.StatusCode.UNKNOWN
     return code  # type: ignore[no-any-return]
 
 

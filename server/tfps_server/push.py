@@ -100,10 +100,18 @@ class Pusher:
         def apply_missing(results: dict[str, OptimizerResult]) -> None:
             batches = self._validate(generation, gradients)
             self._registry.hooks.reach("push.validated")
-            for managed in sorted(batches, key=lambda m: m.name):
-                if managed.name not in results:  # a push a checkpoint caught half-way
-                    self._submit(managed, batches[managed], worker, step, results)
-                    self._registry.hooks.reach("push.applied")
+            missing = [  # a push a checkpoint caught half-way applies only what it lacks
+                managed
+                for managed in sorted(batches, key=lambda m: m.name)
+                if managed.name not in results
+            ]
+            for managed in missing:  # every optimizer admits the push before any applies it
+                with managed.lock:
+                    managed.ensure_live()
+                    managed.policy.admit(worker, step, managed.iterations())
+            for managed in missing:
+                self._submit(managed, batches[managed], worker, step, results)
+                self._registry.hooks.reach("push.applied")
 
         try:
             self._check_ids(request_id, worker)

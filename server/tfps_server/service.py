@@ -108,6 +108,8 @@ def _rpc(handler: _Handler) -> _Handler:
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as error:
+            if context.cancelled():  # the client went away (a write to it failed): no answer
+                return None
             await abort(context, as_server_error(error, method))
 
     return wrapper  # type: ignore[return-value]

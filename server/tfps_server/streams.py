@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from grpc._cython import cygrpc  # the error a write to a call that ended raises
 
 from tfps_client.wire import codec, tensor_pb2
 from tfps_client.wire.reasons import Reason
@@ -175,3 +176,5 @@ class Streams:
             await asyncio.wait_for(context.write(message), self._idle)
         except asyncio.TimeoutError:
             raise self._stalled(method, "read no message of the response stream") from None
+        except cygrpc.ExecuteBatchError:  # the call ended under the write: the client left
+            raise asyncio.CancelledError(f"{method}: the client went away") from None
