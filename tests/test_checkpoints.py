@@ -186,8 +186,15 @@ def test_corrupted_checkpoint_is_refused_and_state_kept(
     before = state(ckpt_client)
     data = next(Path(on_disk(ckpt_server, info)).parent.glob(f"{info.path}.data-*"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    with pytest.raises(DataLossError, match=r"checkpoint '.*ckpt-1' is unreadable"):
+    with pytest.raises(DataLossError, match=r"checkpoint '.*ckpt-1' is unreadable") as raised:
         ckpt_client.restore_checkpoint(info.id)
+    assert ckpt_server.checkpointer is not None
+    directory = str(ckpt_server.checkpointer.directory)
+    assert directory not in str(raised.value), "an error reveals a server path"
+    assert not any(directory in value for value in raised.value.metadata.values())
+    with pytest.raises(NotFoundError) as unknown:
+        ckpt_client.restore_checkpoint(99)
+    assert directory not in str(unknown.value), "an error reveals a server path"
     assert_same_state(state(ckpt_client), before)
 
 

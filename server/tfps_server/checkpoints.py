@@ -183,14 +183,16 @@ class Checkpointer:
         if which == "latest":
             latest = tf.train.latest_checkpoint(str(self.directory))
             if latest is None:
-                raise NotFound(f"no checkpoint in {str(self.directory)!r}", Reason.NO_CHECKPOINT)
+                raise NotFound(
+                    "the checkpoint directory holds no checkpoint yet", Reason.NO_CHECKPOINT
+                )
             return latest
         if isinstance(which, int) or re.fullmatch(r"[0-9]+", which):
             prefix = str(self.directory / f"{PREFIX}-{int(which)}")
         else:
             prefix = str(which)
         if not checkpoint_files(prefix)[0].exists():
-            raise _unknown(which, self.directory)
+            raise _unknown(which)
         return prefix
 
     def open_files(self, which: str | int) -> tuple[CheckpointInfo, list[tuple[str, BinaryIO]]]:
@@ -211,7 +213,7 @@ class Checkpointer:
                     for path in checkpoint_files(prefix)
                 ]
             except FileNotFoundError:
-                raise _unknown(which, self.directory) from None
+                raise _unknown(which) from None
             info = self._summarize(prefix)
             stack.pop_all()
         self.registry.hooks.reach("download.opened")
@@ -271,7 +273,7 @@ class Checkpointer:
         try:
             size = sum(f.stat().st_size for f in checkpoint_files(prefix))
         except FileNotFoundError:
-            raise _unknown(prefix, self.directory) from None
+            raise _unknown(Path(prefix).name) from None
         info = CheckpointInfo(
             id=_checkpoint_id(prefix),
             path=prefix,
@@ -429,10 +431,11 @@ def _write_error(prefix: Path, error: Exception) -> ServerError:
     )
 
 
-def _unknown(which: object, directory: Path) -> NotFound:
+def _unknown(which: object) -> NotFound:
+    """No such checkpoint; the message names no path of the server's (clients see it)."""
     return NotFound(
-        f"checkpoint {shown(which)} not found in {str(directory)!r} (retention may have "
-        "deleted it)",
+        f"checkpoint {shown(which)} not found in the checkpoint directory (retention may "
+        "have deleted it)",
         Reason.UNKNOWN_CHECKPOINT,
         {"checkpoint": which},
     )

@@ -110,7 +110,7 @@ def _rpc(handler: _Handler) -> _Handler:
         except Exception as error:
             if context.cancelled():  # the client went away (a write to it failed): no answer
                 return None
-            await abort(context, as_server_error(error, method))
+            await abort(context, self._without_paths(as_server_error(error, method)))
 
     return wrapper  # type: ignore[return-value]
 
@@ -150,6 +150,23 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         """Set once the server may answer; RPCs before that get UNAVAILABLE."""
         self.ready.set()
         self._chunk_bytes = chunk_bytes
+
+    def _without_paths(self, error: ServerError) -> ServerError:
+        """The error with the checkpoint directory's path cut from its message and metadata
+        (TensorFlow's messages name files by path): clients see names relative to it."""
+        if self._checkpointer is None:
+            return error
+        directory = str(self._checkpointer.directory)
+
+        def cut(text: str) -> str:
+            return text.replace(directory + "/", "").replace(directory, "<checkpoint directory>")
+
+        if directory not in error.message and not any(
+            directory in value for value in error.metadata.values()
+        ):
+            return error
+        metadata = {key: cut(value) for key, value in error.metadata.items()}
+        return type(error)(cut(error.message), error.reason, metadata)
 
     async def _change(self, function: Callable[..., _Result], *args: Any) -> _Result:
         return await in_thread(self._state_pool, function, *args)
