@@ -18,18 +18,18 @@ MAX_STREAM = 3
 """Most messages of a generic or random stream."""
 
 
-def cases(seed: SeedState) -> st.SearchStrategy[Case]:
+def cases(state: SeedState) -> st.SearchStrategy[Case]:
     """Cases of a method drawn first (so each gets its share), then a way to make one."""
-    return st.sampled_from(sorted(METHODS)).flatmap(lambda method: _cases_of(method, seed))
+    return st.sampled_from(sorted(METHODS)).flatmap(lambda method: _cases_of(method, state))
 
 
-def _cases_of(method: str, seed: SeedState) -> st.SearchStrategy[Case]:
+def _cases_of(method: str, state: SeedState) -> st.SearchStrategy[Case]:
     typed = messages.messages(METHODS[method].request_type)
     serialized = typed.map(lambda message: message.SerializeToString())
     if not METHODS[method].request_streaming:
         return st.one_of(
             typed.map(lambda message: Case.of(method, [message])),
-            unary.requests(method, seed),
+            unary.requests(method, state),
             raw.corrupted(serialized).map(lambda data: Case(method, (data,))),
         )
     ways = [
@@ -39,7 +39,7 @@ def _cases_of(method: str, seed: SeedState) -> st.SearchStrategy[Case]:
         ),
     ]
     if method in streams.LAYOUTS:
-        structured = streams.streams(method, seed)
+        structured = streams.streams(method, state)
         ways += [structured, _one_corrupted(structured)]
     return st.one_of(ways)
 

@@ -1,5 +1,9 @@
-"""The known state every case starts from: four optimizers, one per aggregation mode and
-non-finite policy, and six small variables of five dtypes, ranks 0 to 2."""
+"""The known state every case starts from.
+
+Five optimizers: one per aggregation mode and non-finite policy, and one at the last
+iterations but one. Eight small variables of four float dtypes, ranks 0 to 2, one
+without elements. A history: pushes applied, so that iterations, slots and staleness
+are not all zero, and a request id the server remembers."""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from tfps_client import Async, Client, OptimizerOptions, Sync, VariableInfo
+from tfps_client import Async, Client, IndexedSlices, OptimizerOptions, Sync, VariableInfo
+
+LAST_ITERATIONS = 2**62
+"""The most iterations an optimizer may reach."""
+
+REMEMBERED_ID = "r0"
+"""The request id of a push of the seed: a push with it is answered, not applied."""
 
 SYNC_TIMEOUT = 0.05
 """Seconds a sync step of the seed waits for a second worker: long enough to aggregate,
@@ -40,16 +50,22 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], OptimizerOptions]] = {
             )
         ),
     ),
+    "old": (
+        {"class_name": "Adam", "config": {"learning_rate": 0.01, "amsgrad": True}},
+        OptimizerOptions(Async()),
+    ),
 }
 """Optimizers by name: their Keras config and options."""
 
 VARIABLES: dict[str, tuple[str, np.ndarray]] = {
     "dense/kernel": ("sgd", np.arange(6, dtype=np.float32).reshape(3, 2) / 4),
     "dense/bias": ("sgd", np.zeros(2, np.float32)),
+    "empty": ("sgd", np.zeros((0, 2), np.float32)),
     "emb": ("adam", np.arange(12, dtype=np.float32).reshape(6, 2)),
     "scale": ("adam", np.array(2.0, np.float64)),
     "half": ("sync", np.ones((2, 2), np.float16)),
     "brain": ("drop", np.ones((4, 1), ml_dtypes.bfloat16)),
+    "old/w": ("old", np.ones(2, np.float32)),
 }
 """Variables by name: their optimizer and initial value."""
 
@@ -78,6 +94,7 @@ def plant(client: Client) -> SeedState:
     for optimizer in OPTIMIZERS:
         bound = {name: value for name, (owner, value) in VARIABLES.items() if owner == optimizer}
         client.create_variables(bound, optimizer)
+    _history(client)
     return SeedState(
         variables=tuple(client.list_variables()),
         weights={name: tuple(client.get_weights(name)) for name in OPTIMIZERS},
@@ -88,3 +105,19 @@ def plant(client: Client) -> SeedState:
             if isinstance(options.aggregation, Sync)
         ),
     )
+
+
+def _history(client: Client) -> None:
+    """Pushes to every optimizer that applies them, and takes one to its last iteration
+    but one: after it, sgd is at 1, adam at 2, sync at 1, drop at 0 and old at 2**62 - 1."""
+    kernel = VARIABLES["dense/kernel"][1]
+    client.push(
+        {"dense/kernel": kernel, "dense/bias": np.ones(2, np.float32)}, request_id=REMEMBERED_ID
+    )
+    rows = IndexedSlices(np.ones((3, 2), np.float32), np.array([0, 5, 5]))
+    client.push({"emb": rows, "scale": np.array(0.5)})
+    client.push({"emb": rows}, step=0)
+    client.push({"half": np.ones((2, 2), np.float16)}, worker="w0")
+    client.push({"brain": np.ones((4, 1), ml_dtypes.bfloat16)}, worker="w0")
+    iterations, *slots = client.get_weights("old")
+    client.set_weights("old", [np.array(LAST_ITERATIONS - 1, iterations.dtype), *slots])

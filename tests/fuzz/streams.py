@@ -27,7 +27,7 @@ from tfps_client import VariableInfo
 from tfps_client.wire import codec, tensor_pb2
 from tfps_client.wire import parameter_server_pb2 as pb
 
-from fuzz import values
+from fuzz import seed, values
 from fuzz.cases import Case
 from fuzz.seed import SeedState
 
@@ -45,16 +45,23 @@ FLOATS = tuple(np.dtype(d) for d in ("float16", ml_dtypes.bfloat16, "float32", "
 WIRE_DTYPES = (*FLOATS, np.dtype("int32"), np.dtype("int64"))
 """Every dtype the wire carries."""
 
-CHUNK_BYTES = (1, 3, 8, 64, 4096)
-"""Tensor bytes per stream message, before the cap on messages per stream."""
+CHUNK_BYTES = (4096, 64, 8, 3, 1)
+"""Tensor bytes per stream message, before the cap on messages per stream; the simplest
+(one message) first, where shrinking goes."""
 
 MAX_MESSAGES = 16
 """Most messages a stream is cut into."""
 
-REQUEST_MUTATIONS = (0, 1, 1, 2)
+STEPS = (None, 0, 1, 2, 3, seed.LAST_ITERATIONS - 1, seed.LAST_ITERATIONS)
+"""Steps of valid pushes: none, stale, current or ahead for one seed optimizer or another."""
+
+ITERATIONS = (0, 1, 5, seed.LAST_ITERATIONS)
+"""Iterations of valid weights, the last one an optimizer may reach included."""
+
+MUTATIONS_PER_REQUEST = (0, 1, 1, 2)
 """How many mutations a request gets, each count as likely as the others listed."""
 
-STREAM_MUTATIONS = (0, 0, 1, 2)
+MUTATIONS_PER_STREAM = (0, 0, 1, 2)
 """How many mutations a stream gets: most break it outright, so none half of the time."""
 
 
@@ -111,19 +118,19 @@ class _Request:
         return sum(len(self.layout.specs(e)) for e in list(self.entries())[:entry])
 
 
-def streams(method: str, seed: SeedState) -> st.SearchStrategy[Case]:
+def streams(method: str, state: SeedState) -> st.SearchStrategy[Case]:
     """Cases of a client-streaming method: valid requests, then mutated."""
-    return _streams(method, seed)
+    return _streams(method, state)
 
 
 @st.composite
-def _streams(draw: Draw, method: str, seed: SeedState) -> Case:
-    request = _Request(LAYOUTS[method], *draw(_VALID[method](seed)))
-    for _ in range(draw(st.sampled_from(REQUEST_MUTATIONS))):
+def _streams(draw: Draw, method: str, state: SeedState) -> Case:
+    request = _Request(LAYOUTS[method], *draw(_VALID[method](state)))
+    for _ in range(draw(st.sampled_from(MUTATIONS_PER_REQUEST))):
         mutate = draw(st.sampled_from(_REQUEST_MUTATIONS))
         mutate(draw, request)
     messages = _cut(draw, request)
-    for _ in range(draw(st.sampled_from(STREAM_MUTATIONS))):
+    for _ in range(draw(st.sampled_from(MUTATIONS_PER_STREAM))):
         mutate_stream = draw(st.sampled_from(_STREAM_MUTATIONS))
         messages = mutate_stream(draw, messages)
     return Case.of(method, messages)
@@ -149,14 +156,14 @@ def _name(variable: VariableInfo) -> str:
     return variable.name
 
 
-def _seed_variables(seed: SeedState) -> st.SearchStrategy[list[VariableInfo]]:
-    return st.lists(st.sampled_from(seed.variables), min_size=1, max_size=3, unique_by=_name)
+def _seed_variables(state: SeedState) -> st.SearchStrategy[list[VariableInfo]]:
+    return st.lists(st.sampled_from(state.variables), min_size=1, max_size=3, unique_by=_name)
 
 
 @st.composite
-def _create_variables(draw: Draw, seed: SeedState) -> tuple[Message, list[np.ndarray]]:
-    optimizer = draw(st.sampled_from(sorted(seed.weights)))
-    own = [v for v in seed.variables if v.optimizer == optimizer]
+def _create_variables(draw: Draw, state: SeedState) -> tuple[Message, list[np.ndarray]]:
+    optimizer = draw(st.sampled_from(sorted(state.weights)))
+    own = [v for v in state.variables if v.optimizer == optimizer]
     declared: list[tuple[str, np.ndarray]] = []
     for variable in draw(st.lists(st.sampled_from(own), max_size=2, unique_by=_name)):
         declared.append((variable.name, _array(draw, variable.dtype, variable.shape)))
@@ -171,14 +178,14 @@ def _create_variables(draw: Draw, seed: SeedState) -> tuple[Message, list[np.nda
 
 
 @st.composite
-def _push(draw: Draw, seed: SeedState, pull: bool) -> tuple[Message, list[np.ndarray]]:
+def _push(draw: Draw, state: SeedState, pull: bool) -> tuple[Message, list[np.ndarray]]:
     headers, arrays = [], []
-    variables = draw(_seed_variables(seed))
+    variables = draw(_seed_variables(state))
     for variable in variables:
         dtype = draw(_cast_up(variable))
         if variable.shape and draw(st.booleans()):
             rows, rest = variable.shape[0], variable.shape[1:]
-            ids = draw(st.lists(st.integers(0, rows - 1), max_size=3))
+            ids = draw(st.lists(st.integers(0, max(rows - 1, 0)), max_size=3 if rows else 0))
             indices = np.array(ids, draw(st.sampled_from(WIRE_DTYPES[-2:])))
             rows_values = _array(draw, dtype, (len(ids), *rest))
             dense_shape = draw(st.sampled_from([(), variable.shape]))
@@ -194,26 +201,26 @@ def _push(draw: Draw, seed: SeedState, pull: bool) -> tuple[Message, list[np.nda
             dense = tensor_pb2.DenseSpec(tensor=codec.spec_of(value))
             headers.append(pb.GradientHeader(variable=variable.name, dense=dense))
             arrays.append(value)
-    sync = any(v.optimizer in seed.sync for v in variables)
+    sync = any(v.optimizer in state.sync for v in variables)
     header = pb.PushRequest(
         gradients=headers,
         worker=draw(st.sampled_from(["w0", "w1"] if sync else ["", "w0"])),
-        request_id=draw(st.sampled_from(["", "r0", "r1"])),
+        request_id=draw(st.sampled_from(["", seed.REMEMBERED_ID, "r1"])),
     )
-    step = draw(st.sampled_from([None, 0, 1]))
+    step = draw(st.sampled_from(STEPS))
     if step is not None:
         header.step = step
     if pull:
-        names = [v.name for v in seed.variables]
+        names = [v.name for v in state.variables]
         header.pull.extend(draw(st.lists(st.sampled_from(names), max_size=3)))
     return header, arrays
 
 
 @st.composite
-def _set_weights(draw: Draw, seed: SeedState) -> tuple[Message, list[np.ndarray]]:
-    optimizer = draw(st.sampled_from(sorted(seed.weights)))
-    iterations, *slots = seed.weights[optimizer]
-    arrays = [np.array(draw(st.integers(0, 5)), iterations.dtype)]
+def _set_weights(draw: Draw, state: SeedState) -> tuple[Message, list[np.ndarray]]:
+    optimizer = draw(st.sampled_from(sorted(state.weights)))
+    iterations, *slots = state.weights[optimizer]
+    arrays = [np.array(draw(st.sampled_from(ITERATIONS)), iterations.dtype)]
     arrays += [_array(draw, slot.dtype, slot.shape) for slot in slots]
     header = pb.SetOptimizerWeightsRequest(
         optimizer=optimizer, weights=[codec.spec_of(a) for a in arrays]
@@ -223,8 +230,8 @@ def _set_weights(draw: Draw, seed: SeedState) -> tuple[Message, list[np.ndarray]
 
 _VALID: dict[str, Callable[[SeedState], st.SearchStrategy[tuple[Message, list[np.ndarray]]]]] = {
     "CreateVariables": _create_variables,
-    "Push": lambda seed: _push(seed, pull=False),
-    "PushPull": lambda seed: _push(seed, pull=True),
+    "Push": lambda state: _push(state, pull=False),
+    "PushPull": lambda state: _push(state, pull=True),
     "SetOptimizerWeights": _set_weights,
 }
 
@@ -250,7 +257,8 @@ def _retype(draw: Draw, request: _Request) -> None:
     tensor = _pick_tensor(draw, request)
     if tensor is not None:
         dtype = draw(st.sampled_from(WIRE_DTYPES))
-        request.arrays[tensor] = request.arrays[tensor].astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # 2**62 iterations as float16
+            request.arrays[tensor] = request.arrays[tensor].astype(dtype)
         _respec(request, tensor)
 
 

@@ -97,7 +97,8 @@ def _pull(draw: Draw, state: SeedState) -> Message:
 
 def _pull_rows(draw: Draw, state: SeedState) -> Message:
     variable = draw(st.sampled_from([v for v in state.variables if v.shape]))
-    indices = draw(st.lists(st.integers(0, variable.shape[0] - 1), max_size=4))
+    rows = variable.shape[0]
+    indices = draw(st.lists(st.integers(0, max(rows - 1, 0)), max_size=4 if rows else 0))
     return pb.PullRowsRequest(variable=variable.name, indices=indices)
 
 
