@@ -1,9 +1,9 @@
 """The known state every case starts from.
 
-Five optimizers: one per aggregation mode and non-finite policy, and one at the last
-iterations but one. Eight small variables of four float dtypes, ranks 0 to 2, one
-without elements. A history: pushes applied, so that iterations, slots and staleness
-are not all zero, and a request id the server remembers."""
+Six optimizers: one per aggregation mode and non-finite policy, one at the last
+iterations but one, and one at the last. Nine small variables of four float dtypes,
+ranks 0 to 2, one without elements. A history: pushes applied, so that iterations,
+slots and staleness are not all zero, and a request id the server remembers."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ OPTIMIZERS: dict[str, tuple[dict[str, Any], OptimizerOptions]] = {
         {"class_name": "Adam", "config": {"learning_rate": 0.01, "amsgrad": True}},
         OptimizerOptions(Async()),
     ),
+    "spent": ({"class_name": "SGD", "config": {"learning_rate": 0.5}}, OptimizerOptions(Async())),
 }
 """Optimizers by name: their Keras config and options."""
 
@@ -66,6 +67,7 @@ VARIABLES: dict[str, tuple[str, np.ndarray]] = {
     "half": ("sync", np.ones((2, 2), np.float16)),
     "brain": ("drop", np.ones((4, 1), ml_dtypes.bfloat16)),
     "old/w": ("old", np.ones(2, np.float32)),
+    "spent/w": ("spent", np.ones(2, np.float32)),
 }
 """Variables by name: their optimizer and initial value."""
 
@@ -108,8 +110,9 @@ def plant(client: Client) -> SeedState:
 
 
 def _history(client: Client) -> None:
-    """Pushes to every optimizer that applies them, and takes one to its last iteration
-    but one: after it, sgd is at 1, adam at 2, sync at 1, drop at 0 and old at 2**62 - 1."""
+    """Pushes to every optimizer that applies them, and takes two to their last iterations:
+    after it, sgd is at 1, adam at 2, sync at 1, drop at 0, old at 2**62 - 1 and spent at
+    2**62."""
     kernel = VARIABLES["dense/kernel"][1]
     client.push(
         {"dense/kernel": kernel, "dense/bias": np.ones(2, np.float32)}, request_id=REMEMBERED_ID
@@ -119,5 +122,6 @@ def _history(client: Client) -> None:
     client.push({"emb": rows}, step=0)
     client.push({"half": np.ones((2, 2), np.float16)}, worker="w0")
     client.push({"brain": np.ones((4, 1), ml_dtypes.bfloat16)}, worker="w0")
-    iterations, *slots = client.get_weights("old")
-    client.set_weights("old", [np.array(LAST_ITERATIONS - 1, iterations.dtype), *slots])
+    for name, iterations in (("old", LAST_ITERATIONS - 1), ("spent", LAST_ITERATIONS)):
+        current, *slots = client.get_weights(name)
+        client.set_weights(name, [np.array(iterations, current.dtype), *slots])

@@ -20,7 +20,7 @@ from tfps_client.wire.reasons import decode_detail
 from tfps_server import Registry, RunningServer, create_server
 from tfps_server.checkpoints import Checkpointer
 
-from fuzz import seed, values
+from fuzz import seed
 from fuzz.cases import METHODS, SERVICE, Case
 
 CALL_TIMEOUT = 30.0
@@ -59,8 +59,8 @@ class Fingerprint:
     Attributes:
         variables: every variable's description, in creation order.
         values: every variable's value.
-        optimizers: by name, sorted: the config, options, iterations and weights of
-            one that exists, or how reading its config was refused.
+        optimizers: by name, sorted: the config, options and weights (iterations
+            first) of one that exists, or how reading its config was refused.
         checkpoints: the ids of the retained checkpoints.
     """
 
@@ -93,14 +93,14 @@ class Target:
 
     Attributes:
         seed: the seed as the server describes it.
-        optimizers: the optimizer names every fingerprint reads: the seed's and every
-            name the generators draw from their pools.
+        optimizers: the optimizer names every fingerprint reads, the seed's (the oracle
+            adds the name a CreateOptimizer case asks for).
         seed_fingerprint: the state right after planting.
         baseline: the state now, as the oracle last saw it.
     """
 
     def __init__(self) -> None:
-        self.optimizers = frozenset((*values.OPTIMIZER_NAMES, *values.ODD_TEXTS))
+        self.optimizers = frozenset(seed.OPTIMIZERS)
         self._start()
 
     def _start(self) -> None:
@@ -174,8 +174,7 @@ class Target:
         return (
             json.dumps(config, sort_keys=True),
             client.get_options(name),
-            client.iterations(name),
-            tuple(_bits(weight) for weight in client.get_weights(name)),
+            tuple(_bits(weight) for weight in client.get_weights(name)),  # iterations first
         )
 
     def reset(self) -> Fingerprint:

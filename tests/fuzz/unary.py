@@ -103,7 +103,7 @@ def _pull_rows(draw: Draw, state: SeedState) -> Message:
 
 
 def _get_slot(draw: Draw, state: SeedState) -> Message:
-    variable = draw(st.sampled_from(state.variables))
+    variable = draw(st.sampled_from([v for v in state.variables if state.slots[v.optimizer]]))
     slot = draw(st.sampled_from(state.slots[variable.optimizer]))
     return pb.GetSlotRequest(variable=variable.name, slot=slot)
 
