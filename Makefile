@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
 
-.PHONY: demo test serve proto lint format clean
+.PHONY: demo test fuzz serve proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# The long fuzzing run (tests/fuzz): FUZZ_SECONDS of random cases; new faults go into the corpus.
+FUZZ_SECONDS ?= 1800
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest tests/test_fuzz.py::test_long_run_finds_no_new_fault -s
 
 serve: $(STAMP)
 	$(VENV)/bin/tfps-server $(ARGS)
