@@ -28,9 +28,10 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from tfps_client.wire.reasons import Reason, decode_detail
-from tfps_server.errors import InvalidArgument, ResourceExhausted, ServerError, abort
+from tfps_server.errors import InvalidArgument, ServerError, abort
 from tfps_server.metrics import Metrics
 from tfps_server.streams import in_thread
+from tfps_server.validation import past_limit
 
 _log = logging.getLogger(__name__)
 
@@ -269,11 +270,13 @@ class AdmissionInterceptor(_ServiceInterceptor):
             if self._calls >= self._max_calls:
                 await abort(
                     context,
-                    ResourceExhausted(
-                        f"{method}: expected at most {self._max_calls} calls in progress "
-                        f"(--max-concurrent-calls), received one more; retry later",
-                        Reason.LIMIT_EXCEEDED,
-                        {"limit": "max_concurrent_calls", "expected": self._max_calls},
+                    past_limit(
+                        method,
+                        "calls in progress",
+                        "max_concurrent_calls",
+                        self._max_calls,
+                        self._calls + 1,
+                        note="; retry later",
                     ),
                 )
             self._calls += 1

@@ -48,7 +48,7 @@ from tfps_server.errors import (
 from tfps_server.limits import Limits
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
-from tfps_server.streams import Streams, check_count, in_thread
+from tfps_server.streams import Streams, check_tensor_count, in_thread
 from tfps_server.validation import check_config_size, check_step, parse_json
 
 _log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     def _pull_names(self, method: str, names: Sequence[str]) -> list[str]:
         """The names in order, each once: an answer holds every variable at most once."""
-        check_count(method, "variable names", len(names), self._limits)
+        check_tensor_count(method, "variable names", len(names), self._limits)
         return list(dict.fromkeys(names))
 
     @_rpc

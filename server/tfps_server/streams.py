@@ -27,6 +27,7 @@ from tfps_client.wire.reasons import Reason
 from tfps_server.budget import ByteBudget
 from tfps_server.errors import DeadlineExceeded, ResourceExhausted
 from tfps_server.limits import Limits
+from tfps_server.validation import past_limit
 
 _Message = TypeVar("_Message")
 _Result = TypeVar("_Result")
@@ -38,7 +39,7 @@ async def in_thread(pool: Executor, function: Callable[..., _Result], *args: Any
     return await loop.run_in_executor(pool, functools.partial(function, *args))
 
 
-def check_count(method: str, what: str, count: int, limits: Limits) -> None:
+def check_tensor_count(method: str, what: str, count: int, limits: Limits) -> None:
     """Refuses a request declaring more than ``--max-tensors-per-request`` tensors or names.
 
     Raises:
@@ -46,12 +47,7 @@ def check_count(method: str, what: str, count: int, limits: Limits) -> None:
     """
     bound = limits.max_tensors_per_request
     if count > bound:
-        raise ResourceExhausted(
-            f"{method}: expected at most {bound} {what} per request "
-            f"(--max-tensors-per-request), received {count}",
-            Reason.LIMIT_EXCEEDED,
-            {"limit": "max_tensors_per_request", "expected": bound, "received": count},
-        )
+        raise past_limit(method, f"{what} per request", "max_tensors_per_request", bound, count)
 
 
 class Streams:
@@ -112,7 +108,7 @@ class Streams:
         first = await self._next(messages, method)
         if first is None:
             raise codec.CodecError("expected at least one message in the stream, received none")
-        check_count(method, "tensors", count_of(first), self._limits)
+        check_tensor_count(method, "tensors", count_of(first), self._limits)
         assembler = codec.TensorAssembler(
             specs_of(first), self._limits.max_payload_bytes, writable=False
         )

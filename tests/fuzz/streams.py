@@ -324,29 +324,36 @@ def _rename(draw: Draw, request: _Request) -> None:
         request.header.optimizer = draw(values.names(values.OPTIMIZER_NAMES))
 
 
-def _duplicate(draw: Draw, request: _Request) -> None:
-    """An entry declared twice, its tensors twice too."""
+def _pick_entry(draw: Draw, request: _Request) -> tuple[int, slice] | None:
+    """One entry of the request: its index and the slice of its tensors; None if none."""
     entries = request.entries()
     if not entries:
-        return
+        return None
     index = draw(st.integers(0, len(entries) - 1))
     first = request.tensors_before(index)
-    count = len(request.layout.specs(entries[index]))
+    return index, slice(first, first + len(request.layout.specs(entries[index])))
+
+
+def _duplicate(draw: Draw, request: _Request) -> None:
+    """An entry declared twice, its tensors twice too."""
+    picked = _pick_entry(draw, request)
+    if picked is None:
+        return
+    index, tensors = picked
+    entries = request.entries()
     entries.add().CopyFrom(entries[index])
-    request.arrays += [a.copy() for a in request.arrays[first : first + count]]
+    request.arrays += [a.copy() for a in request.arrays[tensors]]
 
 
 def _drop(draw: Draw, request: _Request) -> None:
     """An entry left out, with its tensors or (so that the rest shift) without."""
-    entries = request.entries()
-    if not entries:
+    picked = _pick_entry(draw, request)
+    if picked is None:
         return
-    index = draw(st.integers(0, len(entries) - 1))
-    first = request.tensors_before(index)
-    count = len(request.layout.specs(entries[index]))
-    del entries[index]
+    index, tensors = picked
+    del request.entries()[index]
     if draw(st.booleans()):
-        del request.arrays[first : first + count]
+        del request.arrays[tensors]
 
 
 def _relayout(draw: Draw, request: _Request) -> None:
