@@ -2,11 +2,14 @@
 
 Each test attacks a real server the way a client with network access, or with a
 low-role token, could. Those that guard what already holds pass; those written
-for a hole found in review state the behaviour the server should have.
+for a hole found in review state the behaviour the server now has.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +30,15 @@ from tfps_server.auth import TokenFile
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.limits import Limits
 
-from helpers import chunk, dense_header, push_request
+from helpers import (
+    LISTENING,
+    ServerProcess,
+    chunk,
+    dense_header,
+    free_port,
+    push_request,
+    server_env,
+)
 
 MEBI = 1 << 20
 WORKER = "worker-token-0123456789abcdef"
@@ -109,10 +120,9 @@ def test_no_metadata_trick_passes_for_an_admin(
 def test_a_token_removed_by_reload_cannot_finish_a_push_it_opened(
     guarded: tuple[RunningServer, Path],
 ) -> None:
-    """FAILS NOW. A worker whose token is revoked while its push stream is open must not
-    change the state when it completes the stream: today the token is checked once, when
-    the call starts, and the push is applied after the revocation (and a stream can be kept
-    open indefinitely by sending a byte per idle period)."""
+    """A worker whose token is revoked while its push stream is open does not change the
+    state when it completes the stream: the token is checked again once the stream ends,
+    before anything is applied."""
     server, path = guarded
     release = threading.Event()
 
@@ -193,8 +203,10 @@ def test_abandoned_calls_give_back_their_bytes_and_their_admission(
         next(download)
         download.cancel()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as closed:
-        pb_grpc.ParameterServerStub(closed).Push.future(stalled(), timeout=60)
+        # Held until the channel closes under it: a dropped future would cancel the call.
+        abandoned = pb_grpc.ParameterServerStub(closed).Push.future(stalled(), timeout=60)
         wait_until(lambda: in_flight(bounded) > 0, "the push to reserve")
+    del abandoned
     with grpc.insecure_channel(f"127.0.0.1:{port}") as closed:
         next(pb_grpc.ParameterServerStub(closed).Pull(pb.PullRequest(names=["big"]), timeout=60))
     release.set()
@@ -216,11 +228,10 @@ def test_abandoned_calls_give_back_their_bytes_and_their_admission(
 
 
 def test_a_request_stream_that_trickles_is_cut_off(bounded: RunningServer) -> None:
-    """FAILS NOW. The idle timeout is per message, so a push sending one byte every half idle
-    period holds its reservation (and a call of the concurrency cap) for as long as it likes:
-    a few such streams keep every other tensor call waiting, then OVERLOADED. A stream that
-    sends this slowly should be ended (DEADLINE_EXCEEDED, STREAM_IDLE) without applying
-    anything; the rule (a least rate, a whole-stream bound) is the server's choice."""
+    """A push sending one byte every half idle period would hold its reservation (and a call
+    of the concurrency cap) for as long as it liked if the idle timeout were all: a stream
+    must also keep --min-stream-mib-per-second on average, and this one is ended
+    (DEADLINE_EXCEEDED, STREAM_IDLE) without applying anything."""
     data = GRADIENT.tobytes()
 
     def trickle() -> Iterator[Any]:
@@ -239,9 +250,8 @@ def test_a_request_stream_that_trickles_is_cut_off(bounded: RunningServer) -> No
 
 
 def test_a_checkpoint_larger_than_the_payload_limit_can_be_downloaded(tmp_path: Path) -> None:
-    """FAILS NOW. A download holds a window of the budget, not the checkpoint's size (SECURITY.md),
-    yet it is refused TOO_LARGE when the checkpoint is larger than --max-payload-gib (below
-    64 MiB): the server cannot serve a checkpoint it wrote itself."""
+    """A download holds a window of the budget, not the checkpoint's size, and files are not
+    tensors of one call: a checkpoint larger than --max-payload-gib is served."""
     registry = Registry(limits=Limits(max_payload_bytes=4 * MEBI))
     server = create_server(registry, checkpointer=Checkpointer(registry, tmp_path / "ckpt"))
     try:
@@ -269,16 +279,32 @@ def health_answers(port: int) -> None:
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+LISTER = """
+import sys
+from tfps_client import Client
+with Client(f"127.0.0.1:{sys.argv[1]}", timeout=120) as reader:
+    for _ in range(2):
+        assert len(reader.list_variables()) == 1024
+"""
+"""A reader process listing every variable twice."""
+
+READERS = min(4, max(2, os.cpu_count() or 1))
+"""Reader processes listing at once."""
+
+
 def test_listing_variables_at_the_name_bound_leaves_health_answering() -> None:
-    """FAILS NOW. ListVariables builds and serializes its whole answer on the event loop and
-    outside the byte budget: with 1024 variables named at a 64 KiB name bound (the same bytes
-    as 65536 variables at the default 1 KiB bound and 1 KiB optimizer names), four readers
-    listing at once hold 4 x 130 MiB and keep health from answering for seconds."""
+    """ListVariables builds and serializes its answer in a worker thread, not on the event
+    loop: with 1024 variables named at a 64 KiB name bound (the same bytes as 65536
+    variables at the default 1 KiB bound), reader processes listing at once (one per core)
+    leave health answering within a second. The server and the readers are processes of their
+    own, as in a deployment: in one process, the readers' parsing would hold the server's
+    interpreter too."""
     name_bytes = 65_000
     optimizer = "o" * name_bytes
-    server = create_server(Registry(limits=Limits(max_name_bytes=65_536)))
-    try:
-        with Client(f"127.0.0.1:{server.port}", timeout=120) as client:
+    port = free_port()
+    with ServerProcess(["--port", str(port), "--max-name-bytes", "65536"], server_env()) as server:
+        server.wait_for(LISTENING)
+        with Client(f"127.0.0.1:{port}", timeout=120) as client:
             client.create_optimizer(optimizer, SGD)
             for start in range(0, 1024, 128):  # 128 names of 64 KiB: 8 MiB per request
                 names = [
@@ -287,28 +313,13 @@ def test_listing_variables_at_the_name_bound_leaves_health_answering() -> None:
                 client.create_variables(
                     {name: np.zeros((), np.float32) for name in names}, optimizer=optimizer
                 )
-        done = threading.Event()
-
-        def lister() -> None:
-            with Client(f"127.0.0.1:{server.port}", timeout=120) as reader:
-                for _ in range(2):
-                    assert len(reader.list_variables()) == 1024
-
-        listers = [threading.Thread(target=lister) for _ in range(4)]
-        for thread in listers:
-            thread.start()
-
-        def all_listed() -> None:
-            for thread in listers:
-                thread.join()
-            done.set()
-
-        threading.Thread(target=all_listed).start()
+        listers = [  # one per core: more would measure the machine, not the server
+            subprocess.Popen([sys.executable, "-c", LISTER, str(port)]) for _ in range(READERS)
+        ]
         try:
-            while not done.is_set():
-                health_answers(server.port)
+            while any(lister.poll() is None for lister in listers):
+                health_answers(port)
         finally:
-            for thread in listers:
-                thread.join()
-    finally:
-        server.stop(None)
+            codes = [lister.wait(120) for lister in listers]
+        assert codes == [0] * READERS
+        assert server.terminate() == 0

@@ -260,11 +260,15 @@ class AdmissionInterceptor(_ServiceInterceptor):
     ) -> grpc.RpcMethodHandler:
         """Returns the handler, or one that refuses the call with the reason why."""
         behavior = _behavior(handler)
+        metadata = details.invocation_metadata or ()
+        authorize = self._authorize
         try:
-            if self._authorize is not None:
-                self._authorize(method, details.invocation_metadata or ())
+            if authorize is not None:
+                authorize(method, metadata)
         except ServerError as error:
             return _rebuilt(handler, _refusing(error), None, handler.response_serializer)
+        if authorize is not None and handler.request_streaming:
+            behavior = _reauthorized(behavior, lambda: authorize(method, metadata))
 
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self._calls >= self._max_calls:
@@ -290,6 +294,22 @@ class AdmissionInterceptor(_ServiceInterceptor):
         )
 
 
+def _reauthorized(behavior: _Behavior, authorize: Callable[[], object]) -> _Behavior:
+    """A request-streaming behavior whose token is checked again once its stream has ended,
+    before the servicer acts on it: a token revoked (tokens file reloaded) while a client
+    held a stream open does not get to apply it."""
+
+    async def checked_at_end(stream: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def messages() -> AsyncIterator[Any]:
+            async for message in stream:
+                yield message
+            authorize()
+
+        return await behavior(messages(), context)
+
+    return checked_at_end
+
+
 def _refusing(error: ServerError) -> _Behavior:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await abort(context, error.again())
@@ -298,7 +318,8 @@ def _refusing(error: ServerError) -> _Behavior:
 
 
 class DecodingInterceptor(_ServiceInterceptor):
-    """Parses requests of one service off the event loop, refusing bytes that do not parse.
+    """Parses requests of one service off the event loop, refusing bytes that do not parse;
+    responses the servicer serialized itself pass through as they are.
 
     Args:
         service: the service whose methods are guarded; others pass through.
@@ -349,7 +370,7 @@ class DecodingInterceptor(_ServiceInterceptor):
             return await behavior(_parsed_each(stream, parse), context)
 
         guarded = parsed_stream if handler.request_streaming else parsed_unary
-        return _rebuilt(handler, guarded, None, handler.response_serializer)
+        return _rebuilt(handler, guarded, None, _passing_bytes(handler.response_serializer))
 
 
 async def _parsed_each(
@@ -361,3 +382,15 @@ async def _parsed_each(
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    """A serializer that leaves responses the servicer serialized itself (off the loop) as
+    they are."""
+
+    def serialized(message: Any) -> bytes:
+        if isinstance(message, bytes) or serialize is None:
+            return message  # type: ignore[no-any-return]
+        return serialize(message)
+
+    return serialized

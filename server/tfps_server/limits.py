@@ -61,6 +61,10 @@ class Limits:
     """Most parameter-server calls in progress at once (health and reflection not counted)."""
     stream_idle_seconds: float = 60.0
     """Longest a stream may go without sending or reading a message before it is ended."""
+    min_stream_bytes_per_second: int = 1 << 20
+    """Slowest a stream of tensors may move on average: one of N bytes must end within
+    ``stream_idle_seconds + N / min_stream_bytes_per_second``, so that trickling a byte per
+    idle period cannot hold a reservation and a call slot for ever."""
 
 
 class Flag(NamedTuple):
@@ -160,6 +164,15 @@ FLAGS = (
         "a stream that sends or reads nothing for this long is ended",
         float,
         float,
+    ),
+    Flag(
+        "--min-stream-mib-per-second",
+        "min_stream_bytes_per_second",
+        "1",
+        "slowest average rate of a tensor stream: one of N MiB must end within "
+        "--stream-idle-seconds + N / this many seconds",
+        float,
+        lambda value: max(1, int(value * (1 << 20))),
     ),
 )
 """Every flag of :class:`Limits`, in the order ``--help`` shows them."""

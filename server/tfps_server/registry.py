@@ -440,8 +440,8 @@ class Registry:
         """Returns the names of every optimizer, sorted."""
         return sorted(self._current.optimizers)
 
-    def variable_infos(self) -> list[VariableInfo]:
-        """Returns every variable in creation order."""
+    def variable_infos(self, generation: Generation | None = None) -> list[VariableInfo]:
+        """Returns every variable (of ``generation``, else the current one) in creation order."""
         return [
             VariableInfo(
                 m.name,
@@ -450,7 +450,7 @@ class Registry:
                 m.optimizer.name,
                 m.variable.device,
             )
-            for m in list(self._current.variables.values())
+            for m in list((generation or self._current).variables.values())
         ]
 
     def options(self, optimizer: str) -> OptimizerOptions:

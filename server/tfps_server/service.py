@@ -150,6 +150,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         """Set once the server may answer; RPCs before that get UNAVAILABLE."""
         self.ready.set()
         self._chunk_bytes = chunk_bytes
+        self._listing_lock = threading.Lock()
+        self._listing: tuple[tuple[int, int], bytes] | None = None
 
     def _without_paths(self, error: ServerError) -> ServerError:
         """The error with the checkpoint directory's path cut from its message and metadata
@@ -212,11 +214,23 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_rpc
     async def ListVariables(
         self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListVariablesResponse:
-        infos = await self._read(self._registry.variable_infos)
-        return pb.ListVariablesResponse(
-            variables=[convert.variable_info_to_message(info) for info in infos]
-        )
+    ) -> bytes:
+        return await self._read(self._variable_list)
+
+    def _variable_list(self) -> bytes:
+        """The serialized answer of ListVariables: at the bounds, a hundred megabytes of names,
+        built and serialized in a worker thread rather than on the event loop, and once per
+        state (variables are only ever added, or replaced by a restore), not once per call."""
+        generation = self._registry.current()
+        key = (generation.number, len(generation.variables))
+        with self._listing_lock:
+            if self._listing is None or self._listing[0] != key:
+                infos = self._registry.variable_infos(generation)[: key[1]]
+                message = pb.ListVariablesResponse(
+                    variables=[convert.variable_info_to_message(info) for info in infos]
+                )
+                self._listing = key, message.SerializeToString()
+            return self._listing[1]
 
     def _receive_push(self, requests: AsyncIterator[pb.PushRequest], method: str) -> Any:
         return self._streams.receive(
@@ -246,6 +260,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             names = self._pull_names("PushPull", first.pull)
             nbytes = self._registry.plan_pull(names).nbytes if names else 0
             async with self._streams.reserved("PushPull", nbytes):
+                deadline = self._streams.deadline(nbytes)
                 results, pulled = await self._change(
                     functools.partial(
                         self._pusher.push_pull, gradients, names, **_push_context(first)
@@ -259,7 +274,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                     pb.PushPullResponse, header, [value for _, value in pulled]
                 )
                 while (message := await self._read(next, messages, None)) is not None:
-                    await self._streams.write(context, "PushPull", message)
+                    await self._streams.write(context, "PushPull", message, deadline)
 
     def _pull_names(self, method: str, names: Sequence[str]) -> list[str]:
         """The names in order, each once: an answer holds every variable at most once."""
@@ -398,8 +413,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             await self._streams.send(
                 context,
                 "DownloadCheckpoint",
-                min(info.size_bytes, DOWNLOAD_WINDOW_BYTES),
+                info.size_bytes,
                 lambda: _file_stream(handles, _public(info), self._chunk_bytes),
+                window=min(info.size_bytes, DOWNLOAD_WINDOW_BYTES),
             )
         finally:
             for _, handle in handles:

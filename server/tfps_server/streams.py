@@ -65,21 +65,38 @@ class Streams:
         self._pool = pool
         self._idle = limits.stream_idle_seconds
 
-    def _stalled(self, method: str, what: str) -> DeadlineExceeded:
+    def deadline(self, nbytes: int) -> float:
+        """When a stream of ``nbytes`` tensor bytes starting now must have ended, in loop time:
+        the idle timeout plus its bytes at ``--min-stream-mib-per-second``."""
+        rate = self._limits.min_stream_bytes_per_second
+        return asyncio.get_running_loop().time() + self._idle + nbytes / rate
+
+    def _timeout(self, deadline: float) -> float:
+        return max(0.0, min(self._idle, deadline - asyncio.get_running_loop().time()))
+
+    def _stalled(self, method: str, what: str, deadline: float) -> DeadlineExceeded:
+        if asyncio.get_running_loop().time() < deadline - 0.001:
+            problem = f"{what} for {self._idle:g} s (--stream-idle-seconds)"
+        else:
+            problem = (
+                f"moved slower than {self._limits.min_stream_bytes_per_second} bytes per second "
+                "on average (--min-stream-mib-per-second)"
+            )
         return DeadlineExceeded(
-            f"{method}: the client {what} for {self._idle:g} s (--stream-idle-seconds); "
-            "the stream was ended",
+            f"{method}: the client {problem}; the stream was ended",
             Reason.STREAM_IDLE,
             {"limit": "stream_idle_seconds", "expected": self._idle},
         )
 
-    async def _next(self, messages: AsyncIterator[_Message], method: str) -> _Message | None:
+    async def _next(
+        self, messages: AsyncIterator[_Message], method: str, deadline: float
+    ) -> _Message | None:
         try:
-            return await asyncio.wait_for(messages.__anext__(), self._idle)
+            return await asyncio.wait_for(messages.__anext__(), self._timeout(deadline))
         except StopAsyncIteration:
             return None
         except asyncio.TimeoutError:
-            raise self._stalled(method, "sent no message of the request stream") from None
+            raise self._stalled(method, "sent no message of the request stream", deadline) from None
 
     @contextlib.asynccontextmanager
     async def receive(
@@ -105,16 +122,17 @@ class Streams:
             DeadlineExceeded: the client stalled (STREAM_IDLE).
             codec.CodecError: the stream is empty or its chunks do not add up.
         """
-        first = await self._next(messages, method)
+        first = await self._next(messages, method, self.deadline(0))
         if first is None:
             raise codec.CodecError("expected at least one message in the stream, received none")
         check_tensor_count(method, "tensors", count_of(first), self._limits)
         assembler = codec.TensorAssembler(
             specs_of(first), self._limits.max_payload_bytes, writable=False
         )
+        deadline = self.deadline(assembler.nbytes)
         async with self._budget.reserve(assembler.nbytes, method, self._idle):
             assembler.add(first.chunks)  # type: ignore[attr-defined]
-            while (message := await self._next(messages, method)) is not None:
+            while (message := await self._next(messages, method, deadline)) is not None:
                 assembler.add(message.chunks)  # type: ignore[attr-defined]
             yield first, assembler.finish()
 
@@ -143,34 +161,51 @@ class Streams:
         method: str,
         nbytes: int,
         build: Callable[[], Iterator[Any]],
+        *,
+        window: int | None = None,
     ) -> None:
-        """Writes a response stream of ``nbytes`` tensor bytes, one message at a time.
+        """Writes a response stream of ``nbytes`` bytes, one message at a time.
 
         Args:
             context: the call.
             method: the RPC, for messages.
-            nbytes: the tensor bytes the messages will carry, known before building them.
+            nbytes: the bytes the messages will carry, known before building them.
             build: returns the messages, lazily; it and each step of it run in a
                 worker thread.
+            window: hold only this many bytes of the budget (at most all of it), without
+                the payload limit: for files streamed from disk, of which only what gRPC
+                buffers is in memory. None: hold ``nbytes``, within the payload limit.
 
         Raises:
             ResourceExhausted, Unavailable: as :meth:`reserved`.
-            DeadlineExceeded: the client read nothing for the idle timeout (STREAM_IDLE).
+            DeadlineExceeded: the client read nothing for the idle timeout, or slower than
+                the minimum rate (STREAM_IDLE).
         """
-        async with self.reserved(method, nbytes):
+        held = (
+            self.reserved(method, nbytes)
+            if window is None
+            else self._budget.reserve(min(window, self._budget.capacity), method, self._idle)
+        )
+        async with held:
+            deadline = self.deadline(nbytes)
             messages = await in_thread(self._pool, build)
             while (message := await in_thread(self._pool, next, messages, None)) is not None:
-                await self.write(context, method, message)
+                await self.write(context, method, message, deadline)
 
-    async def write(self, context: grpc.aio.ServicerContext, method: str, message: Any) -> None:
-        """Writes one response message within the idle timeout.
+    async def write(
+        self, context: grpc.aio.ServicerContext, method: str, message: Any, deadline: float
+    ) -> None:
+        """Writes one response message within the idle timeout and the stream's ``deadline``.
 
         Raises:
             DeadlineExceeded: the client read nothing for that long (STREAM_IDLE).
+            asyncio.CancelledError: the call ended under the write (the client left).
         """
         try:
-            await asyncio.wait_for(context.write(message), self._idle)
+            await asyncio.wait_for(context.write(message), self._timeout(deadline))
         except asyncio.TimeoutError:
-            raise self._stalled(method, "read no message of the response stream") from None
+            raise self._stalled(
+                method, "read no message of the response stream", deadline
+            ) from None
         except cygrpc.ExecuteBatchError:  # the call ended under the write: the client left
             raise asyncio.CancelledError(f"{method}: the client went away") from None

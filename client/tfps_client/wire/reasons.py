@@ -106,7 +106,8 @@ class Reason(str, enum.Enum):
     OVERLOADED = "OVERLOADED"
     """The server's budget of bytes in flight is taken by other calls now; retrying is safe."""
     STREAM_IDLE = "STREAM_IDLE"
-    """A stream sent or read nothing for longer than the server's idle timeout."""
+    """A stream sent or read nothing for longer than the server's idle timeout, or moved
+    slower than its minimum rate."""
     NOT_READY = "NOT_READY"
     """The server is restoring a checkpoint before serving."""
     SHUTTING_DOWN = "SHUTTING_DOWN"
