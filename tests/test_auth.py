@@ -277,6 +277,33 @@ def test_reload_adds_and_removes_tokens_and_keeps_them_when_the_file_breaks(
         server.stop(None)
 
 
+def test_a_changed_tokens_file_is_read_again_without_a_signal(tmp_path: Path) -> None:
+    """A Secret update swaps the file under the server: the next lookup after the check
+    interval sees the new tokens; a broken replacement keeps the old ones."""
+    path = tmp_path / "tokens"
+    path.write_text(f"reader {READER}\n")
+    tokens = TokenFile(path, check_every_seconds=0)
+    assert tokens.role_of(OTHER) is None
+    replacement = tmp_path / "tokens.new"
+    replacement.write_text(f"admin {OTHER}\n")
+    replacement.replace(path)  # a new inode, as the kubelet's symlink swap makes
+    assert tokens.role_of(OTHER) is Role.ADMIN
+    assert tokens.role_of(READER) is None
+    path.write_text("admin\n")
+    assert tokens.role_of(OTHER) is Role.ADMIN
+
+
+def test_lookups_look_for_changes_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Within the interval a lookup does not touch the file; a reload still does."""
+    path = tmp_path / "tokens"
+    path.write_text(f"reader {READER}\n")
+    tokens = TokenFile(path, check_every_seconds=3600)
+    path.write_text(f"worker {READER}\n")
+    assert tokens.role_of(READER) is Role.READER
+    assert tokens.reload()
+    assert tokens.role_of(READER) is Role.WORKER
+
+
 def test_a_tokens_file_that_becomes_unreadable_keeps_its_tokens(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text(f"reader {READER}\n")

@@ -25,12 +25,14 @@ import hashlib
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import PermissionDenied, Unauthenticated
+from tfps_server.watched import stamp
 
 _log = logging.getLogger(__name__)
 
@@ -147,21 +149,26 @@ def parse_tokens(text: str, source: str) -> tuple[tuple[bytes, Role], ...]:
 
 
 class TokenFile:
-    """The tokens of a tokens file and their roles, re-read by :meth:`reload`.
+    """The tokens of a tokens file and their roles, re-read by :meth:`reload` (SIGHUP) and
+    when the file changes (a lookup looks at most once every ``check_every_seconds``).
 
     Safe to use from any thread: lookups see either the old or the new tokens,
     never a mix.
 
     Args:
         path: the tokens file.
+        check_every_seconds: how often lookups check whether the file changed.
 
     Raises:
         ValueError: the file cannot be read or is malformed (see :func:`parse_tokens`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, check_every_seconds: float = 1.0) -> None:
         self.path = Path(path)
         self._reload_lock = threading.Lock()
+        self._check_every = check_every_seconds
+        self._stamp = stamp(self.path)
+        self._checked_at = time.monotonic()
         self._entries = self._read()
         _log.info("tokens file %s: %s", self.path, self.summary())
 
@@ -198,6 +205,7 @@ class TokenFile:
             kept (an error was logged, naming the file and line but no token).
         """
         with self._reload_lock:
+            self._stamp = stamp(self.path)  # a broken file is tried again once it changes
             try:
                 entries = self._read()
             except ValueError as error:
@@ -207,12 +215,23 @@ class TokenFile:
         _log.info("reloaded tokens file %s: %s", self.path, self.summary())
         return True
 
+    def _reload_if_changed(self) -> None:
+        """Reloads the file if it changed (a Secret update, an edit), looking at most once
+        every ``check_every_seconds``."""
+        now = time.monotonic()
+        if now - self._checked_at < self._check_every:
+            return
+        self._checked_at = now
+        if stamp(self.path) != self._stamp:
+            self.reload()
+
     def role_of(self, token: str) -> Role | None:
         """Returns the role of ``token``, or None if the file does not hold it.
 
         Every known token is compared (by digest, with :func:`hmac.compare_digest`),
         whichever matches, so the time taken does not depend on the token's content.
         """
+        self._reload_if_changed()
         digest = _digest(token)
         found: Role | None = None
         for known, role in self._entries:

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-tokens-file",
         None,
         "file of 'ROLE TOKEN' lines (roles: reader, worker, admin); calls must carry "
-        "'authorization: Bearer TOKEN'; re-read on SIGHUP; none: the server is open",
+        "'authorization: Bearer TOKEN'; re-read when it changes and on SIGHUP; none: the server "
+        "is open",
     )
     add(
         "--reflection",

@@ -15,19 +15,18 @@ serves the metrics endpoint with the same files.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import threading
 from dataclasses import dataclass
 
 import grpc
 
+from tfps_server.watched import Stamp, stamp
+
 _log = logging.getLogger(__name__)
 
-_Stamp = tuple[tuple[int, ...] | None, ...]
-"""Device, inode, size, and modification and change times (ns) of each file; None for a
-file ``stat`` cannot reach. The change time catches a copy that kept the old file's
-modification time and size (``cp -p``)."""
+_Stamp = tuple[Stamp, ...]
+"""The :func:`~tfps_server.watched.stamp` of each file."""
 
 
 @dataclass(frozen=True)
@@ -78,23 +77,7 @@ class TlsMaterial:
 
 
 def _stamp(files: TlsFiles) -> _Stamp:
-    stamps: list[tuple[int, ...] | None] = []
-    for _, path in files.named():
-        try:
-            status = os.stat(path)
-        except OSError:
-            stamps.append(None)
-        else:
-            stamps.append(
-                (
-                    status.st_dev,
-                    status.st_ino,
-                    status.st_size,
-                    status.st_mtime_ns,
-                    status.st_ctime_ns,
-                )
-            )
-    return tuple(stamps)
+    return tuple(stamp(path) for _, path in files.named())
 
 
 def _refuse_encrypted_key() -> bytes:
