@@ -70,6 +70,12 @@ def status_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
+def held_open(release: threading.Event) -> Iterator[Any]:
+    """A whole push of GRADIENT to ``w`` whose stream stays open until ``release`` is set."""
+    yield from push_request([dense_header("w", GRADIENT)], [GRADIENT])
+    release.wait()
+
+
 def in_flight(server: RunningServer) -> float:
     return server.registry.metrics.in_flight_bytes._value.get()  # type: ignore[no-any-return]
 
@@ -125,14 +131,9 @@ def test_a_token_removed_by_reload_cannot_finish_a_push_it_opened(
     before anything is applied."""
     server, path = guarded
     release = threading.Event()
-
-    def held() -> Iterator[Any]:
-        yield from push_request([dense_header("w", GRADIENT)], [GRADIENT])
-        release.wait()
-
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ParameterServerStub(channel)
-        push = stub.Push.future(held(), metadata=bearer(WORKER), timeout=60)
+        push = stub.Push.future(held_open(release), metadata=bearer(WORKER), timeout=60)
         wait_until(lambda: in_flight(server) == GRADIENT.nbytes, "the push to be admitted")
         path.write_text(f"admin {ADMIN}\n")
         assert server.reload()
@@ -213,14 +214,9 @@ def test_abandoned_calls_give_back_their_bytes_and_their_admission(
     wait_until(lambda: in_flight(bounded) == 0, "the budget to return to zero")
 
     held = threading.Event()
-
-    def small() -> Iterator[Any]:
-        yield from push_request([dense_header("w", GRADIENT)], [GRADIENT])
-        held.wait()
-
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ParameterServerStub(channel)
-        pushes = [stub.Push.future(small(), timeout=60) for _ in range(4)]
+        pushes = [stub.Push.future(held_open(held), timeout=60) for _ in range(4)]
         wait_until(lambda: in_flight(bounded) == 4 * GRADIENT.nbytes, "four pushes admitted")
         held.set()
         assert [status_of(push.result)[0] for push in pushes] == [grpc.StatusCode.OK] * 4

@@ -21,6 +21,7 @@ import pytest
 from tfps_client import (
     AbortedError,
     Client,
+    FailedPreconditionError,
     OptimizerOptions,
     Outcome,
     OutOfRangeError,
@@ -424,3 +425,32 @@ def test_a_restore_finishing_during_shutdown_leaves_no_sync_step_open(env: Env) 
     error = stream.finish()
     assert error.code() == grpc.StatusCode.UNAVAILABLE, error
     stopping.result()
+
+
+def test_set_weights_between_admission_and_apply_refuses_only_the_later_optimizer(
+    env: Env,
+) -> None:
+    """Every optimizer admits a push before any applies it; the one window left (the state
+    model's rule) is an admin's set_weights lowering a later optimizer's iterations between
+    the admission and that optimizer's turn: the earlier optimizer's part stays applied and
+    recorded, the later one refuses (STEP_AHEAD) and changes nothing, and a retry with the
+    same request id once the step fits again applies only the missing part."""
+    for name in ("a", "b"):
+        env.client.create_optimizer(name, SGD)
+        env.client.create_variables({f"w{name}": 0 * ONES}, optimizer=name)
+        env.client.push({f"w{name}": ONES})  # iterations 1
+    lowered = env.client.get_weights("b")
+    lowered[0] = np.array(0, np.int64)
+    applied = env.hooks.hold("push.applied")
+    push = in_background(lambda: env.client.push({"wa": ONES, "wb": ONES}, step=1, request_id="r"))
+    applied.wait_arrivals(1)  # a applied and recorded its part; b has not started
+    env.client.set_weights("b", lowered)
+    applied.release()
+
+    refused(push.failure(), FailedPreconditionError, "STEP_AHEAD")
+    assert (env.client.iterations("a"), env.client.iterations("b")) == (2, 0)
+    assert_all_bitwise_equal(env.client.pull(), {"wa": -2 * ONES, "wb": -ONES})
+    env.client.push({"wb": ONES})  # b back at iterations 1: the step fits again
+    retried = env.client.push({"wa": ONES, "wb": ONES}, step=1, request_id="r")
+    assert retried.iterations == {"a": 2, "b": 2}
+    assert_all_bitwise_equal(env.client.pull(), {"wa": -2 * ONES, "wb": -3 * ONES})
