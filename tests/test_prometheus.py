@@ -197,7 +197,10 @@ def test_alerting_rules_load_and_evaluate(prometheus: Prometheus) -> None:
         assert time.monotonic() < deadline, f"rules not all evaluated: {rules}"
         time.sleep(0.5)
     assert {name: r["health"] for name, r in rules.items()} == dict.fromkeys(expected, "ok")
-    assert {name: r["state"] for name, r in rules.items()} == dict.fromkeys(expected, "inactive")
+    # Pending is not firing: at start, a push in flight before two scrapes give a push rate
+    # makes TfpsNoPushes pending for a moment; its `for: 5m` is what keeps that quiet.
+    firing = {name for name, r in rules.items() if r["state"] == "firing"}
+    assert not firing, rules
 
 
 def test_every_dashboard_query_is_valid_promql(prometheus: Prometheus) -> None:
