@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
 
-.PHONY: demo test fuzz serve proto lint format clean
+.PHONY: demo test bench bench-quick fuzz serve proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: lint
+test: lint bench-quick
 	$(PY) -m pytest
+
+# The benchmark suite: writes BENCHMARKS.md and bench-results.json (about half an hour).
+bench: $(STAMP)
+	$(PY) -m bench
+
+# The same code on small sizes, in seconds: it must run and produce every figure.
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
 
 # The long fuzzing run (tests/fuzz): FUZZ_SECONDS of random cases; new faults go into the corpus.
 FUZZ_SECONDS ?= 1800
