@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 from bench import report
 from bench.figures import Figure
 from bench.scale import FULL, QUICK
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any suite loads TensorFlow
 
 SUITES = ("dense", "latency", "concurrency", "sparse", "training", "memory")
 """Modules of this package with ``run(scale) -> list[Figure]``, in report order."""
@@ -46,8 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {name} ...", flush=True)
         produced = importlib.import_module(f"bench.{name}").run(scale)
         for figure in produced:
-            print(f"  {figure.section} | {figure.what}: {figure.value:.4g} {figure.unit}, "
-                  f"{figure.ratio:.2f}x {figure.reference_label}", flush=True)
+            print(
+                f"  {figure.section} | {figure.what}: {figure.value:.4g} {figure.unit}, "
+                f"{figure.ratio:.2f}x {figure.reference_label}",
+                flush=True,
+            )
         if not produced or not all(figure.is_measured() for figure in produced):
             failed.append(name)
         figures += produced

@@ -102,11 +102,11 @@ def write_markdown(
 def _row(figure: Figure) -> str:
     unit = figure.unit
     target = "" if figure.target is None else f"{'≤' if figure.better == 'lower' else '≥'} "
-    target += "" if figure.target is None else f"{figure.target:g}×"
+    target += "" if figure.target is None else f"{figure.target:g}x"
     met = {True: "met", False: "**missed**", None: ""}[figure.met]
     return (
         f"| {figure.what} | {_number(figure.value)} {unit} | {figure.reference_label} "
-        f"{_number(figure.reference)} {unit} | {figure.ratio:.2f}× | {target} | {met} |"
+        f"{_number(figure.reference)} {unit} | {figure.ratio:.2f}x | {target} | {met} |"
     )
 
 

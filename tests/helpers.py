@@ -234,9 +234,13 @@ def dense_header(name: str, array: np.ndarray) -> pb.GradientHeader:
     return pb.GradientHeader(variable=name, dense=tensor_pb2.DenseSpec(tensor=codec.spec_of(array)))
 
 
-def push_request(headers: Sequence[pb.GradientHeader], arrays: Sequence[np.ndarray]) -> Any:
+def push_request(
+    headers: Sequence[pb.GradientHeader],
+    arrays: Sequence[np.ndarray],
+    chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+) -> Any:
     """The message stream of a push with the given headers and tensors."""
-    return codec.stream_messages(pb.PushRequest, {"gradients": list(headers)}, arrays)
+    return codec.stream_messages(pb.PushRequest, {"gradients": list(headers)}, arrays, chunk_bytes)
 
 
 # Server subprocesses ---------------------------------------------------------------------------

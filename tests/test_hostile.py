@@ -172,9 +172,7 @@ def test_abandoned_calls_give_back_their_bytes_and_their_admission(
     calls as the cap allows are admitted at once."""
     port = bounded.port
     big = np.zeros(MEBI // 2, np.float32)
-    messages = list(
-        push_request([dense_header("big", big)], [big])
-    )  # two messages at 1 MiB per message
+    messages = list(push_request([dense_header("big", big)], [big], chunk_bytes=MEBI))
     release = threading.Event()
 
     def stalled() -> Iterator[Any]:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tfps_client import Client, IndexedSlices
-from tfps_client.wire import codec
+from tfps_client.wire import codec, framing
 from tfps_client.wire import parameter_server_pb2 as pb
 
-from helpers import assert_bitwise_equal
+from helpers import assert_all_bitwise_equal, assert_bitwise_equal
 
 ROWS, COLUMNS = 262144, 1024
 """A float32 variable of exactly 1 GiB."""
@@ -66,20 +66,27 @@ def _sample(shape: tuple[int, ...], dtype: Any, seed: int) -> np.ndarray:
 
 
 def _round_trip(arrays: list[np.ndarray], chunk_bytes: int) -> tuple[int, list[np.ndarray]]:
-    """Streams arrays as serialized PullResponse messages; returns (messages, decoded arrays)."""
+    """Streams arrays as serialized PullResponse messages; returns (messages, decoded arrays).
+
+    The bytes written by hand (framing) parse as protobuf's own, and protobuf's own
+    serialization of them reads back the same: either side may use generated classes.
+    """
     specs = [pb.NamedTensorSpec(name=str(i), spec=codec.spec_of(a)) for i, a in enumerate(arrays)]
-    wire = [
-        message.SerializeToString()
-        for message in codec.stream_messages(
-            pb.PullResponse, {"tensors": specs}, arrays, chunk_bytes
-        )
-    ]
+    wire = list(codec.encode_stream(pb.PullResponse, {"tensors": specs}, arrays, chunk_bytes))
     messages = [pb.PullResponse.FromString(data) for data in wire]
     for message in messages:
         assert sum(len(c.data) for c in message.chunks) <= chunk_bytes
     assert all(not m.tensors for m in messages[1:]), "specs travel in the first message only"
-    _, decoded = codec.read_stream(messages, lambda first: [t.spec for t in first.tensors])
-    return len(messages), decoded
+    decoded = {}
+    for name, serialized in (
+        ("hand", wire),
+        ("protobuf", [m.SerializeToString() for m in messages]),
+    ):
+        framed = [framing.decode(data, pb.PullResponse) for data in serialized]
+        assert [f.message for f in framed] == [pb.PullResponse(tensors=m.tensors) for m in messages]
+        _, decoded[name] = codec.read_stream(framed, lambda first: [t.spec for t in first.tensors])
+    assert_all_bitwise_equal(decoded["hand"], decoded["protobuf"])
+    return len(messages), decoded["hand"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tfps_client import Client, IndexedSlices
+from tfps_server import RunningServer, compiled
 
 from helpers import assert_bitwise_equal, keras_optimizer
 
@@ -159,6 +160,26 @@ def table_gradient(
 def test_server_update_is_bitwise_local_update(
     client: Client, case: OptimizerCase, kind: str, dtype: str
 ) -> None:
+    _check_parity(client, case, kind, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=[case.id for case in OPTIMIZERS])
+def test_compiled_update_is_bitwise_local_update(
+    server: RunningServer,
+    client: Client,
+    case: OptimizerCase,
+    dtype: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The traced apply (compiled.py), used from the first push here, is bitwise Keras's
+    eager one too: dense and sparse, repeated indices, schedules, clipping."""
+    monkeypatch.setattr(compiled, "HOT_AFTER", 0)
+    _check_parity(client, case, "sparse-repeated", dtype)
+    assert server.registry.current().optimizer("opt").compiled.traces >= 1
+
+
+def _check_parity(client: Client, case: OptimizerCase, kind: str, dtype: str) -> None:
     rng = np.random.default_rng(7)
     kernel = rng.standard_normal(KERNEL_SHAPE).astype(dtype)
     table = rng.standard_normal(TABLE_SHAPE).astype(dtype)

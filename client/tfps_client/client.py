@@ -12,7 +12,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client.transport import MAX_MESSAGE_BYTES, Transport, bearer_metadata, open_channel
+from tfps_client.transport import (
+    MAX_MESSAGE_BYTES,
+    Transport,
+    bearer_metadata,
+    open_channel,
+    tensor_methods,
+)
 from tfps_client.types import (
     Aggregation,
     Async,
@@ -71,6 +77,7 @@ class Client:
         )
         self._channel = open_channel(address, credentials, max_message_bytes)
         self._stub = pb_grpc.ParameterServerStub(self._channel)
+        self._tensors = tensor_methods(self._channel)
 
     @property
     def timeout(self) -> float | None:
@@ -156,7 +163,7 @@ class Client:
         """Returns one slot's value for one variable, as ``optimizer.get_slot(var, slot)``."""
         request = pb.GetSlotRequest(variable=variable, slot=slot)
         _, (value,) = self._transport.download(
-            self._stub.GetSlot, request, lambda first: [first.slot]
+            self._tensors["GetSlot"], request, lambda first: [first.slot]
         )
         return value
 
@@ -164,7 +171,7 @@ class Client:
         """Returns the optimizer's weights in Keras order: iterations, then slots."""
         request = pb.GetOptimizerWeightsRequest(optimizer=optimizer)
         _, weights = self._transport.download(
-            self._stub.GetOptimizerWeights, request, lambda first: first.weights
+            self._tensors["GetOptimizerWeights"], request, lambda first: first.weights
         )
         return weights
 
@@ -172,9 +179,7 @@ class Client:
         """Replaces the optimizer's weights, with Keras's length and shape checks."""
         arrays = [np.asarray(w) for w in weights]
         header = {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in arrays]}
-        self._transport.upload(
-            self._stub.SetOptimizerWeights, pb.SetOptimizerWeightsRequest, header, arrays
-        )
+        self._transport.upload(self._tensors["SetOptimizerWeights"], header, arrays)
 
     def set_hyperparameter(
         self, optimizer: str, name: str, value: float | Mapping[str, Any]
@@ -212,9 +217,7 @@ class Client:
                 for name, array in zip(names, arrays, strict=True)
             ],
         }
-        response = self._transport.upload(
-            self._stub.CreateVariables, pb.CreateVariablesRequest, header, arrays
-        )
+        response = self._transport.upload(self._tensors["CreateVariables"], header, arrays)
         return CreateVariablesResult(tuple(response.created), tuple(response.existing))
 
     def list_variables(self) -> list[VariableInfo]:
@@ -249,7 +252,7 @@ class Client:
         """
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
-        response = self._transport.upload(self._stub.Push, pb.PushRequest, header, arrays)
+        response = self._transport.upload(self._tensors["Push"], header, arrays)
         return convert.push_result(response, request_id)
 
     def push_pull(
@@ -269,8 +272,7 @@ class Client:
         header, arrays = _push_header(gradients, worker, step, request_id)
         header["pull"] = list(pull)
         first, values = self._transport.exchange(
-            self._stub.PushPull,
-            pb.PushRequest,
+            self._tensors["PushPull"],
             header,
             arrays,
             lambda first: [t.spec for t in first.tensors],
@@ -285,7 +287,7 @@ class Client:
             return {}
         request = pb.PullRequest(names=wanted or ())
         first, values = self._transport.download(
-            self._stub.Pull, request, lambda first: [t.spec for t in first.tensors]
+            self._tensors["Pull"], request, lambda first: [t.spec for t in first.tensors]
         )
         return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
 
@@ -300,7 +302,7 @@ class Client:
             raise TypeError(f"pull_rows: expected integer ids, received dtype {indices.dtype}")
         request = pb.PullRowsRequest(variable=name, indices=indices.astype(np.int64).tolist())
         _, (rows,) = self._transport.download(
-            self._stub.PullRows, request, lambda first: [first.rows]
+            self._tensors["PullRows"], request, lambda first: [first.rows]
         )
         return rows.reshape(shape + rows.shape[1:])
 

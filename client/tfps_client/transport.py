@@ -9,14 +9,15 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from tfps_client.errors import DataLossError, from_rpc_error
 from tfps_client.types import RetryPolicy
-from tfps_client.wire import codec, tensor_pb2
+from tfps_client.wire import codec, framing, tensor_pb2
 from tfps_client.wire import parameter_server_pb2 as pb
 
 MAX_MESSAGE_BYTES = 256 << 20
@@ -108,6 +109,42 @@ def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+class TensorMethod(NamedTuple):
+    """A method whose requests or responses carry tensors, called with bytes where they do."""
+
+    call: Any
+    """The multi-callable: takes serialized requests when they carry chunks, and returns
+    serialized responses when they do (see :mod:`framing`)."""
+    request: type[Message]
+    """The request message class."""
+    response: type[Message]
+    """The response message class."""
+
+
+def tensor_methods(channel: grpc.Channel) -> dict[str, TensorMethod]:
+    """The methods of ``tfps.v1.ParameterServer`` whose requests or responses carry
+    tensor chunks, by name, on ``channel``."""
+    service = pb.DESCRIPTOR.services_by_name["ParameterServer"]
+    methods = {}
+    for method in service.methods:
+        request = getattr(pb, method.input_type.name)
+        response = getattr(pb, method.output_type.name)
+        framed = ["chunks" in m.DESCRIPTOR.fields_by_name for m in (request, response)]
+        if not any(framed):
+            continue
+        kind = "_".join(
+            "stream" if s else "unary" for s in (method.client_streaming, method.server_streaming)
+        )
+        make = getattr(channel, kind)
+        call = make(
+            f"/{service.full_name}/{method.name}",
+            request_serializer=None if framed[0] else request.SerializeToString,
+            response_deserializer=None if framed[1] else response.FromString,
+        )
+        methods[method.name] = TensorMethod(call, request, response)
+    return methods
+
+
 class Transport:
     """Makes calls with a deadline, retries and the caller's token, and moves tensors and
     files as streams.
@@ -157,28 +194,28 @@ class Transport:
         return self.with_retries(lambda: self._call(method, request))
 
     def upload(
-        self,
-        method: Callable[..., _T],
-        message: Callable[..., Any],
-        header: Mapping[str, Any],
-        arrays: Sequence[np.ndarray],
-    ) -> _T:
+        self, method: TensorMethod, header: Mapping[str, Any], arrays: Sequence[np.ndarray]
+    ) -> Any:
         """Calls a client-streaming method with ``header`` and the arrays' chunks."""
-        return self.with_retries(lambda: self._call(method, self._stream(message, header, arrays)))
+        return self.with_retries(
+            lambda: self._call(method.call, self._stream(method, header, arrays))
+        )
 
     def download(
         self,
-        method: Callable[..., Iterator[Any]],
+        method: TensorMethod,
         request: Any,
         specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
     ) -> tuple[Any, list[np.ndarray]]:
-        """Calls a server-streaming method; returns its first message and its tensors."""
-        return self.with_retries(lambda: codec.read_stream(self._call(method, request), specs_of))
+        """Calls a server-streaming method; returns its first message's header and its
+        tensors."""
+        return self.with_retries(
+            lambda: codec.read_stream(_decoded(self._call(method.call, request), method), specs_of)
+        )
 
     def exchange(
         self,
-        method: Callable[..., Iterator[Any]],
-        message: Callable[..., Any],
+        method: TensorMethod,
         header: Mapping[str, Any],
         arrays: Sequence[np.ndarray],
         specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
@@ -186,7 +223,8 @@ class Transport:
         """Calls a bidirectional method: tensors up, tensors down."""
         return self.with_retries(
             lambda: codec.read_stream(
-                self._call(method, self._stream(message, header, arrays)), specs_of
+                _decoded(self._call(method.call, self._stream(method, header, arrays)), method),
+                specs_of,
             )
         )
 
@@ -208,9 +246,14 @@ class Transport:
         )
 
     def _stream(
-        self, message: Callable[..., Any], header: Mapping[str, Any], arrays: Sequence[np.ndarray]
-    ) -> Iterator[Any]:
-        return codec.stream_messages(message, header, arrays, self.chunk_bytes)
+        self, method: TensorMethod, header: Mapping[str, Any], arrays: Sequence[np.ndarray]
+    ) -> Iterator[bytes]:
+        return codec.encode_stream(method.request, header, arrays, self.chunk_bytes)
+
+
+def _decoded(responses: Iterator[bytes], method: TensorMethod) -> Iterator[framing.Framed]:
+    for data in responses:
+        yield framing.decode(data, method.response)
 
 
 def _receive_files(

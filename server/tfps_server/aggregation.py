@@ -56,7 +56,8 @@ MAX_SYNC_TIMEOUT_SECONDS = threading.TIMEOUT_MAX / 2
 Linux), leaving a margin for the deadline arithmetic; more would raise OverflowError there."""
 
 ApplyFn = Callable[[Sequence[Prepared]], Outcome]
-"""Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite)."""
+"""Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite). Either way
+``iterations`` grows by exactly one."""
 
 
 def checked(options: OptimizerOptions) -> OptimizerOptions:
@@ -169,7 +170,7 @@ class AsyncPolicy:
         bound = self.options.max_staleness
         if bound is not None and step is not None and current - step > bound:
             return OptimizerResult(Outcome.STALE, current)
-        return OptimizerResult(apply(gradients), iterations())
+        return OptimizerResult(apply(gradients), current + 1)  # applied or skipped: one step
 
     def abort(self, error: ServerError) -> None:
         """Nothing waits in async mode: there is no open step to abort."""

@@ -10,14 +10,17 @@ its code, and a streaming response is timed until its last message.
 role (when tokens are configured), and room under the cap on concurrent calls.
 
 :class:`DecodingInterceptor` parses request bytes itself, in a worker thread
-when they are large (the event loop stays free), and answers bytes that do not
-parse as the method's request message with INVALID_ARGUMENT (one log line),
-where gRPC would answer INTERNAL and log a traceback per request.
+when they are large (the event loop stays free), tensor streams split into header
+and chunks without copying their bytes (:mod:`tfps_client.wire.framing`), and
+answers bytes that do not parse as the method's request message with
+INVALID_ARGUMENT (one log line), where gRPC would answer INTERNAL and log a
+traceback per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,8 +28,10 @@ from concurrent.futures import Executor
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from tfps_client.wire import framing
 from tfps_client.wire.reasons import Reason, decode_detail
 from tfps_server.errors import InvalidArgument, ServerError, abort
 from tfps_server.metrics import Metrics
@@ -329,12 +334,13 @@ class DecodingInterceptor(_ServiceInterceptor):
     def __init__(self, service: ServiceDescriptor, pool: Executor) -> None:
         super().__init__(service)
         self._pool = pool
+        self._methods = service.methods_by_name
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         """Returns the handler taking raw bytes, which it parses itself."""
-        deserialize = handler.request_deserializer or _identity
+        deserialize = self._deserializer(handler, method)
         behavior = _behavior(handler)
         full_name = f"{self._prefix}{method}"
 
@@ -371,6 +377,15 @@ class DecodingInterceptor(_ServiceInterceptor):
 
         guarded = parsed_stream if handler.request_streaming else parsed_unary
         return _rebuilt(handler, guarded, None, _passing_bytes(handler.response_serializer))
+
+    def _deserializer(self, handler: grpc.RpcMethodHandler, method: str) -> Callable[[bytes], Any]:
+        """The method's request parser: tensor streams are split by :func:`framing.decode`
+        into a header and chunks viewing the received bytes; other messages are parsed as
+        the handler would."""
+        request = message_factory.GetMessageClass(self._methods[method].input_type)
+        if "chunks" in request.DESCRIPTOR.fields_by_name:
+            return functools.partial(framing.decode, message_class=request)
+        return handler.request_deserializer or _identity
 
 
 async def _parsed_each(

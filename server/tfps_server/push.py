@@ -20,6 +20,7 @@ from tfps_client.wire.convert import Gradient, OptimizerResult, SparseGradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.aggregation import Prepared
 from tfps_server.errors import InvalidArgument, ServerError, shown
+from tfps_server.numerics import sum_of_squares, to_tensor
 from tfps_server.registry import Registry
 from tfps_server.state import Generation, ManagedOptimizer, ManagedVariable
 from tfps_server.validation import check_finite, check_gradient, check_text_bytes
@@ -191,7 +192,7 @@ class Pusher:
         aggregation overflows) skip the update; ``iterations`` still grows by one,
         as with Keras's LossScaleOptimizer.
         """
-        squares = [_sum_of_squares(g.values) for g in gradients]
+        squares = [sum_of_squares(g.values) for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
             self._metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
@@ -201,8 +202,14 @@ class Pusher:
         self._metrics.gradient_norm.labels(managed.name).observe(norm)
         self._count_clipping(managed, gradients, squares, norm)
         start = time.perf_counter()
+        signature = tuple(
+            (g.position, g.indices is not None, "" if g.indices is None else g.indices.dtype.name)
+            for g in gradients
+        )
         with tf.device(self._device):
-            managed.optimizer.apply_gradients([(_to_tensor(g), g.target) for g in gradients])
+            managed.compiled.apply(
+                signature, [_to_tensor(g) for g in gradients], [g.target for g in gradients]
+            )
         self._metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
         return Outcome.APPLIED
 
@@ -227,16 +234,6 @@ class Pusher:
                 self._metrics.clip_events.labels(managed.name, kind).inc()
 
 
-def _sum_of_squares(values: np.ndarray, block: int = 1 << 20) -> float:
-    """Sum of squares in float64, a block at a time so no full-size copy is made."""
-    flat = values.reshape(-1)
-    total = 0.0
-    for start in range(0, flat.size, block):
-        part = flat[start : start + block].astype(np.float64)
-        total += float(np.dot(part, part))
-    return total
-
-
 def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:
     """Casts a validated gradient up to the variable's dtype."""
     values = gradient.values.astype(managed.dtype, copy=False)
@@ -245,7 +242,7 @@ def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:
 
 
 def _to_tensor(gradient: Prepared) -> tf.Tensor | tf.IndexedSlices:
-    values = tf.constant(gradient.values)
+    values = to_tensor(gradient.values)
     if gradient.indices is None:
         return values
-    return tf.IndexedSlices(values, tf.constant(gradient.indices), tf.constant(gradient.shape))
+    return tf.IndexedSlices(values, to_tensor(gradient.indices), tf.constant(gradient.shape))

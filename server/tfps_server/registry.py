@@ -417,6 +417,7 @@ class Registry:
                 raise _naming_optimizer(optimizer, error) from None
             with tf.device(self.device):
                 setattr(managed.optimizer, key, spec.kwargs[key])
+            managed.compiled.clear()
 
     def _check_room_for_optimizer(self, generation: Generation, name: str) -> None:
         """Refuses a new optimizer past ``limits.max_optimizers``; one that exists is no growth."""

@@ -27,9 +27,10 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import Message
 
 from tfps_client.types import CheckpointInfo, OptimizerOptions
-from tfps_client.wire import codec, convert
+from tfps_client.wire import codec, convert, framing
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 from tfps_client.wire.reasons import Reason
@@ -177,9 +178,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         return await in_thread(self._read_pool, function, *args)
 
     def _messages(
-        self, message: Callable[..., Any], header: dict[str, Any], arrays: Sequence[np.ndarray]
-    ) -> Iterator[Any]:
-        return codec.stream_messages(message, header, arrays, self._chunk_bytes)
+        self, message: type[Message], header: dict[str, Any], arrays: Sequence[np.ndarray]
+    ) -> Iterator[bytes]:
+        return codec.encode_stream(message, header, arrays, self._chunk_bytes)
 
     @_rpc
     async def CreateOptimizer(
@@ -194,7 +195,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_rpc
     async def CreateVariables(
         self,
-        request_iterator: AsyncIterator[pb.CreateVariablesRequest],
+        request_iterator: AsyncIterator[framing.Framed],
         context: grpc.aio.ServicerContext,
     ) -> pb.CreateVariablesResponse:
         async with self._streams.receive(
@@ -232,7 +233,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                 self._listing = key, message.SerializeToString()
             return self._listing[1]
 
-    def _receive_push(self, requests: AsyncIterator[pb.PushRequest], method: str) -> Any:
+    def _receive_push(self, requests: AsyncIterator[framing.Framed], method: str) -> Any:
         return self._streams.receive(
             requests,
             method,
@@ -242,7 +243,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_rpc
     async def Push(
-        self, request_iterator: AsyncIterator[pb.PushRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[framing.Framed], context: grpc.aio.ServicerContext
     ) -> pb.PushResponse:
         async with self._receive_push(request_iterator, "Push") as (first, arrays):
             gradients = convert.gradients_from_wire(first.gradients, arrays)
@@ -253,7 +254,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_rpc
     async def PushPull(
-        self, request_iterator: AsyncIterator[pb.PushRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[framing.Framed], context: grpc.aio.ServicerContext
     ) -> None:
         async with self._receive_push(request_iterator, "PushPull") as (first, arrays):
             gradients = convert.gradients_from_wire(first.gradients, arrays)
@@ -285,7 +286,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> None:
         plan = self._registry.plan_pull(self._pull_names("Pull", request.names))
 
-        def build() -> Iterator[pb.PullResponse]:
+        def build() -> Iterator[bytes]:
             pulled = plan.read()
             header = {"tensors": convert.named_specs(pulled)}
             return self._messages(pb.PullResponse, header, [value for _, value in pulled])
@@ -299,7 +300,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         indices = np.asarray(request.indices, dtype=np.int64)
         plan = await self._read(self._registry.plan_rows, request.variable, indices)
 
-        def build() -> Iterator[pb.PullRowsResponse]:
+        def build() -> Iterator[bytes]:
             return _row_messages(plan.read(), indices, self._registry.device, self._chunk_bytes)
 
         await self._streams.send(context, "PullRows", plan.nbytes, build)
@@ -310,7 +311,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     ) -> None:
         plan = await self._read(self._registry.plan_weights, request.optimizer)
 
-        def build() -> Iterator[pb.GetOptimizerWeightsResponse]:
+        def build() -> Iterator[bytes]:
             weights = plan.read()
             header = {"weights": [codec.spec_of(w) for w in weights]}
             return self._messages(pb.GetOptimizerWeightsResponse, header, weights)
@@ -320,7 +321,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_rpc
     async def SetOptimizerWeights(
         self,
-        request_iterator: AsyncIterator[pb.SetOptimizerWeightsRequest],
+        request_iterator: AsyncIterator[framing.Framed],
         context: grpc.aio.ServicerContext,
     ) -> pb.SetOptimizerWeightsResponse:
         async with self._streams.receive(
@@ -355,7 +356,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def GetSlot(self, request: pb.GetSlotRequest, context: grpc.aio.ServicerContext) -> None:
         plan = await self._read(self._registry.plan_slot, request.variable, request.slot)
 
-        def build() -> Iterator[pb.GetSlotResponse]:
+        def build() -> Iterator[bytes]:
             value = plan.read()
             return self._messages(pb.GetSlotResponse, {"slot": codec.spec_of(value)}, [value])
 
@@ -430,20 +431,22 @@ def _public(info: CheckpointInfo) -> pb.CheckpointInfo:
 
 def _row_messages(
     snapshot: tf.Tensor, indices: np.ndarray, device: str, chunk_bytes: int
-) -> Iterator[pb.PullRowsResponse]:
+) -> Iterator[bytes]:
     """Yields ``snapshot[indices]`` as a tensor stream, gathering only one message's rows at
     a time: the whole answer is never held at once."""
     shape = (len(indices), *snapshot.shape[1:])
-    header = {"rows": codec.TensorSpec(dtype=codec.wire_dtype(snapshot.dtype.name), shape=shape)}
+    spec = codec.TensorSpec(dtype=codec.wire_dtype(snapshot.dtype.name), shape=shape)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * snapshot.dtype.size
     rows_per_message = max(1, chunk_bytes // max(row_bytes, 1))
+    first = pb.PullRowsResponse(rows=spec).SerializeToString()
+    field = framing.chunks_field(pb.PullRowsResponse)
     offset = 0
     for start in range(0, max(len(indices), 1), rows_per_message):
         with tf.device(device):
             block = tf.gather(snapshot, indices[start : start + rows_per_message]).numpy()
-        data = block.tobytes()
-        chunks = [codec.TensorChunk(tensor_index=0, offset=offset, data=data)] if data else []
-        yield pb.PullRowsResponse(chunks=chunks, **(header if start == 0 else {}))
+        data = codec.little_endian_bytes(block)
+        pieces = [framing.Piece(0, offset, data)] if len(data) else []
+        yield framing.encode(first if start == 0 else b"", field, pieces)
         offset += len(data)
 
 

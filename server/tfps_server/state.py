@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfps_client.types import OptimizerOptions
 from tfps_client.wire.reasons import Reason
 from tfps_server.aggregation import Policy
+from tfps_server.compiled import CompiledApply
 from tfps_server.errors import Aborted, NotFound, shown
 from tfps_server.exactly_once import RequestLog
 from tfps_server.optimizers import OptimizerSpec
@@ -68,6 +69,11 @@ class ManagedOptimizer:
     """Variable dtypes proven to apply with this optimizer."""
     retired: bool = False
     """Set (under the lock) when a restore replaced its generation."""
+    compiled: CompiledApply = field(init=False)
+    """Its applies traced per push signature (used under the lock)."""
+
+    def __post_init__(self) -> None:
+        self.compiled = CompiledApply(self.optimizer)
 
     def iterations(self) -> int:
         """Returns the optimizer's ``iterations``; the caller holds the lock."""

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 from grpc._cython import cygrpc  # the error a write to a call that ended raises
 
-from tfps_client.wire import codec, tensor_pb2
+from tfps_client.wire import codec, framing, tensor_pb2
 from tfps_client.wire.reasons import Reason
 from tfps_server.budget import ByteBudget
 from tfps_server.errors import DeadlineExceeded, ResourceExhausted
@@ -101,15 +101,16 @@ class Streams:
     @contextlib.asynccontextmanager
     async def receive(
         self,
-        messages: AsyncIterator[_Message],
+        messages: AsyncIterator[framing.Framed],
         method: str,
-        count_of: Callable[[_Message], int],
-        specs_of: Callable[[_Message], Sequence[tensor_pb2.TensorSpec]],
-    ) -> AsyncIterator[tuple[_Message, list[np.ndarray]]]:
+        count_of: Callable[[Any], int],
+        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
+    ) -> AsyncIterator[tuple[Any, list[np.ndarray]]]:
         """Reads a tensor stream; its bytes stay reserved while the block runs.
 
         Args:
-            messages: the request stream; its first message carries the header.
+            messages: the request stream, split by :func:`framing.decode`; its first
+                message carries the header, which the block receives with the tensors.
             method: the RPC, for messages.
             count_of: the number of tensors the first message declares (cheap: checked
                 against ``--max-tensors-per-request`` before the specs are looked at).
@@ -125,16 +126,15 @@ class Streams:
         first = await self._next(messages, method, self.deadline(0))
         if first is None:
             raise codec.CodecError("expected at least one message in the stream, received none")
-        check_tensor_count(method, "tensors", count_of(first), self._limits)
-        assembler = codec.TensorAssembler(
-            specs_of(first), self._limits.max_payload_bytes, writable=False
-        )
+        header = first.message
+        check_tensor_count(method, "tensors", count_of(header), self._limits)
+        assembler = codec.TensorAssembler(specs_of(header), self._limits.max_payload_bytes)
         deadline = self.deadline(assembler.nbytes)
         async with self._budget.reserve(assembler.nbytes, method, self._idle):
-            assembler.add(first.chunks)  # type: ignore[attr-defined]
+            assembler.add(first.chunks)
             while (message := await self._next(messages, method, deadline)) is not None:
-                assembler.add(message.chunks)  # type: ignore[attr-defined]
-            yield first, assembler.finish()
+                assembler.add(message.chunks)
+            yield header, assembler.finish()
 
     @contextlib.asynccontextmanager
     async def reserved(self, method: str, nbytes: int) -> AsyncIterator[None]:

@@ -409,7 +409,10 @@ def _cut(draw: Draw, request: _Request) -> Stream:
     """The request as a stream: the header in the first message, chunks spread over all."""
     total = sum(a.nbytes for a in request.arrays)
     chunk_bytes = max(draw(st.sampled_from(CHUNK_BYTES)), -(-total // MAX_MESSAGES))
-    batches = list(codec.iter_chunks(request.arrays, chunk_bytes))
+    batches = [
+        [tensor_pb2.TensorChunk(tensor_index=i, offset=o, data=bytes(d)) for i, o, d in pieces]
+        for pieces in codec.iter_chunks(request.arrays, chunk_bytes)
+    ]
     first: Any = request.layout.message()
     first.CopyFrom(request.header)
     first.chunks.extend(batches[0])

@@ -1,6 +1,8 @@
 """The wire vocabulary that the client and the server share, public and documented.
 
 - :mod:`~tfps_client.wire.codec`: numpy arrays <-> tensor specs and chunks.
+- :mod:`~tfps_client.wire.framing`: tensor stream messages written and read around their
+  chunks, copying the tensor bytes once on the way out and never on the way in.
 - :mod:`~tfps_client.wire.convert`: every other protobuf <-> Python value mapping.
 - :mod:`~tfps_client.wire.reasons`: why a call failed, and how that travels.
 - :mod:`~tfps_client.wire.checkpoint_layout`: the keys and metadata of checkpoints.

@@ -14,7 +14,9 @@ from typing import Any, Protocol, TypeVar, cast
 
 import ml_dtypes
 import numpy as np
+from google.protobuf.message import Message
 
+from tfps_client.wire import framing
 from tfps_client.wire._proto.tfps.v1 import tensor_pb2
 
 DataType = tensor_pb2.DataType
@@ -22,15 +24,23 @@ TensorSpec = tensor_pb2.TensorSpec
 TensorChunk = tensor_pb2.TensorChunk
 
 
-class _HasChunks(Protocol):
+class _Chunk(Protocol):
+    """A TensorChunk, or a :class:`framing.Piece`."""
+
     @property
-    def chunks(self) -> Iterable[tensor_pb2.TensorChunk]: ...
+    def tensor_index(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def data(self) -> bytes | memoryview: ...
 
 
-_Message = TypeVar("_Message", bound=_HasChunks)
+_Message = TypeVar("_Message")
 
-DEFAULT_CHUNK_BYTES = 1 << 20
-"""Bytes of tensor data per stream message (1 MiB)."""
+DEFAULT_CHUNK_BYTES = 3 << 20
+"""Bytes of tensor data per stream message (3 MiB): few messages per tensor, each under
+gRPC's default 4 MiB receive limit with room for its header, so that peers with default
+channel settings read every message."""
 
 MAX_RANK = 32
 """Most dimensions a tensor may have."""
@@ -117,38 +127,36 @@ def spec_nbytes(spec: tensor_pb2.TensorSpec) -> int:
     return math.prod(shape) * itemsize
 
 
-def _little_endian_bytes(array: np.ndarray) -> memoryview:
+def little_endian_bytes(array: np.ndarray) -> memoryview:
+    """The array's row-major little-endian bytes: a view of it where it has that layout."""
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def iter_chunks(
     arrays: Sequence[np.ndarray], chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[list[tensor_pb2.TensorChunk]]:
+) -> Iterator[list[framing.Piece]]:
     """Cuts arrays into chunk lists of at most ``chunk_bytes`` data bytes each.
 
     Small tensors share one list; a large one spans several. Every list is meant
-    for one stream message. At least one (possibly empty) list is yielded.
+    for one stream message. At least one (possibly empty) list is yielded. The
+    chunks' data are views of the arrays (of a little-endian copy, where one is not).
 
     Args:
         arrays: the tensors, in tensor-index order.
         chunk_bytes: the most data bytes per yielded list.
     """
-    batch: list[tensor_pb2.TensorChunk] = []
+    batch: list[framing.Piece] = []
     room = chunk_bytes
     yielded = False
     for index, array in enumerate(arrays):
-        data = _little_endian_bytes(array)
+        data = little_endian_bytes(array)
         offset = 0
         while offset < len(data):
             take = min(room, len(data) - offset)
-            batch.append(
-                tensor_pb2.TensorChunk(
-                    tensor_index=index, offset=offset, data=data[offset : offset + take].tobytes()
-                )
-            )
+            batch.append(framing.Piece(index, offset, data[offset : offset + take]))
             offset += take
             room -= take
             if room == 0:
@@ -158,18 +166,29 @@ def iter_chunks(
         yield batch
 
 
+ALIGNMENT = 64
+"""Byte alignment of decoded tensors: what TensorFlow's CPU kernels align their own to, so
+that a server can hand a decoded gradient to TensorFlow without a copy."""
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialized uint8 array of ``nbytes`` whose data starts on :data:`ALIGNMENT`."""
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start : start + nbytes]
+
+
 class TensorAssembler:
     """Rebuilds tensors from their specs and chunks, checking every byte.
 
     Chunks of a tensor must arrive in order, without gaps or overlaps. Memory
     for a tensor is reserved when its first chunk arrives and committed by the
-    operating system only as bytes are written.
+    operating system only as bytes are written. Every tensor is copied once, into
+    a writable array aligned to :data:`ALIGNMENT`.
 
     Args:
         specs: the tensors announced by the sender, in tensor-index order.
         max_total_bytes: refuse announcements larger than this, before allocating.
-        writable: return writable arrays. When False, a tensor that came in a
-            single chunk is decoded without a copy, as a read-only array.
 
     Raises:
         CodecError: a spec is invalid.
@@ -177,10 +196,7 @@ class TensorAssembler:
     """
 
     def __init__(
-        self,
-        specs: Sequence[tensor_pb2.TensorSpec],
-        max_total_bytes: int | None = None,
-        writable: bool = True,
+        self, specs: Sequence[tensor_pb2.TensorSpec], max_total_bytes: int | None = None
     ) -> None:
         self._specs = list(specs)
         self._sizes = [spec_nbytes(spec) for spec in self._specs]
@@ -191,12 +207,10 @@ class TensorAssembler:
                 f"expected at most {max_total_bytes} bytes of tensors, "
                 f"received a request for {self.nbytes}"
             )
-        self._writable = writable
         self._received = [0] * len(self._specs)
-        self._single: list[bytes | None] = [None] * len(self._specs)
         self._buffers: list[np.ndarray | None] = [None] * len(self._specs)
 
-    def add(self, chunks: Iterable[tensor_pb2.TensorChunk]) -> None:
+    def add(self, chunks: Iterable[_Chunk]) -> None:
         """Adds the chunks of one stream message.
 
         Raises:
@@ -219,13 +233,10 @@ class TensorAssembler:
                 raise CodecError(
                     f"tensor {index}: expected {self._sizes[index]} bytes, received at least {end}"
                 )
-            if expected_offset == 0 and end == self._sizes[index] and not self._writable:
-                self._single[index] = chunk.data
-            else:
-                buffer = self._buffers[index]
-                if buffer is None:
-                    buffer = self._buffers[index] = np.empty(self._sizes[index], np.uint8)
-                buffer[expected_offset:end] = np.frombuffer(chunk.data, np.uint8)
+            buffer = self._buffers[index]
+            if buffer is None:
+                buffer = self._buffers[index] = aligned_empty(self._sizes[index])
+            buffer[expected_offset:end] = np.frombuffer(chunk.data, np.uint8)
             self._received[index] = end
 
     def finish(self) -> list[np.ndarray]:
@@ -241,48 +252,59 @@ class TensorAssembler:
                     f"tensor {index}: expected {self._sizes[index]} bytes, "
                     f"received {self._received[index]}"
                 )
-            dtype, shape = numpy_dtype(spec.dtype), spec_shape(spec)
-            data, buffer = self._single[index], self._buffers[index]
-            if data is not None:
-                arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
-            elif buffer is not None:
-                arrays.append(buffer.view(dtype).reshape(shape))
-            else:
-                arrays.append(np.empty(shape, dtype))
+            buffer = self._buffers[index]
+            if buffer is None:
+                buffer = aligned_empty(0)
+            arrays.append(buffer.view(numpy_dtype(spec.dtype)).reshape(spec_shape(spec)))
         return arrays
 
 
-def stream_messages(
-    make: Callable[..., _Message],
+def encode_stream(
+    message_class: type[Message],
     header: Mapping[str, Any],
     arrays: Sequence[np.ndarray],
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> Iterator[_Message]:
-    """Yields the messages of a tensor stream: the header fields go in the first only.
+) -> Iterator[bytes]:
+    """Yields the serialized messages of a tensor stream; the header fields go in the first.
+
+    Each message costs one copy of its tensor bytes (see :mod:`framing`).
 
     Args:
-        make: the message class; it must have a ``chunks`` field.
+        message_class: the message class; it has a ``repeated TensorChunk chunks`` field.
         header: fields of the first message, including the tensor specs.
         arrays: the tensors whose bytes follow, in tensor-index order.
         chunk_bytes: the most data bytes per message.
     """
-    for position, chunks in enumerate(iter_chunks(arrays, chunk_bytes)):
-        yield make(chunks=chunks, **(header if position == 0 else {}))
+    field = framing.chunks_field(message_class)
+    first = message_class(**header).SerializeToString()
+    for position, pieces in enumerate(iter_chunks(arrays, chunk_bytes)):
+        yield framing.encode(first if position == 0 else b"", field, pieces)
+
+
+def stream_messages(
+    message_class: type[_Message],
+    header: Mapping[str, Any],
+    arrays: Sequence[np.ndarray],
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[_Message]:
+    """Yields the messages of a tensor stream as protobuf objects, for callers that send
+    them through generated stubs; see :func:`encode_stream` for the arguments."""
+    for data in encode_stream(message_class, header, arrays, chunk_bytes):  # type: ignore[arg-type]
+        yield message_class.FromString(data)  # type: ignore[attr-defined]
 
 
 def read_stream(
-    messages: Iterable[_Message],
-    specs_of: Callable[[_Message], Sequence[tensor_pb2.TensorSpec]],
+    messages: Iterable[framing.Framed],
+    specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
     max_total_bytes: int | None = None,
-    writable: bool = True,
-) -> tuple[_Message, list[np.ndarray]]:
-    """Reads a tensor stream and returns its first message and its tensors.
+) -> tuple[Any, list[np.ndarray]]:
+    """Reads a tensor stream and returns its first message's header and its tensors.
 
     Args:
-        messages: the stream; its first message carries the header.
-        specs_of: returns the tensor specs announced by the first message.
+        messages: the stream, decoded by :func:`framing.decode`; its first message
+            carries the header.
+        specs_of: returns the tensor specs announced by the first message's header.
         max_total_bytes: refuse announcements larger than this, before allocating.
-        writable: see :class:`TensorAssembler`.
 
     Raises:
         CodecError: the stream is empty or its tensors are malformed.
@@ -291,8 +313,8 @@ def read_stream(
     first = next(iterator, None)
     if first is None:
         raise CodecError("expected at least one message in the stream, received none")
-    assembler = TensorAssembler(specs_of(first), max_total_bytes, writable)
+    assembler = TensorAssembler(specs_of(first.message), max_total_bytes)
     assembler.add(first.chunks)
     for message in iterator:
         assembler.add(message.chunks)
-    return first, assembler.finish()
+    return first.message, assembler.finish()
