@@ -115,6 +115,7 @@ class Client:
         config: Mapping[str, Any] | str,
         aggregation: Aggregation | None = None,
         on_non_finite: Literal["reject", "skip"] = "reject",
+        lazy_sparse: bool = False,
     ) -> bool:
         """Creates a named optimizer from a Keras config, like ``tf_keras.optimizers.deserialize``.
 
@@ -124,6 +125,12 @@ class Client:
             aggregation: :class:`Async` (the default) or :class:`Sync`.
             on_non_finite: "reject" pushes with NaN/Inf gradients (INVALID_ARGUMENT),
                 or "skip" their update.
+            lazy_sparse: True updates, for a sparse gradient, only the slots and values of
+                the rows it holds (TF Addons' LazyAdam semantics), so that a sparse push costs
+                what its rows cost, not what the table costs. A different update from Keras's,
+                never the default; only Adam, Nadam and RMSprop take it (INVALID_ARGUMENT,
+                ``INVALID_OPTIONS``, for the other classes, whose Keras sparse updates already
+                touch only the rows given). Dense gradients are applied as Keras applies them.
 
         Returns:
             True if created, False if an optimizer with an equal config and options existed.
@@ -133,13 +140,14 @@ class Client:
             name=name,
             config_json=config_json,
             options=convert.options_to_message(
-                OptimizerOptions(aggregation or Async(), on_non_finite)
+                OptimizerOptions(aggregation or Async(), on_non_finite, lazy_sparse)
             ),
         )
         return self._transport.unary(self._stub.CreateOptimizer, request).created
 
     def get_options(self, optimizer: str) -> OptimizerOptions:
-        """Returns the aggregation mode and non-finite policy the optimizer was created with."""
+        """Returns the options the optimizer was created with: aggregation mode, non-finite
+        policy and ``lazy_sparse``."""
         request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
         response = self._transport.unary(self._stub.GetOptimizerConfig, request)
         return convert.options_from_message(response.options)

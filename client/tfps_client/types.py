@@ -102,6 +102,12 @@ class OptimizerOptions:
     """The aggregation mode."""
     on_non_finite: Literal["reject", "skip"] = "reject"
     """What pushes with NaN or Inf gradients do."""
+    lazy_sparse: bool = False
+    """Sparse gradients update only the slots and values of the rows they hold (TF Addons'
+    LazyAdam semantics; ``iterations`` still grows by one per push): a different update from
+    Keras's, whose Adam, Nadam and RMSprop (without momentum) decay every row's slots at each
+    sparse step. Only Adam, Nadam and RMSprop take it; dense gradients are applied exactly as
+    Keras applies them."""
 
 
 class Outcome(enum.Enum):

@@ -70,6 +70,8 @@ def checked(options: OptimizerOptions) -> OptimizerOptions:
     problems = []
     if options.on_non_finite not in ("reject", "skip"):
         problems.append(f"on_non_finite 'reject' or 'skip', received {options.on_non_finite!r}")
+    if not isinstance(options.lazy_sparse, bool):
+        problems.append(f"lazy_sparse true or false, received {options.lazy_sparse!r}")
     if isinstance(aggregation, Async):
         if aggregation.max_staleness is not None and aggregation.max_staleness < 0:
             problems.append(f"max_staleness >= 0, received {aggregation.max_staleness}")
@@ -98,7 +100,7 @@ def checked(options: OptimizerOptions) -> OptimizerOptions:
         raise InvalidArgument(
             "optimizer options: expected " + "; ".join(problems), Reason.INVALID_OPTIONS
         )
-    return OptimizerOptions(aggregation, options.on_non_finite)
+    return replace(options, aggregation=aggregation)
 
 
 def combine(contributions: Sequence[Sequence[Prepared]], reduction: str) -> list[Prepared]:

@@ -1,8 +1,10 @@
 """Keras config -> tf_keras legacy optimizer, with everything checked at creation.
 
 Keras is the engine: the optimizer returned is a real
-``tf_keras.optimizers.legacy`` instance. This module only decides which class,
-which arguments, and refuses up front every config that could not apply later.
+``tf_keras.optimizers.legacy`` instance (with the ``lazy_sparse`` option, of a
+subclass from :mod:`tfps_server.lazy` whose sparse updates change only the
+gradient's rows). This module only decides which class, which arguments, and
+refuses up front every config that could not apply later.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tf_keras
 
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import InvalidArgument, clipped, shown
+from tfps_server.lazy import LAZY_CLASSES
 from tfps_server.limits import Limits
 from tfps_server.validation import parse_json, past_limit
 
@@ -64,10 +67,17 @@ _KERAS_REFUSALS = (ValueError, TypeError, ArithmeticError, RecursionError, tf.er
 
 
 class OptimizerSpec(NamedTuple):
-    """A validated optimizer config: the Keras class and its constructor arguments."""
+    """A validated optimizer config: the Keras class, its constructor arguments, and whether
+    its sparse updates are lazy (:mod:`tfps_server.lazy`)."""
 
     cls: type
     kwargs: dict[str, Any]
+    lazy_sparse: bool = False
+
+    def construct(self) -> tf_keras.optimizers.legacy.Optimizer:
+        """Constructs the optimizer: the Keras class, or its lazy subclass."""
+        cls = LAZY_CLASSES[self.cls] if self.lazy_sparse else self.cls
+        return cls(**self.kwargs)
 
 
 def _fail(message: str, **metadata: object) -> InvalidArgument:
@@ -256,6 +266,26 @@ def parse_serialized(serialized: Any, limits: Limits) -> OptimizerSpec:
     return OptimizerSpec(cls, config)
 
 
+def with_lazy_sparse(spec: OptimizerSpec) -> OptimizerSpec:
+    """Returns the spec with lazy sparse updates, for a class that has them.
+
+    Raises:
+        InvalidArgument: the class has no lazy variant: its Keras sparse update already
+            changes only the rows given (reason ``INVALID_OPTIONS``).
+    """
+    name = spec.cls.__name__
+    if spec.cls not in LAZY_CLASSES:
+        expected = sorted(cls.__name__ for cls in LAZY_CLASSES)
+        raise InvalidArgument(
+            f"options: expected lazy_sparse=True only with a class in {expected}, whose Keras "
+            f"sparse updates change rows outside the gradient; received it with {name}, whose "
+            "Keras sparse update already changes only the rows given",
+            Reason.INVALID_OPTIONS,
+            {"expected": expected, "received": name},
+        )
+    return spec._replace(lazy_sparse=True)
+
+
 def instantiate(spec: OptimizerSpec) -> tf_keras.optimizers.legacy.Optimizer:
     """Creates the optimizer, refusing what Keras refuses, and proves it can apply.
 
@@ -267,7 +297,7 @@ def instantiate(spec: OptimizerSpec) -> tf_keras.optimizers.legacy.Optimizer:
     """
     name = spec.cls.__name__
     try:
-        optimizer = spec.cls(**spec.kwargs)
+        optimizer = spec.construct()
     except _KERAS_REFUSALS as error:
         raise _fail(f"optimizer {name}: {_first_line(error)}") from None
     check_dtypes(spec, ["float32"])
@@ -296,7 +326,7 @@ def _check_applies(spec: OptimizerSpec, dtypes: Sequence[str], device: str | Non
     name = spec.cls.__name__
     try:
         with tf.device(device):
-            probe = spec.cls(**spec.kwargs)
+            probe = spec.construct()
             variables = [tf.Variable(tf.ones([2, 2], dtype)) for dtype in dtypes]
             dense = [tf.fill([2, 2], tf.constant(0.5, v.dtype)) for v in variables]
             sparse = [
@@ -355,7 +385,7 @@ def with_hyperparameter(
     """
     changed = copy.deepcopy(dict(serialized))
     changed["config"] = {**changed.get("config", {}), key: value}
-    spec = parse_serialized(changed, limits)
+    spec = parse_serialized(changed, limits)._replace(lazy_sparse=created.lazy_sparse)
     instantiate(spec)
     check_dtypes(spec, dtypes, device)
     before, after = _construction(created), _construction(spec)
@@ -372,7 +402,7 @@ def with_hyperparameter(
 
 def _construction(spec: OptimizerSpec) -> tuple[tuple[str, ...], bool]:
     """What Keras decides at construction: the slot names, and whether decay applies."""
-    return slot_names(spec), spec.cls(**spec.kwargs)._initial_decay > 0
+    return slot_names(spec), spec.construct()._initial_decay > 0
 
 
 def slot_names(spec: OptimizerSpec) -> tuple[str, ...]:
@@ -380,7 +410,7 @@ def slot_names(spec: OptimizerSpec) -> tuple[str, ...]:
 
     Keras fixes them at construction; each has its variable's shape and dtype.
     """
-    probe = spec.cls(**spec.kwargs)
+    probe = spec.construct()
     probe._create_all_weights([tf.Variable(tf.zeros([1]))])
     return tuple(probe.get_slot_names())
 
@@ -390,10 +420,20 @@ def _first_line(error: BaseException) -> str:
     return clipped(text.splitlines()[0], 500) if text else type(error).__name__
 
 
+def keras_class_name(optimizer: tf_keras.optimizers.legacy.Optimizer) -> str:
+    """Returns the name of the optimizer's Keras class: a lazy optimizer's is its base's."""
+    return next(
+        cls.__name__
+        for cls in type(optimizer).__mro__
+        if OPTIMIZER_CLASSES.get(cls.__name__.lower()) is cls
+    )
+
+
 def serialize(optimizer: tf_keras.optimizers.legacy.Optimizer) -> dict[str, Any]:
-    """Returns ``{"class_name": ..., "config": ...}`` with plain JSON values."""
+    """Returns ``{"class_name": ..., "config": ...}`` with plain JSON values, as Keras
+    serializes the optimizer's Keras class (laziness is an option, not a config)."""
     config = json.loads(json.dumps(optimizer.get_config(), default=_plain))
-    return {"class_name": type(optimizer).__name__, "config": config}
+    return {"class_name": keras_class_name(optimizer), "config": config}
 
 
 def _plain(value: Any) -> Any:

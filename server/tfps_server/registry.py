@@ -201,12 +201,15 @@ class Registry:
         """Builds an optimizer with creation's checks; it joins no generation yet.
 
         Raises:
-            InvalidArgument: bad name or options, or a config Keras refuses or cannot apply.
+            InvalidArgument: bad name or options (``lazy_sparse`` for a class without lazy
+                updates), or a config Keras refuses or cannot apply.
             ResourceExhausted: a name longer than ``limits.max_name_bytes``.
         """
         check_name("optimizer", name, self.limits.max_name_bytes)
         options = checked(options)
         try:
+            if options.lazy_sparse:
+                spec = optimizers.with_lazy_sparse(spec)
             with tf.device(self.device), tf.init_scope():
                 optimizer = optimizers.instantiate(spec)
                 _ = optimizer.iterations

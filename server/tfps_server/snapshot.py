@@ -78,7 +78,7 @@ def capture(registry: Registry) -> Snapshot:
             entries.append(
                 layout.OptimizerEntry(
                     name=managed.name,
-                    class_name=type(optimizer).__name__,
+                    class_name=optimizers.keras_class_name(optimizer),
                     creation_config=managed.creation_config,
                     config=optimizers.serialize(optimizer),
                     options=layout.options_to_json(managed.options),

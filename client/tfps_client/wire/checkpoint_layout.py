@@ -90,7 +90,8 @@ class OptimizerEntry:
     config: dict[str, Any]
     """``{"class_name", "config"}`` at save time (hyperparameters as changed since)."""
     options: dict[str, Any]
-    """Aggregation mode and non-finite policy, as :func:`options_to_json` writes them."""
+    """Aggregation mode, non-finite policy and lazy_sparse, as :func:`options_to_json` writes
+    them."""
     iterations: int
     """``iterations`` at save time."""
     weights: tuple[str, ...]
@@ -169,18 +170,24 @@ def options_to_json(options: OptimizerOptions) -> dict[str, Any]:
         "aggregation": mode,
         **asdict(options.aggregation),
         "on_non_finite": options.on_non_finite,
+        "lazy_sparse": options.lazy_sparse,
     }
 
 
 def options_from_json(data: Mapping[str, Any]) -> OptimizerOptions:
     """Inverse of :func:`options_to_json` (values are not checked here).
 
+    Metadata written before ``lazy_sparse`` existed has none: False, the update it was saved with.
+
     Raises:
         ValueError: not options as :func:`options_to_json` writes them.
     """
     try:
-        fields = {k: v for k, v in data.items() if k not in ("aggregation", "on_non_finite")}
+        named = ("aggregation", "on_non_finite", "lazy_sparse")
+        fields = {k: v for k, v in data.items() if k not in named}
         mode: type[Async] | type[Sync] = Sync if data["aggregation"] == "sync" else Async
-        return OptimizerOptions(mode(**fields), data["on_non_finite"])
+        return OptimizerOptions(
+            mode(**fields), data["on_non_finite"], data.get("lazy_sparse", False)
+        )
     except (AttributeError, KeyError, TypeError) as error:
         raise ValueError(f"expected optimizer options, received {str(data)[:200]}") from error

@@ -129,7 +129,10 @@ def options_to_message(options: OptimizerOptions) -> pb.OptimizerOptions:
     Raises:
         ValueError: a reduction, timeout action or non-finite policy has no wire form.
     """
-    message = pb.OptimizerOptions(on_non_finite=_wire(_NON_FINITE, options.on_non_finite))
+    message = pb.OptimizerOptions(
+        on_non_finite=_wire(_NON_FINITE, options.on_non_finite),
+        lazy_sparse=options.lazy_sparse,
+    )
     aggregation = options.aggregation
     if isinstance(aggregation, Sync):
         message.synchronous.CopyFrom(
@@ -168,7 +171,7 @@ def options_from_message(message: pb.OptimizerOptions) -> OptimizerOptions:
         bounded = message.asynchronous.HasField("max_staleness")
         aggregation = Async(message.asynchronous.max_staleness if bounded else None)
     on_non_finite = _name(_NON_FINITE, message.on_non_finite, "reject", "on_non_finite")
-    return OptimizerOptions(aggregation, on_non_finite)
+    return OptimizerOptions(aggregation, on_non_finite, message.lazy_sparse)
 
 
 # Variables and checkpoints ---------------------------------------------------------------------

@@ -81,14 +81,16 @@ class SyncAggregation(_message.Message):
     def __init__(self, replicas_to_aggregate: _Optional[int] = ..., total_num_replicas: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, str]] = ..., timeout_seconds: _Optional[float] = ..., on_timeout: _Optional[_Union[TimeoutAction, str]] = ...) -> None: ...
 
 class OptimizerOptions(_message.Message):
-    __slots__ = ("asynchronous", "synchronous", "on_non_finite")
+    __slots__ = ("asynchronous", "synchronous", "on_non_finite", "lazy_sparse")
     ASYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     SYNCHRONOUS_FIELD_NUMBER: _ClassVar[int]
     ON_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
+    LAZY_SPARSE_FIELD_NUMBER: _ClassVar[int]
     asynchronous: AsyncAggregation
     synchronous: SyncAggregation
     on_non_finite: NonFinitePolicy
-    def __init__(self, asynchronous: _Optional[_Union[AsyncAggregation, _Mapping]] = ..., synchronous: _Optional[_Union[SyncAggregation, _Mapping]] = ..., on_non_finite: _Optional[_Union[NonFinitePolicy, str]] = ...) -> None: ...
+    lazy_sparse: bool
+    def __init__(self, asynchronous: _Optional[_Union[AsyncAggregation, _Mapping]] = ..., synchronous: _Optional[_Union[SyncAggregation, _Mapping]] = ..., on_non_finite: _Optional[_Union[NonFinitePolicy, str]] = ..., lazy_sparse: _Optional[bool] = ...) -> None: ...
 
 class CreateOptimizerResponse(_message.Message):
     __slots__ = ("created",)
