@@ -1,7 +1,8 @@
 """Training steps per second: tfps against TensorFlow's ParameterServerStrategy, same run.
 
 The model (:mod:`bench.training_model`), its batches, the legacy Adam and the machine are
-the same on both sides; two workers train asynchronously on each.
+the same on both sides; two workers train asynchronously on each, each worker cycling
+through the same batches from the first, so the two sides' losses compare step for step.
 
 - **tfps**: one ``tfps-server`` process and two worker processes
   (:mod:`bench.training_tfps`). The rate is the steps both workers finished while both
@@ -88,8 +89,8 @@ def tfps_run(scale: str, steps: int, logs: Path) -> Run:
         tasks([("bench.training_tfps", [])] * WORKERS, logs, "tfps-worker") as workers,
         BenchServer() as server,
     ):
-        for index, worker in enumerate(workers):
-            config = WorkerConfig(server.address, index, WORKERS, scale, WARMUP_STEPS, steps)
+        config = WorkerConfig(server.address, scale, WARMUP_STEPS, steps)
+        for worker in workers:
             worker.write_line(json.dumps(dataclasses.asdict(config)))
         for worker in workers:
             worker.expect("ready", START_SECONDS)

@@ -98,7 +98,11 @@ def serve(cluster: Cluster, job: str, index: int) -> None:
 
 
 def dataset(batches: Sequence[Batch]) -> tf.data.Dataset:
-    """The batches, as ``(ids, dense, labels)`` elements, repeated for ever."""
+    """The batches, as ``(ids, dense, labels)`` elements, repeated for ever.
+
+    Every worker reads all of them in order: a per-worker dataset is one traced function,
+    the same on every worker, which cannot shard by worker without randomness.
+    """
     stacked = tuple(np.stack(field) for field in zip(*batches, strict=True))
     return tf.data.Dataset.from_tensor_slices(stacked).repeat()
 

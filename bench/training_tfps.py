@@ -11,6 +11,9 @@ user would with the public API. Per step:
    (:class:`tfps_client.IndexedSlices` of the unique ids) go up, and the tower's updated
    weights come back, in one round trip; they are assigned to the local model.
 
+Every worker cycles through all the benchmark's batches from the first, as each worker of
+ParameterServerStrategy reads its per-worker dataset (:mod:`bench.training_ps`).
+
 The protocol with :mod:`bench.training`, in lines: the worker imports TensorFlow, then
 reads its :class:`WorkerConfig` as JSON on stdin (the server starts meanwhile). After its
 warm-up steps it prints ``ready`` and waits for a line on stdin; then it times its steps,
@@ -20,10 +23,10 @@ prints one JSON object (:class:`WorkerReport`) and exits.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -54,16 +57,12 @@ class WorkerConfig:
 
     Attributes:
         address: the tfps server's ``host:port``.
-        index: this worker's index, 0 to ``workers - 1``: its shard of the batches.
-        workers: how many workers train together.
         scale: ``Scale.name``, which picks the model's sizes.
         warmup: untimed steps before ``ready``.
         steps: timed steps.
     """
 
     address: str
-    index: int
-    workers: int
     scale: str
     warmup: int
     steps: int
@@ -161,17 +160,10 @@ class Worker:
         return now
 
 
-def shard(batches: Sequence[Batch], index: int, workers: int) -> Iterator[Batch]:
-    """Worker ``index``'s batches, cycled for ever."""
-    mine = batches[index::workers]
-    while True:
-        yield from mine
-
-
 def train(config: WorkerConfig) -> WorkerReport:
     """Joins, warms up, says ``ready``, waits for the go line, then times its steps."""
     sizes = SIZES[config.scale]
-    batches = shard(synthetic_batches(sizes), config.index, config.workers)
+    batches = itertools.cycle(synthetic_batches(sizes))
     with Client(config.address, timeout=120.0) as client:
         worker = Worker(client, sizes)
         worker.join()
