@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = []
     for name in chosen:
         print(f"bench: {name} ...", flush=True)
+        start = time.monotonic()
         produced = importlib.import_module(f"bench.{name}").run(scale)
+        print(f"bench: {name} took {time.monotonic() - start:.0f} s", flush=True)
         for figure in produced:
             print(
                 f"  {figure.section} | {figure.what}: {figure.value:.4g} {figure.unit}, "

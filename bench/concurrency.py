@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.figures import Figure
+from bench.references import echo_server
 from bench.scale import KIB, Scale
 from bench.server import BenchServer
-from bench.workers import DensePush, Echo, Window, Workers, echo_server
+from bench.workers import DensePush, Echo, Window, Workers
 from tfps_client import Client
 
 SECTION = "Concurrency (64 KiB pushes, SGD, async)"

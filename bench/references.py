@@ -16,7 +16,8 @@ import numpy as np
 
 from bench.server import free_port
 
-_ECHO_METHOD = "/bench.Echo/Echo"
+ECHO_METHOD = "/bench.Echo/Echo"
+"""The echo server's one method: it answers the request's bytes unchanged."""
 _LENGTH = struct.Struct("<Q")
 _SPAWN = multiprocessing.get_context("spawn")
 
@@ -77,8 +78,9 @@ def _serve_echo(port: int, ready: Any, stop: Any) -> None:
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    service, method = ECHO_METHOD.strip("/").split("/")
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+        (grpc.method_handlers_generic_handler(service, {method: handler}),)
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
@@ -88,8 +90,9 @@ def _serve_echo(port: int, ready: Any, stop: Any) -> None:
 
 
 @contextlib.contextmanager
-def grpc_echo() -> Iterator[Callable[[bytes], bytes]]:
-    """A bare grpcio unary echo server in its own process; yields the call that echoes bytes."""
+def echo_server() -> Iterator[str]:
+    """A bare grpcio unary echo server (:data:`ECHO_METHOD`) in its own process; yields its
+    ``host:port``."""
     port = free_port()
     ready, stop = _SPAWN.Event(), _SPAWN.Event()
     process = _SPAWN.Process(target=_serve_echo, args=(port, ready, stop), daemon=True)
@@ -97,11 +100,19 @@ def grpc_echo() -> Iterator[Callable[[bytes], bytes]]:
     try:
         if not ready.wait(60):
             raise RuntimeError("the grpcio echo server did not start")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield channel.unary_unary(_ECHO_METHOD)
+        yield f"127.0.0.1:{port}"
     finally:
         stop.set()
         process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+@contextlib.contextmanager
+def grpc_echo() -> Iterator[Callable[[bytes], bytes]]:
+    """A bare grpcio unary echo server in its own process; yields the call that echoes bytes."""
+    with echo_server() as address, grpc.insecure_channel(address) as channel:
+        yield channel.unary_unary(ECHO_METHOD)
 
 
 class InProcessApply:

@@ -128,8 +128,7 @@ def _pushes(
     values: np.ndarray,
     scale: Scale,
 ) -> float:
-    options = {"lazy_sparse": True} if lazy else {}
-    client.create_optimizer(name, config, **options)
+    client.create_optimizer(name, config, lazy_sparse=lazy)
     table = f"{name}/table"
     client.create_variables({table: np.zeros(shape, np.float32)}, name)
     gradient = IndexedSlices(values, ids, shape)

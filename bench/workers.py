@@ -13,14 +13,13 @@ import multiprocessing
 import queue
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
-from bench.server import free_port
+from bench.references import ECHO_METHOD
 from bench.timing import percentile
 from tfps_client import Client
 
@@ -33,7 +32,6 @@ POLL_SECONDS = 0.5
 """How often a wait for workers checks whether one has ended."""
 WARMUP_CALLS = 10
 """Untimed calls each worker makes before the start signal."""
-ECHO_METHOD = "/bench.Echo/Echo"
 
 
 class CallFactory(Protocol):
@@ -69,7 +67,8 @@ class DensePush:
 
 @dataclasses.dataclass(frozen=True)
 class Echo:
-    """Sends bytes to a bare grpcio unary echo method (:func:`echo_server`) and gets them back.
+    """Sends bytes to a bare grpcio unary echo method (:func:`bench.references.echo_server`)
+    and gets them back.
 
     Attributes:
         address: ``host:port`` of the echo server.
@@ -225,34 +224,3 @@ def _stop(processes: list[Any]) -> None:
         if process.is_alive():
             process.kill()
             process.join()
-
-
-def _serve_echo(port: int, ready: Any, stop: Any) -> None:
-    """A grpcio server whose one unary method answers the request's bytes unchanged."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    service, method = ECHO_METHOD.strip("/").split("/")
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service, {method: handler}),)
-    )
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    ready.set()
-    stop.wait()
-    server.stop(None)
-
-
-@contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """A bare grpcio unary echo server in its own process; yields its ``host:port``."""
-    port = free_port()
-    ready, stop = _SPAWN.Event(), _SPAWN.Event()
-    process = _SPAWN.Process(target=_serve_echo, args=(port, ready, stop), daemon=True)
-    process.start()
-    try:
-        if not ready.wait(START_SECONDS):
-            raise RuntimeError("the grpcio echo server did not start")
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop.set()
-        _stop([process])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -140,6 +140,19 @@ def assert_refused(
 
 
 # Local Keras references ------------------------------------------------------------------------
+
+
+class OptimizerCase(NamedTuple):
+    """One row of the optimizer table: an id and a Keras config."""
+
+    id: str
+    class_name: str
+    config: dict[str, Any]
+
+    @property
+    def serialized(self) -> dict[str, Any]:
+        """``{"class_name": ..., "config": ...}``, as Keras serializes an optimizer."""
+        return {"class_name": self.class_name, "config": self.config}
 
 
 def keras_optimizer(config: Mapping[str, Any]) -> tf_keras.optimizers.legacy.Optimizer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +26,9 @@ from tfps_client.wire import checkpoint_layout as layout
 from tfps_server import Registry, RunningServer, create_server
 from tfps_server.checkpoints import Checkpointer
 
+from helpers import (
+    OptimizerCase as Case,
+)
 from helpers import (
     assert_all_bitwise_equal,
     assert_bitwise_equal,
@@ -39,19 +42,6 @@ EXPONENTIAL = {
     "class_name": "ExponentialDecay",
     "config": {"initial_learning_rate": 0.02, "decay_steps": 2, "decay_rate": 0.5},
 }
-
-
-class Case(NamedTuple):
-    """One row of the optimizer table: an id and a Keras config."""
-
-    id: str
-    class_name: str
-    config: dict[str, Any]
-
-    @property
-    def serialized(self) -> dict[str, Any]:
-        """``{"class_name": ..., "config": ...}``."""
-        return {"class_name": self.class_name, "config": self.config}
 
 
 CASES = [

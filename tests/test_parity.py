@@ -9,7 +9,7 @@ compares variables and ``get_weights()`` byte for byte.
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,25 +18,12 @@ import tensorflow as tf
 from tfps_client import Client, IndexedSlices
 from tfps_server import RunningServer, compiled
 
-from helpers import assert_bitwise_equal, keras_optimizer
+from helpers import OptimizerCase, assert_bitwise_equal, keras_optimizer
 
 
 def schedule(class_name: str, **config: Any) -> dict[str, Any]:
     """A serialized Keras learning-rate schedule."""
     return {"class_name": class_name, "config": config}
-
-
-class OptimizerCase(NamedTuple):
-    """One row of the optimizer table: an id and a Keras config."""
-
-    id: str
-    class_name: str
-    config: dict[str, Any]
-
-    @property
-    def serialized(self) -> dict[str, Any]:
-        """``{"class_name": ..., "config": ...}``, as Keras serializes an optimizer."""
-        return {"class_name": self.class_name, "config": self.config}
 
 
 OPTIMIZERS = [

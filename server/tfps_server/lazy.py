@@ -86,6 +86,20 @@ def _step_rows(var: tf.Variable, indices: tf.Tensor, step: tf.Tensor, writes: Se
     return tf.group(update, *writes)
 
 
+def _moment_rows(
+    optimizer: Any, var: tf.Variable, indices: tf.Tensor, c: Any, grad: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, list[Any]]:
+    """Adam's and Nadam's first and second moments, updated on the gradient's rows only:
+    the new m and v rows and their writes."""
+    m, m_write = _average_rows(
+        optimizer, var, "m", indices, c["beta_1_t"], c["one_minus_beta_1_t"], grad
+    )
+    v, v_write = _average_rows(
+        optimizer, var, "v", indices, c["beta_2_t"], c["one_minus_beta_2_t"], tf.square(grad)
+    )
+    return m, v, [m_write, v_write]
+
+
 class LazyAdam(legacy.Adam):
     """Keras's legacy Adam, whose sparse update changes only the gradient's rows (see module)."""
 
@@ -93,13 +107,7 @@ class LazyAdam(legacy.Adam):
         self, grad: tf.Tensor, var: tf.Variable, indices: tf.Tensor, apply_state: Any = None
     ) -> Any:
         c = _coefficients(self, var, apply_state)
-        m, m_write = _average_rows(
-            self, var, "m", indices, c["beta_1_t"], c["one_minus_beta_1_t"], grad
-        )
-        v, v_write = _average_rows(
-            self, var, "v", indices, c["beta_2_t"], c["one_minus_beta_2_t"], tf.square(grad)
-        )
-        writes = [m_write, v_write]
+        m, v, writes = _moment_rows(self, var, indices, c, grad)
         if self.amsgrad:
             vhat = self.get_slot(var, "vhat")
             v = tf.maximum(tf.gather(vhat, indices), v)
@@ -114,18 +122,13 @@ class LazyNadam(legacy.Nadam):
         self, grad: tf.Tensor, var: tf.Variable, indices: tf.Tensor, apply_state: Any = None
     ) -> Any:
         c = _coefficients(self, var, apply_state)
-        m, m_write = _average_rows(
-            self, var, "m", indices, c["beta_1_t"], c["one_minus_beta_1_t"], grad
-        )
-        v, v_write = _average_rows(
-            self, var, "v", indices, c["beta_2_t"], c["one_minus_beta_2_t"], tf.square(grad)
-        )
+        m, v, writes = _moment_rows(self, var, indices, c, grad)
         m_bar = (
             c["one_minus_m_t"] * grad / c["one_minus_m_schedule_new"]
             + c["m_t_1"] * m / c["one_minus_m_schedule_next"]
         )
         denominator = tf.sqrt(v / c["v_t_prime_denominator"]) + c["epsilon"]
-        return _step_rows(var, indices, c["lr_t"] * m_bar / denominator, [m_write, v_write])
+        return _step_rows(var, indices, c["lr_t"] * m_bar / denominator, writes)
 
 
 class LazyRMSprop(legacy.RMSprop):
