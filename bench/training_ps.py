@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import tensorflow as tf
@@ -83,7 +83,7 @@ class CoordinatorReport:
     cpu_seconds: float
 
 
-def serve(cluster: Cluster, job: str, index: int) -> None:
+def serve(cluster: Cluster, job: str, index: int) -> NoReturn:
     """Runs task ``index`` of ``job`` until the process is killed or its stdin closes.
 
     The end of stdin is the benchmark's end, however it ended (a benchmark that is killed
@@ -168,7 +168,6 @@ def main(argv: Sequence[str]) -> int:
     """Runs the task ``argv`` names (see the module's docstring)."""
     if argv[0] == "server":
         serve(json.loads(argv[1]), argv[2], int(argv[3]))
-        return 0
     report = coordinate(CoordinatorConfig(**json.loads(read_stdin_line())))
     print(json.dumps(dataclasses.asdict(report)), flush=True)
     return 0
