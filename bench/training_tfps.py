@@ -11,13 +11,19 @@ user would with the public API. Per step:
    (:class:`tfps_client.IndexedSlices` of the unique ids) go up, and the tower's updated
    weights come back, in one round trip; they are assigned to the local model.
 
+The server applies Adam in one of two ways, each a variant of :data:`OPTIMIZERS` that
+trains its own copy of the model (its variables are named ``"{optimizer}/{name}"``):
+Keras's own update, or ``lazy_sparse``, whose sparse updates change only the rows pushed
+(dense gradients are applied as Keras applies them either way).
+
 Every worker cycles through all the benchmark's batches from the first, as each worker of
 ParameterServerStrategy reads its per-worker dataset (:mod:`bench.training_ps`).
 
 The protocol with :mod:`bench.training`, in lines: the worker imports TensorFlow, then
-reads its :class:`WorkerConfig` as JSON on stdin (the server starts meanwhile). After its
-warm-up steps it prints ``ready`` and waits for a line on stdin; then it times its steps,
-prints one JSON object (:class:`WorkerReport`) and exits.
+reads its :class:`WorkerConfig` as JSON on stdin (the server starts meanwhile). Then, for
+each optimizer of the config in turn: after its warm-up steps it prints ``ready`` and
+waits for a line on stdin, then times its steps and prints one JSON object
+(:class:`WorkerReport`). It exits after the last.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ from bench.training_model import (
 )
 from bench.training_tasks import read_stdin_line, ready_then_wait
 from tfps_client import Client, IndexedSlices
-from tfps_client.keras import create_variables, pull_into, variable_name
+from tfps_client.keras import variable_name
 
-OPTIMIZER = "default"
+OPTIMIZERS = {"adam": False, "adam_lazy_sparse": True}
+"""The server's optimizers, each a variant of the benchmark: name -> its ``lazy_sparse``.
+Both are :func:`bench.training_model.optimizer_config`'s Adam."""
 PHASES = ("pull_rows", "compute", "push_pull", "assign")
 """Parts of a step, timed separately: see the module's docstring."""
 
@@ -58,19 +66,21 @@ class WorkerConfig:
     Attributes:
         address: the tfps server's ``host:port``.
         scale: ``Scale.name``, which picks the model's sizes.
-        warmup: untimed steps before ``ready``.
-        steps: timed steps.
+        warmup: untimed steps before each ``ready``.
+        steps: timed steps per optimizer.
+        optimizers: names from :data:`OPTIMIZERS`, trained in this order.
     """
 
     address: str
     scale: str
     warmup: int
     steps: int
+    optimizers: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerReport:
-    """What one worker measured.
+    """What one worker measured with one optimizer.
 
     Attributes:
         start: ``time.monotonic()`` when the timed steps began.
@@ -93,15 +103,17 @@ class Worker:
     Args:
         client: a client of the server.
         sizes: the model's sizes.
+        optimizer: the name, in :data:`OPTIMIZERS`, of the server's optimizer to train with.
     """
 
-    def __init__(self, client: Client, sizes: ModelSizes) -> None:
+    def __init__(self, client: Client, sizes: ModelSizes, optimizer: str) -> None:
         self._client = client
+        self._optimizer = optimizer
         self._model = build_model(sizes)
         self._tower = self._model.get_layer(TOWER)
         self._variables = self._tower.trainable_variables
-        self._names = [variable_name(v) for v in self._variables]
-        self._table = variable_name(self._model.get_layer(EMBEDDING).embeddings)
+        self._names = [self._server_name(v) for v in self._variables]
+        self._table = self._server_name(self._model.get_layer(EMBEDDING).embeddings)
         self._table_shape = (sizes.vocabulary, sizes.embedding_dim)
         self._gradients = tf.function(
             self._compute,
@@ -115,11 +127,19 @@ class Worker:
         self.phases = dict.fromkeys(PHASES, 0.0)
         """Seconds spent in each part of the steps since the last reset."""
 
+    def _server_name(self, variable: tf.Variable) -> str:
+        return f"{self._optimizer}/{variable_name(variable)}"
+
     def join(self) -> None:
         """Declares the optimizer and variables (idempotent), then pulls the tower."""
-        self._client.create_optimizer(OPTIMIZER, optimizer_config())
-        create_variables(self._client, self._model.trainable_variables, optimizer=OPTIMIZER)
-        pull_into(self._client, self._variables)
+        self._client.create_optimizer(
+            self._optimizer, optimizer_config(), lazy_sparse=OPTIMIZERS[self._optimizer]
+        )
+        self._client.create_variables(
+            {self._server_name(v): v.numpy() for v in self._model.trainable_variables},
+            optimizer=self._optimizer,
+        )
+        self._assign(self._client.pull(self._names))
 
     def _compute(
         self, rows: tf.Tensor, positions: tf.Tensor, dense: tf.Tensor, labels: tf.Tensor
@@ -149,10 +169,14 @@ class Worker:
         started = self._lap("compute", started)
         _, pulled = self._client.push_pull(gradients, pull=self._names)
         started = self._lap("push_pull", started)
-        for variable, name in zip(self._variables, self._names, strict=True):
-            variable.assign(pulled[name])
+        self._assign(pulled)
         self._lap("assign", started)
         return float(value)
+
+    def _assign(self, pulled: dict[str, np.ndarray]) -> None:
+        """Assigns the server's values of the tower to the local model."""
+        for variable, name in zip(self._variables, self._names, strict=True):
+            variable.assign(pulled[name])
 
     def _lap(self, phase: str, started: float) -> float:
         now = time.perf_counter()
@@ -160,29 +184,30 @@ class Worker:
         return now
 
 
-def train(config: WorkerConfig) -> WorkerReport:
+def train(client: Client, config: WorkerConfig, optimizer: str) -> WorkerReport:
     """Joins, warms up, says ``ready``, waits for the go line, then times its steps."""
     sizes = SIZES[config.scale]
     batches = itertools.cycle(synthetic_batches(sizes))
-    with Client(config.address, timeout=120.0) as client:
-        worker = Worker(client, sizes)
-        worker.join()
-        losses = [worker.step(next(batches)) for _ in range(config.warmup)]
-        worker.phases = dict.fromkeys(PHASES, 0.0)
-        ready_then_wait()
-        cpu, start = time.process_time(), time.monotonic()
-        ends = []
-        for _ in range(config.steps):
-            losses.append(worker.step(next(batches)))
-            ends.append(time.monotonic())
-        cpu = time.process_time() - cpu
-    return WorkerReport(start, ends, losses, worker.phases, cpu)
+    worker = Worker(client, sizes, optimizer)
+    worker.join()
+    losses = [worker.step(next(batches)) for _ in range(config.warmup)]
+    worker.phases = dict.fromkeys(PHASES, 0.0)
+    ready_then_wait()
+    cpu, start = time.process_time(), time.monotonic()
+    ends = []
+    for _ in range(config.steps):
+        losses.append(worker.step(next(batches)))
+        ends.append(time.monotonic())
+    return WorkerReport(start, ends, losses, worker.phases, time.process_time() - cpu)
 
 
 def main() -> int:
-    """Reads the :class:`WorkerConfig` on stdin and runs the worker."""
-    report = train(WorkerConfig(**json.loads(read_stdin_line())))
-    print(json.dumps(dataclasses.asdict(report)), flush=True)
+    """Reads the :class:`WorkerConfig` on stdin and trains with each of its optimizers."""
+    config = WorkerConfig(**json.loads(read_stdin_line()))
+    with Client(config.address, timeout=120.0) as client:
+        for optimizer in config.optimizers:
+            report = train(client, config, optimizer)
+            print(json.dumps(dataclasses.asdict(report)), flush=True)
     return 0
 
 
