@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: lint bench-quick
 	$(PY) -m pytest
 
-# The benchmark suite: writes BENCHMARKS.md and bench-results.json (about half an hour).
+# The benchmark suite: writes BENCHMARKS.md and bench-results.json (about ten minutes on 2 cores).
 bench: $(STAMP)
 	$(PY) -m bench
 

@@ -80,7 +80,7 @@ def write_markdown(
         f"{host['python']}, TensorFlow {host['tensorflow']}, grpcio {host['grpcio']}, "
         f"numpy {host['numpy']}; CPU only.",
         "",
-        "Reproduce: `make bench` (about half an hour), or `make bench-quick` for the same "
+        "Reproduce: `make bench` (about ten minutes on 2 cores), or `make bench-quick` for the same "
         "code on small sizes. `.venv/bin/python -m bench --help` lists the options "
         "(one section only, another output directory).",
         "",
