@@ -80,8 +80,8 @@ def write_markdown(
         f"{host['python']}, TensorFlow {host['tensorflow']}, grpcio {host['grpcio']}, "
         f"numpy {host['numpy']}; CPU only.",
         "",
-        "Reproduce: `make bench` (about ten minutes on 2 cores), or `make bench-quick` for the same "
-        "code on small sizes. `.venv/bin/python -m bench --help` lists the options "
+        "Reproduce: `make bench` (about ten minutes on 2 cores), or `make bench-quick` for the "
+        "same code on small sizes. `.venv/bin/python -m bench --help` lists the options "
         "(one section only, another output directory).",
         "",
     ]
