@@ -99,3 +99,26 @@ def test_traced_functions_are_bounded_per_optimizer(
     assert len(functions) == 2
     assert _traces(server) == 4
     assert all((v == -2).all() for v in client.pull().values())
+
+
+def test_set_weights_between_traced_applies_is_what_the_next_push_starts_from(
+    server: RunningServer, client: Client
+) -> None:
+    """Weights (iterations and slots) set after the apply was traced are those the traced
+    apply reads next, as on a local optimizer given the same weights."""
+    client.create_optimizer("default", ADAM)
+    client.create_variables({"w": np.ones(5)})
+    reference, local = keras_optimizer(ADAM), tf.Variable(np.ones(5))
+    gradient = np.linspace(-1, 1, 5)
+    for step in range(12):
+        if step == 8:
+            weights = [np.int64(100), np.full(5, 0.25), np.full(5, 0.5)]
+            client.set_weights("default", weights)
+            reference.set_weights(weights)
+        client.push({"w": gradient})
+        reference.apply_gradients([(tf.constant(gradient), local)])
+    assert _traces(server) >= 1
+    assert client.iterations("default") == 104
+    assert_bitwise_equal(client.pull(["w"])["w"], local.numpy(), "w")
+    for ours, theirs in zip(client.get_weights("default"), reference.get_weights(), strict=True):
+        assert_bitwise_equal(ours, theirs, "weight")

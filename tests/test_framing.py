@@ -1,16 +1,24 @@
 """Tensor stream messages written and read by hand (framing) are protobuf's wire format:
-both directions agree with the generated classes, and malformed bytes are refused."""
+both directions agree with the generated classes, and malformed bytes are refused, by a
+server too, without a change."""
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tfps_client import Client
+from tfps_client.errors import from_rpc_error
 from tfps_client.wire import codec, framing, tensor_pb2
 from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire.reasons import Reason
+from tfps_server import RunningServer
+
+from helpers import assert_same_state, dense_header, snapshot
 
 _chunks = st.lists(
     st.builds(
@@ -113,3 +121,33 @@ def test_decoded_tensors_are_aligned_writable_copies() -> None:
     _, (decoded,) = codec.read_stream(framed, lambda first: [t.spec for t in first.tensors])
     assert decoded.flags.writeable and decoded.ctypes.data % codec.ALIGNMENT == 0
     np.testing.assert_array_equal(decoded, array)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b"\x12\x02\x18\x01",  # chunk data as a varint
+        b"\x12\x05ab",  # a chunk running past the end of the message
+        b"\x12\x01\x08",  # a chunk whose tensor_index has no value
+    ],
+)
+def test_a_server_refuses_malformed_chunks_without_a_change(
+    server: RunningServer, client: Client, chunk: bytes
+) -> None:
+    """A push whose chunks are not well-formed is INVALID_ARGUMENT (MALFORMED_REQUEST),
+    names the method and what was wrong, and changes nothing."""
+    client.create_optimizer("default", {"class_name": "SGD", "config": {"learning_rate": 1.0}})
+    client.create_variables({"w": np.zeros(4, np.float32)})
+    before = snapshot(client)
+    header = pb.PushRequest(
+        gradients=[dense_header("w", np.ones(4, np.float32))]
+    ).SerializeToString()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        push = channel.stream_unary("/tfps.v1.ParameterServer/Push")
+        with pytest.raises(grpc.RpcError) as raised:
+            push(iter([header + chunk]), timeout=30)
+    error = from_rpc_error(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == Reason.MALFORMED_REQUEST
+    assert "/tfps.v1.ParameterServer/Push" in str(error)
+    assert_same_state(snapshot(client), before)

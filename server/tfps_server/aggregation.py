@@ -41,7 +41,8 @@ class Prepared(NamedTuple):
 
     ``position`` orders gradients as their variables were created; ``target``
     is the variable to update, opaque here. ``indices`` is None for a dense
-    gradient; ``shape`` is the variable's shape.
+    gradient; ``shape`` is the variable's shape. ``squares`` is the sum of squares of
+    ``values`` when validation already computed it (None: not yet).
     """
 
     position: int
@@ -49,6 +50,7 @@ class Prepared(NamedTuple):
     values: np.ndarray
     indices: np.ndarray | None
     shape: tuple[int, ...]
+    squares: float | None = None
 
 
 MAX_SYNC_TIMEOUT_SECONDS = threading.TIMEOUT_MAX / 2

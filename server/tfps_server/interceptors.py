@@ -334,7 +334,11 @@ class DecodingInterceptor(_ServiceInterceptor):
     def __init__(self, service: ServiceDescriptor, pool: Executor) -> None:
         super().__init__(service)
         self._pool = pool
-        self._methods = service.methods_by_name
+        self._framed = {  # tensor streams: their request classes, by method name
+            method.name: message_factory.GetMessageClass(method.input_type)
+            for method in service.methods
+            if "chunks" in method.input_type.fields_by_name
+        }
 
     def wrap(
         self, handler: grpc.RpcMethodHandler, method: str, details: grpc.HandlerCallDetails
@@ -382,8 +386,8 @@ class DecodingInterceptor(_ServiceInterceptor):
         """The method's request parser: tensor streams are split by :func:`framing.decode`
         into a header and chunks viewing the received bytes; other messages are parsed as
         the handler would."""
-        request = message_factory.GetMessageClass(self._methods[method].input_type)
-        if "chunks" in request.DESCRIPTOR.fields_by_name:
+        request = self._framed.get(method)
+        if request is not None:
             return functools.partial(framing.decode, message_class=request)
         return handler.request_deserializer or _identity
 

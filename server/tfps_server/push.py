@@ -9,6 +9,7 @@ variables they were validated against, never looked up again by position.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -144,9 +145,12 @@ class Pusher:
                 )
             seen.add(gradient.variable)
             check_gradient(managed, gradient)
+            squares = None
             if managed.optimizer.options.on_non_finite == "reject":
-                self._check_finite(managed, gradient.values)
-            batches.setdefault(managed.optimizer, []).append(_prepare(managed, gradient))
+                squares = sum_of_squares(gradient.values)  # kept for the norm at apply
+                if not math.isfinite(squares):
+                    self._check_finite(managed, gradient.values)
+            batches.setdefault(managed.optimizer, []).append(_prepare(managed, gradient, squares))
         for prepared in batches.values():  # Keras gets them in variable-creation order
             prepared.sort(key=lambda g: g.position)
         return batches
@@ -192,7 +196,7 @@ class Pusher:
         aggregation overflows) skip the update; ``iterations`` still grows by one,
         as with Keras's LossScaleOptimizer.
         """
-        squares = [sum_of_squares(g.values) for g in gradients]
+        squares = [sum_of_squares(g.values) if g.squares is None else g.squares for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
             self._metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
@@ -234,11 +238,12 @@ class Pusher:
                 self._metrics.clip_events.labels(managed.name, kind).inc()
 
 
-def _prepare(managed: ManagedVariable, gradient: Gradient) -> Prepared:
-    """Casts a validated gradient up to the variable's dtype."""
+def _prepare(managed: ManagedVariable, gradient: Gradient, squares: float | None) -> Prepared:
+    """Casts a validated gradient up to the variable's dtype; ``squares`` is the sum of
+    squares of its values when validation computed it."""
     values = gradient.values.astype(managed.dtype, copy=False)
     indices = gradient.indices if isinstance(gradient, SparseGradient) else None
-    return Prepared(managed.position, managed.variable, values, indices, managed.shape)
+    return Prepared(managed.position, managed.variable, values, indices, managed.shape, squares)
 
 
 def _to_tensor(gradient: Prepared) -> tf.Tensor | tf.IndexedSlices:
