@@ -1,6 +1,11 @@
 """TensorFlow/Keras conveniences. TensorFlow is imported lazily, only when these run.
 
-Typical worker loop::
+The short way is Keras's own training loop, through :class:`RemoteOptimizer`::
+
+    model.compile(optimizer=RemoteOptimizer(client), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=5)
+
+The explicit worker loop, with the helpers below::
 
     create_variables(client, model.trainable_variables, optimizer="default")
     for x, y in batches:
@@ -15,11 +20,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfps_client.client import Client
 from tfps_client.types import CreateVariablesResult, PushResult
 from tfps_client.wire import checkpoint_layout as layout
+
+if TYPE_CHECKING:
+    from tfps_client.keras_optimizer import RemoteOptimizer
+
+__all__ = [
+    "LoadReport",
+    "RemoteOptimizer",
+    "create_variables",
+    "load_into",
+    "pull_into",
+    "push_gradients",
+    "variable_name",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Loads :class:`RemoteOptimizer` (which imports TensorFlow) on first use."""
+    if name == "RemoteOptimizer":
+        from tfps_client.keras_optimizer import RemoteOptimizer
+
+        return RemoteOptimizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def variable_name(variable: Any) -> str:
