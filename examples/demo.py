@@ -1,11 +1,12 @@
 """tfps demo: two workers train one Keras model through a parameter server.
 
 Starts a tfps server and two worker processes. Each worker trains on its own shard of
-scikit-learn's digits: per batch it pulls the weights, computes gradients with a
-``tf.GradientTape`` and pushes them; the server applies them with Adam. The model has an
-Embedding layer (sparse ``tf.IndexedSlices`` gradients) and a Dense layer (dense
-gradients). The server's weights are then evaluated on a held-out test split next to
-the same model trained locally in one process with the same optimizer.
+scikit-learn's digits with Keras's own ``model.fit``, compiled with a ``RemoteOptimizer``:
+each step pushes the step's gradients and takes the updated weights back in one round
+trip; the server applies them with Adam, asynchronously. The model has an Embedding
+layer (sparse ``tf.IndexedSlices`` gradients) and a Dense layer (dense gradients). The
+server's weights are then evaluated on a held-out test split next to the same model
+trained locally in one process with the same optimizer.
 
 Run it with ``make demo``, or ``.venv/bin/python examples/demo.py --help`` for options.
 """
@@ -36,7 +37,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from tfps_client import Client
-from tfps_client.keras import create_variables, pull_into, push_gradients
+from tfps_client.keras import pull_into
 
 NUM_WORKERS = 2
 OPTIMIZER = "default"
@@ -74,6 +75,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 with _silenced_stderr():
     import tensorflow as tf
     import tf_keras
+
+    from tfps_client.keras import RemoteOptimizer  # imports TensorFlow
 
     tf.config.list_logical_devices()  # device discovery logs too
 
@@ -137,52 +140,45 @@ def accuracy(model: tf_keras.Model, data: Data) -> float:
 # Workers ---------------------------------------------------------------------------------------
 
 
-def check_gradient_kinds(
-    variables: Sequence[tf.Variable], gradients: Sequence[tf.Tensor | tf.IndexedSlices]
-) -> None:
-    """Raises TypeError unless the embedding's gradient is sparse and every other one dense."""
-    for variable, gradient in zip(variables, gradients, strict=True):
-        sparse = variable.name.startswith("pixel_embedding/")
-        if isinstance(gradient, tf.IndexedSlices) != sparse:
-            expected = "tf.IndexedSlices" if sparse else "a dense tensor"
-            raise TypeError(
-                f"{variable.name}: expected {expected}, received {type(gradient).__name__}"
-            )
+class EpochProgress(tf_keras.callbacks.Callback):
+    """Prints one line per epoch for worker ``index``: its loss and accuracy, and the
+    server's iterations (all workers' steps so far)."""
 
+    def __init__(self, index: int, epochs: int) -> None:
+        super().__init__()
+        self.index, self.epochs = index, epochs
 
-def train_step(client: Client, model: tf_keras.Model, x: np.ndarray, y: np.ndarray) -> float:
-    """Pulls the weights, computes the gradients of one batch, pushes them; returns the loss."""
-    variables = model.trainable_variables
-    pull_into(client, variables)
-    with tf.GradientTape() as tape:
-        loss = tf_keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
-        loss = tf.reduce_mean(loss)
-    gradients = tape.gradient(loss, variables)
-    check_gradient_kinds(variables, gradients)
-    push_gradients(client, zip(gradients, variables, strict=True))
-    return float(loss)
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        print(
+            f"  worker {self.index}  epoch {epoch + 1:2d}/{self.epochs}  "
+            f"loss {logs.get('loss', float('nan')):.4f}  "
+            f"accuracy {100 * logs.get('accuracy', float('nan')):6.2f} %  "
+            f"server iterations {int(self.model.optimizer.iterations.numpy())}",
+            flush=True,
+        )
 
 
 def run_worker(index: int, client: Client, settings: Settings) -> None:
-    """Trains on shard ``index`` of the training split through ``client``; prints the mean
-    loss per epoch."""
+    """Trains on shard ``index`` of the training split with ``model.fit`` through the
+    server's optimizer; prints its progress per epoch."""
     data = load_data(settings.seed)
     x, y = data.x_train[index::NUM_WORKERS], data.y_train[index::NUM_WORKERS]
-    rng = np.random.default_rng(settings.seed + 1 + index)
     model = build_model(settings.seed)
-    create_variables(client, model.trainable_variables, optimizer=OPTIMIZER)
-    pull_into(client, model.trainable_variables)
-    for epoch in range(1, settings.epochs + 1):
-        order = rng.permutation(len(x))
-        losses = []
-        for start in range(0, len(x), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
-            losses.append(train_step(client, model, x[batch], y[batch]))
-        print(
-            f"  worker {index}  epoch {epoch:2d}/{settings.epochs}  "
-            f"loss {np.mean(losses):.4f}  server iterations {client.iterations(OPTIMIZER)}",
-            flush=True,
-        )
+    model.compile(
+        optimizer=RemoteOptimizer(client, OPTIMIZER),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=[EpochProgress(index, settings.epochs)],
+    )
 
 
 def _worker_process(index: int, address: str, settings: Settings) -> None:

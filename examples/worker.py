@@ -2,8 +2,9 @@
 
 ``docker compose up``, the Kubernetes worker Job and the TFJob example run it
 against a server started with ``--optimizer`` (the optimizer named ``default``).
-Worker ``--index`` i of 2 trains on shard i of scikit-learn's digits, pulling
-weights and pushing gradients per batch, and prints its loss per epoch.
+Worker ``--index`` i of 2 trains on shard i of scikit-learn's digits with ``model.fit``
+and a ``RemoteOptimizer`` (one push-and-pull round trip per batch), and prints its loss
+per epoch.
 
 The server address is ``--server``, else the environment variable ``TFPS_SERVER``,
 else the first ``ps`` task of ``TF_CONFIG``; the index, when not given, is this
