@@ -108,6 +108,32 @@ def test_model_fit_is_bitwise_a_local_model_fit(client: Client, config: dict[str
     assert int(remote_optimizer.iterations.numpy()) == int(local_optimizer.iterations.numpy())
 
 
+@pytest.fixture
+def mixed_precision() -> Iterator[None]:
+    """Layers compute in float16 (variables stay float32) for the test."""
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_loss_scaling_wraps_it_as_a_local_optimizer(
+    client: Client, mixed_precision: None
+) -> None:
+    """LossScaleOptimizer unscales the gradients (and skips a step whose float16 gradients
+    overflowed) before the server sees anything, as it does for a local optimizer."""
+    local = _classifier("mixed_local")
+    local_optimizer = tf_keras.mixed_precision.LossScaleOptimizer(keras_optimizer(ADAM))
+    history = _fit(local, local_optimizer)
+    remote = _classifier("mixed")
+    remote_optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
+        RemoteOptimizer(client, "mixed", config=ADAM)
+    )
+    _fit(remote, remote_optimizer)
+    assert np.isfinite(history.history["loss"]).all()
+    assert_all_bitwise_equal(remote.get_weights(), local.get_weights())
+    assert client.iterations("mixed") == int(local_optimizer.inner_optimizer.iterations.numpy())
+
+
 def _custom_loop(model: tf_keras.Model, optimizer: Any, compiled: bool) -> None:
     """One epoch of a tf.GradientTape loop, eager or in a tf.function."""
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy()
