@@ -42,6 +42,7 @@ STATUS_OF: dict[type[tfps_client.TfpsError], grpc.StatusCode] = {
     tfps_client.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     tfps_client.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     tfps_client.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    tfps_client.AbortedError: grpc.StatusCode.ABORTED,
 }
 """The gRPC status each error class the tests expect must carry."""
 

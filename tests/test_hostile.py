@@ -287,12 +287,13 @@ READERS = min(4, max(2, os.cpu_count() or 1))
 
 
 def test_listing_variables_at_the_name_bound_leaves_health_answering() -> None:
-    """ListVariables builds and serializes its answer in a worker thread, not on the event
-    loop: with 1024 variables named at a 64 KiB name bound (the same bytes as 65536
-    variables at the default 1 KiB bound), reader processes listing at once (one per core)
-    leave health answering within a second. The server and the readers are processes of their
-    own, as in a deployment: in one process, the readers' parsing would hold the server's
-    interpreter too."""
+    """ListVariables answers a page of about 1 MiB at most, cut in a worker thread from
+    variables serialized once: with 1024 variables named at a 64 KiB name bound (128 MiB of
+    names, the same bytes as 65536 variables at the default 1 KiB bound), reader processes
+    listing at once (one per core) leave health answering within a second. The whole listing
+    in one answer did not: the event loop's write of a message of 130 MB could hold it past
+    health's deadline. The server and the readers are processes of their own, as in a
+    deployment: in one process, the readers' parsing would hold the server's interpreter too."""
     name_bytes = 65_000
     optimizer = "o" * name_bytes
     port = free_port()

@@ -31,10 +31,17 @@ from tfps_client import (
 )
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
-from tfps_server import Registry, RunningServer, create_server
+from tfps_server import Registry, RunningServer, create_server, listing
 from tfps_server.checkpoints import Checkpointer
 
-from helpers import assert_all_bitwise_equal, assert_bitwise_equal, chunk, dense_header
+from helpers import (
+    assert_all_bitwise_equal,
+    assert_bitwise_equal,
+    call_raw,
+    chunk,
+    dense_header,
+    raw_stub,
+)
 from interleave import BlockingHooks, in_background
 
 SGD = {"class_name": "SGD", "config": {"learning_rate": 1.0}}
@@ -258,6 +265,48 @@ def test_a_restore_during_a_restore_leaves_the_later_one(env: Env) -> None:
     expected = ONES if env.client.iterations("s") == 0 else 0 * ONES
     assert_bitwise_equal(env.client.pull(["a"])["a"], expected)
     assert_restorable_everywhere(env)
+
+
+def five_variables_after_a_checkpoint_of_three(env: Env) -> int:
+    """Creates a, b, c, saves them, creates d, e; returns the checkpoint's id."""
+    env.client.create_optimizer("s", SGD)
+    env.client.create_variables({"a": ONES, "b": ONES, "c": ONES}, optimizer="s")
+    saved = env.client.save_checkpoint().id
+    env.client.create_variables({"d": ONES, "e": ONES}, optimizer="s")
+    return saved
+
+
+def test_a_restore_between_two_pages_aborts_the_next_page(env: Env) -> None:
+    """A page token names the state its listing began in: after a restore, the next page is
+    ABORTED (STATE_REPLACED) rather than a page of another state, and a new listing gives the
+    restored variables."""
+    saved = five_variables_after_a_checkpoint_of_three(env)
+    with raw_stub(env.running.port) as stub:
+        first = call_raw(stub.ListVariables, pb.ListVariablesRequest(page_size=2))
+        env.client.restore_checkpoint(saved)
+        with pytest.raises(AbortedError) as aborted:
+            call_raw(
+                stub.ListVariables,
+                pb.ListVariablesRequest(page_size=2, page_token=first.next_page_token),
+            )
+    refused(aborted.value, AbortedError, "STATE_REPLACED")
+    assert [info.name for info in env.client.list_variables()] == ["a", "b", "c"]
+
+
+def test_list_variables_starts_again_when_a_restore_comes_between_its_pages(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's listing, its first page read before a restore, starts again from the first
+    page once its next page is ABORTED: it returns the restored state, not a mix."""
+    monkeypatch.setattr(listing, "MAX_PAGE_SIZE", 2)
+    saved = five_variables_after_a_checkpoint_of_three(env)
+    held = env.hooks.hold("list_variables.read")
+    listed = in_background(env.client.list_variables)
+    held.wait_arrivals(1)
+    env.client.restore_checkpoint(saved)
+    held.release()
+    assert [info.name for info in listed.result()] == ["a", "b", "c"]
+    assert held.arrivals == 4, "a page of the old state, its next refused, two of the new one"
 
 
 # Saves --------------------------------------------------------------------------------------------

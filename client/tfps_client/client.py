@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,6 +13,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from tfps_client.errors import AbortedError
 from tfps_client.transport import (
     MAX_MESSAGE_BYTES,
     Transport,
@@ -32,6 +34,10 @@ from tfps_client.types import (
 from tfps_client.wire import codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
+
+LISTING_RESTARTS = 3
+"""Times :meth:`Client.list_variables` starts again when the state is replaced between its
+pages, before it raises."""
 
 Gradient = Any
 """A numpy array (or array-like), an :class:`IndexedSlices`, or with TensorFlow
@@ -229,9 +235,30 @@ class Client:
         return CreateVariablesResult(tuple(response.created), tuple(response.existing))
 
     def list_variables(self) -> list[VariableInfo]:
-        """Returns every variable the server holds, in creation order."""
-        response = self._transport.unary(self._stub.ListVariables, pb.ListVariablesRequest())
-        return [convert.variable_info_from_message(info) for info in response.variables]
+        """Returns every variable the server holds, in creation order.
+
+        The server answers a page at a time. A restore (or a restart of the server) between
+        two pages makes the listing start again from the first page, at most
+        :data:`LISTING_RESTARTS` times.
+
+        Raises:
+            AbortedError: the state was replaced during every attempt (``STATE_REPLACED``).
+        """
+        for _ in range(LISTING_RESTARTS):
+            with contextlib.suppress(AbortedError):
+                return self._list_pages()
+        return self._list_pages()
+
+    def _list_pages(self) -> list[VariableInfo]:
+        """Lists every variable, page after page, until a page gives no token."""
+        infos: list[VariableInfo] = []
+        request = pb.ListVariablesRequest()
+        while True:
+            response = self._transport.unary(self._stub.ListVariables, request)
+            infos += [convert.variable_info_from_message(info) for info in response.variables]
+            if not response.next_page_token:
+                return infos
+            request = pb.ListVariablesRequest(page_token=response.next_page_token)
 
     def push(
         self,

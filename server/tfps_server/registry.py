@@ -444,8 +444,11 @@ class Registry:
         """Returns the names of every optimizer, sorted."""
         return sorted(self._current.optimizers)
 
-    def variable_infos(self, generation: Generation | None = None) -> list[VariableInfo]:
-        """Returns every variable (of ``generation``, else the current one) in creation order."""
+    def variable_infos(
+        self, generation: Generation | None = None, start: int = 0
+    ) -> list[VariableInfo]:
+        """Returns the variables (of ``generation``, else the current one) in creation order,
+        from the one at position ``start`` on."""
         return [
             VariableInfo(
                 m.name,
@@ -454,7 +457,7 @@ class Registry:
                 m.optimizer.name,
                 m.variable.device,
             )
-            for m in list((generation or self._current).variables.values())
+            for m in list((generation or self._current).variables.values())[start:]
         ]
 
     def options(self, optimizer: str) -> OptimizerOptions:

@@ -47,6 +47,7 @@ from tfps_server.errors import (
     shown,
 )
 from tfps_server.limits import Limits
+from tfps_server.listing import VariableListing
 from tfps_server.push import Pusher
 from tfps_server.registry import Registry
 from tfps_server.streams import Streams, check_tensor_count, in_thread
@@ -151,8 +152,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         """Set once the server may answer; RPCs before that get UNAVAILABLE."""
         self.ready.set()
         self._chunk_bytes = chunk_bytes
-        self._listing_lock = threading.Lock()
-        self._listing: tuple[tuple[int, int], bytes] | None = None
+        self._listing = VariableListing(registry)
 
     def _without_paths(self, error: ServerError) -> ServerError:
         """The error with the checkpoint directory's path cut from its message and metadata
@@ -216,22 +216,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def ListVariables(
         self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
-        return await self._read(self._variable_list)
-
-    def _variable_list(self) -> bytes:
-        """The serialized answer of ListVariables: at the bounds, a hundred megabytes of names,
-        built and serialized in a worker thread rather than on the event loop, and once per
-        state (variables are only ever added, or replaced by a restore), not once per call."""
-        generation = self._registry.current()
-        key = (generation.number, len(generation.variables))
-        with self._listing_lock:
-            if self._listing is None or self._listing[0] != key:
-                infos = self._registry.variable_infos(generation)[: key[1]]
-                message = pb.ListVariablesResponse(
-                    variables=[convert.variable_info_to_message(info) for info in infos]
-                )
-                self._listing = key, message.SerializeToString()
-            return self._listing[1]
+        return await self._read(self._listing.page, request.page_size, request.page_token)
 
     def _receive_push(self, requests: AsyncIterator[framing.Framed], method: str) -> Any:
         return self._streams.receive(

@@ -83,7 +83,8 @@ class Reason(str, enum.Enum):
     ITERATIONS_EXHAUSTED = "ITERATIONS_EXHAUSTED"
     """The optimizer is at MAX_ITERATIONS and cannot take another step."""
     STATE_REPLACED = "STATE_REPLACED"
-    """The state a request was validated against was replaced (restore, set_weights) first."""
+    """The state a request was validated against was replaced (restore, set_weights) first;
+    for a page of variables, the state its listing began in (restore, restart)."""
     # Identity
     MISSING_TOKEN = "MISSING_TOKEN"
     """The call carried no ``authorization: Bearer`` token and the server requires one."""
@@ -112,6 +113,9 @@ class Reason(str, enum.Enum):
     """The server is restoring a checkpoint before serving."""
     SHUTTING_DOWN = "SHUTTING_DOWN"
     """The server is stopping; retry against its successor."""
+    # Listings
+    INVALID_PAGE = "INVALID_PAGE"
+    """A negative page size, or a page token that no page gave."""
     # Checkpoints
     NO_CHECKPOINT_DIR = "NO_CHECKPOINT_DIR"
     """The server runs without a checkpoint directory."""

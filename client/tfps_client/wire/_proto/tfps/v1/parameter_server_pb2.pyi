@@ -125,8 +125,12 @@ class CreateVariablesResponse(_message.Message):
     def __init__(self, created: _Optional[_Iterable[str]] = ..., existing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListVariablesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class VariableInfo(_message.Message):
     __slots__ = ("name", "spec", "optimizer", "device")
@@ -141,10 +145,12 @@ class VariableInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., optimizer: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class ListVariablesResponse(_message.Message):
-    __slots__ = ("variables",)
+    __slots__ = ("variables", "next_page_token")
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
-    def __init__(self, variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GradientHeader(_message.Message):
     __slots__ = ("variable", "dense", "sparse")

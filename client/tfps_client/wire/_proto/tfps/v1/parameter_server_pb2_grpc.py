@@ -156,7 +156,7 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVariables(self, request, context):
-        """Lists the variables the server holds.
+        """Lists the variables the server holds, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
