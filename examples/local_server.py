@@ -1,4 +1,4 @@
-"""A tfps server started for an example's run.
+"""A tfps server for the examples: the one given by ``--server``, or one started for the run.
 
 ``python -m tfps_server`` runs in a subprocess on a free loopback port and is stopped with
 SIGTERM when the example ends. This module imports no TensorFlow: only the server process does.
@@ -6,6 +6,7 @@ SIGTERM when the example ends. This module imports no TensorFlow: only the serve
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -13,17 +14,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from tfps_client import Client
+from tfps_client import Client, TfpsError
 
 SERVER_START_SECONDS = 120.0
 SERVER_STOP_SECONDS = 30.0
+SERVER_HELP = "host:port of a running tfps server (default: start one for this run)"
+"""The help of the examples' ``--server`` flag."""
 
 
 class ServerError(RuntimeError):
@@ -118,6 +122,59 @@ def running_server(log: Path, optimizer: Mapping[str, Any] | None = None) -> Ite
     print("server stopped cleanly", flush=True)
 
 
+@contextlib.contextmanager
+def connect(address: str | None) -> Iterator[Client]:
+    """Yields a client of the server at ``address`` once it accepts connections, or of a
+    server started for the run (see :func:`running_server`) when ``address`` is None.
+
+    Raises:
+        ServerError: the server did not start, or did not stop cleanly.
+        grpc.FutureTimeoutError: the server at ``address`` was not reachable in time.
+    """
+    if address is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="tfps-example-") as tmp,
+            running_server(Path(tmp) / "server.log") as client,
+        ):
+            yield client
+    else:
+        with Client(address) as client:
+            client.wait_for_ready(timeout=SERVER_START_SECONDS)
+            yield client
+
+
 def exit_on_sigterm(signum: int, frame: object) -> None:
     """A SIGTERM handler that raises SystemExit, so that cleanup (stopping the server) runs."""
     sys.exit(128 + signum)
+
+
+def run_with_server(address: str | None, work: Callable[[Client], None]) -> int:
+    """Runs ``work`` with a client of :func:`connect`; stops a server it started on SIGTERM
+    and Ctrl-C too.
+
+    ``work`` runs in a thread of its own while this one waits for it, so that the exception a
+    signal raises here never interrupts a gRPC call halfway (which can leave the channel
+    waiting for ever when it closes). Closing the channel cancels the call ``work`` is in.
+
+    Returns:
+        The exit code: 0, 1 when the server failed or refused a call, 130 when interrupted.
+    """
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    started = time.monotonic()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        with connect(address) as client:
+            future = executor.submit(work, client)
+            while not concurrent.futures.wait([future], timeout=0.1).done:
+                pass  # short waits: a signal's handler runs here, between two of them
+            future.result()
+    except (ServerError, TfpsError) as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything stopped", file=sys.stderr)
+        return 130
+    finally:
+        executor.shutdown(wait=False)
+    print(f"done in {time.monotonic() - started:.1f} s")
+    return 0
