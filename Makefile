@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
 
-.PHONY: demo test bench bench-quick fuzz serve proto lint format clean
+.PHONY: demo example-torch test bench bench-quick fuzz serve proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# PyTorch is not in requirements.txt (PyPI's Linux wheel pulls about 3 GB of CUDA libraries):
+# this installs it into .venv, then runs the PyTorch worker. TORCH_PIP_ARGS goes to pip, for
+# example "--index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel.
+TORCH_PIP_ARGS ?=
+example-torch: $(STAMP)
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) -r examples/requirements-torch.txt
+	$(PY) examples/torch_regression.py
 
 test: lint bench-quick
 	$(PY) -m pytest

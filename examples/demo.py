@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,13 +28,14 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import grpc
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from tfps_client import Client
 from tfps_client.keras import pull_into
+
+from local_server import ServerError, exit_on_sigterm, running_server
 
 NUM_WORKERS = 2
 OPTIMIZER = "default"
@@ -47,12 +45,10 @@ PIXELS, LEVELS, CLASSES = 64, 17, 10
 EMBEDDING_DIM = 16
 MAX_GAP_POINTS = 2.0
 """Largest accepted accuracy difference, server vs local, in percentage points."""
-SERVER_START_SECONDS = 120.0
-SERVER_STOP_SECONDS = 30.0
 
 
 class DemoError(RuntimeError):
-    """A process of the demo failed, or the two accuracies differ too much."""
+    """A worker of the demo failed, or the two accuracies differ too much."""
 
 
 @contextlib.contextmanager
@@ -226,92 +222,6 @@ def wait_for_workers(workers: Sequence[BaseProcess]) -> None:
                 raise DemoError(f"{worker.name} failed with exit code {worker.exitcode}")
 
 
-# Server ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """Returns a loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """Returns the last lines of a log file."""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_for_server(process: subprocess.Popen[bytes], client: Client, log: Path) -> None:
-    """Blocks until the server accepts connections.
-
-    Raises:
-        DemoError: the server exited, or was not ready in time.
-    """
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while True:
-        try:
-            client.wait_for_ready(timeout=1.0)
-            return
-        except grpc.FutureTimeoutError:
-            if process.poll() is not None:
-                raise DemoError(
-                    f"the server exited with code {process.returncode}:\n{log_tail(log)}"
-                ) from None
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the server was not ready in {SERVER_START_SECONDS:.0f} s:\n{log_tail(log)}"
-                ) from None
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """Sends SIGTERM and waits; kills the server if it does not stop in time."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=SERVER_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextlib.contextmanager
-def running_server(settings: Settings, log: Path) -> Iterator[Client]:
-    """Starts ``tfps_server`` in a subprocess; yields a client once it is ready.
-
-    On exit the server is stopped with SIGTERM.
-
-    Raises:
-        DemoError: the server did not start, or did not stop cleanly.
-    """
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "tfps_server",
-        f"--port={port}",
-        "--metrics-port=0",  # off: the fixed default port would clash between two servers
-        f"--optimizer={json.dumps(settings.optimizer_config())}",
-    ]
-    print(f"starting the server on {address}", flush=True)
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-    try:
-        with Client(address) as client:
-            wait_for_server(process, client, log)
-            yield client
-    finally:
-        stop_server(process)
-    if process.returncode != 0:
-        raise DemoError(f"the server exited with code {process.returncode}:\n{log_tail(log)}")
-    print("server stopped cleanly", flush=True)
-
-
 # Coordinator -----------------------------------------------------------------------------------
 
 
@@ -372,26 +282,21 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     return Settings(args.epochs, args.batch_size, args.learning_rate, args.seed)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """Turns SIGTERM into SystemExit, so that cleanup runs."""
-    sys.exit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the demo; returns the exit code."""
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     started = time.monotonic()
     try:
         data = load_data(settings.seed)
         with (
             tempfile.TemporaryDirectory(prefix="tfps-demo-") as tmp,
-            running_server(settings, Path(tmp) / "server.log") as client,
+            running_server(Path(tmp) / "server.log", settings.optimizer_config()) as client,
         ):
             server_accuracy = train_on_server(client, settings, data)
         local_accuracy = train_locally(settings, data)
         report(server_accuracy, local_accuracy)
-    except DemoError as error:
+    except (DemoError, ServerError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo import NUM_WORKERS, Settings, run_worker
-
 from tfps_client import Client, ps_addresses, tf_config, tls_credentials
+
+from demo import NUM_WORKERS, Settings, run_worker
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
