@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -35,7 +34,7 @@ from sklearn.model_selection import train_test_split
 from tfps_client import Client
 from tfps_client.keras import pull_into
 
-from local_server import ServerError, exit_on_sigterm, running_server
+from local_server import exit_code, running_server
 
 NUM_WORKERS = 2
 OPTIMIZER = "default"
@@ -285,9 +284,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the demo; returns the exit code."""
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
-    started = time.monotonic()
-    try:
+
+    def demo() -> None:
         data = load_data(settings.seed)
         with (
             tempfile.TemporaryDirectory(prefix="tfps-demo-") as tmp,
@@ -296,14 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_accuracy = train_on_server(client, settings, data)
         local_accuracy = train_locally(settings, data)
         report(server_accuracy, local_accuracy)
-    except (DemoError, ServerError) as error:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything stopped", file=sys.stderr)
-        return 130
-    print(f"done in {time.monotonic() - started:.0f} s")
-    return 0
+
+    return exit_code(demo, failures=(DemoError,))
 
 
 if __name__ == "__main__":

@@ -148,6 +148,28 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
+def exit_code(body: Callable[[], None], failures: tuple[type[Exception], ...] = ()) -> int:
+    """Runs ``body`` with SIGTERM turned into SystemExit; prints how it ended.
+
+    Returns:
+        The exit code: 0, 1 when the server failed or refused a call (or ``body`` raised one
+        of ``failures``), 130 when interrupted.
+    """
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    started = time.monotonic()
+    expected: tuple[type[Exception], ...] = (ServerError, TfpsError, *failures)
+    try:
+        body()
+    except expected as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything stopped", file=sys.stderr)
+        return 130
+    print(f"done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def run_with_server(address: str | None, work: Callable[[Client], None]) -> int:
     """Runs ``work`` with a client of :func:`connect`; stops a server it started on SIGTERM
     and Ctrl-C too.
@@ -157,24 +179,18 @@ def run_with_server(address: str | None, work: Callable[[Client], None]) -> int:
     waiting for ever when it closes). Closing the channel cancels the call ``work`` is in.
 
     Returns:
-        The exit code: 0, 1 when the server failed or refused a call, 130 when interrupted.
+        The exit code of :func:`exit_code`.
     """
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
-    started = time.monotonic()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
+
+    def body() -> None:
         with connect(address) as client:
             future = executor.submit(work, client)
             while not concurrent.futures.wait([future], timeout=0.1).done:
                 pass  # short waits: a signal's handler runs here, between two of them
             future.result()
-    except (ServerError, TfpsError) as error:
-        print(f"FAILED: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything stopped", file=sys.stderr)
-        return 130
+
+    try:
+        return exit_code(body)
     finally:
         executor.shutdown(wait=False)
-    print(f"done in {time.monotonic() - started:.1f} s")
-    return 0

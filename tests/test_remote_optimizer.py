@@ -11,6 +11,7 @@ README says so.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -447,6 +448,18 @@ def test_a_distribution_strategy_is_refused_with_a_clear_error(client: Client) -
     with pytest.raises(RuntimeError, match="OneDeviceStrategy"):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert client.iterations("strategy") == 0
+
+
+def test_the_worker_id_defaults_to_this_task_in_tf_config(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.create_optimizer("tasks", ADAM, Sync(replicas_to_aggregate=2))
+    cluster = {"ps": ["ps-0:2222"], "worker": ["w-0:2222", "w-1:2222"]}
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})
+    )
+    assert RemoteOptimizer(client, "tasks").worker == "worker:1"
+    assert RemoteOptimizer(client, "tasks", worker="chief").worker == "chief"
 
 
 def test_wrong_uses_are_refused(client: Client) -> None:
