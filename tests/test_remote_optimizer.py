@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tfps_client import Async, Client, Sync
+from tfps_client import Async, Client, InvalidArgumentError, Sync
 from tfps_client.keras import RemoteOptimizer, variable_name
 
 from helpers import (
@@ -448,6 +448,23 @@ def test_a_distribution_strategy_is_refused_with_a_clear_error(client: Client) -
     with pytest.raises(RuntimeError, match="OneDeviceStrategy"):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert client.iterations("strategy") == 0
+
+
+def test_a_refused_push_raises_and_changes_nothing(client: Client) -> None:
+    """Non-finite gradients (a NaN input) are refused by the server: the client's typed
+    error in an eager step, TensorFlow's error naming it in model.fit; nothing applied."""
+    model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(1, name="nan_dense")])
+    optimizer = RemoteOptimizer(client, "nan", config=ADAM)
+    x, y = np.array([[np.nan, 1.0]], np.float32), np.ones((1, 1), np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - y))
+    gradients = tape.gradient(loss, model.trainable_variables)
+    with pytest.raises(InvalidArgumentError, match="nan_dense"):
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+    model.compile(optimizer=optimizer, loss="mse")
+    with pytest.raises(tf.errors.OpError, match=r"InvalidArgumentError.*nan_dense"):
+        model.fit(x, y, verbose=0)
+    assert client.iterations("nan") == 0
 
 
 def test_the_worker_id_defaults_to_this_task_in_tf_config(

@@ -99,7 +99,10 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
 
     A step calls Python (``tf.py_function``), so it cannot run where Python cannot be
     called: inside XLA (``jit_compile=True``) or under a ``tf.distribute`` strategy (the
-    server is the distribution); both raise ``RuntimeError`` when the step is traced.
+    server is the distribution); both raise ``RuntimeError`` when the step is traced. A
+    call the server refuses raises the client's :class:`~tfps_client.TfpsError` in an eager
+    step; in a ``tf.function`` (``model.fit``), TensorFlow reports it as an ``OpError``
+    whose message holds the client's.
 
     Args:
         client: the tfps client.
@@ -272,19 +275,22 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         )
         pulled_names = [variable_name(v) for v in refreshed]
 
-        def step(*flat: tf.Tensor) -> list[Any]:
-            return self._push_pull(layout, flat, pulled_names)
-
-        *values, served_iterations = tf.py_function(
-            step,
-            layout.flatten([g for g, _ in pushed]),
-            Tout=[v.dtype for v in refreshed] + [tf.int64],
-            name="tfps_push_pull",
-        )
-        assignments = []
-        for variable, value in zip(refreshed, values, strict=True):
-            value.set_shape(variable.shape)
-            assignments.append(variable.assign(value, read_value=False))
+        flat = layout.flatten([g for g, _ in pushed])
+        if tf.executing_eagerly():  # called straight: the client's own errors reach the caller
+            *values, served_iterations = self._push_pull(layout, flat, pulled_names)
+        else:
+            *values, served_iterations = tf.py_function(
+                lambda *flat: self._push_pull(layout, flat, pulled_names),
+                flat,
+                Tout=[v.dtype for v in refreshed] + [tf.int64],
+                name="tfps_push_pull",
+            )
+            for variable, value in zip(refreshed, values, strict=True):
+                value.set_shape(variable.shape)
+        assignments = [
+            variable.assign(value, read_value=False)
+            for variable, value in zip(refreshed, values, strict=True)
+        ]
         assignments.append(iterations.assign(served_iterations, read_value=False))
         return tf.group(*assignments)
 
