@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tfps_client import checkpoint_files
 from tfps_client.client import Client
 from tfps_client.errors import TfpsError
 from tfps_client.transport import TOKEN_ENVIRONMENT_VARIABLE, tls_credentials
@@ -26,12 +27,15 @@ def _describe(info: CheckpointInfo) -> str:
 
 def _inspect(path: str) -> None:
     try:
+        prefix = checkpoint_files.resolve(path)
+    except FileNotFoundError as error:
+        raise SystemExit(f"tfps-ckpt inspect: {error}") from None
+    try:
         import tensorflow as tf
     except ImportError:
         raise SystemExit(
             "tfps-ckpt inspect reads TensorFlow checkpoints: install tensorflow"
         ) from None
-    prefix = tf.train.latest_checkpoint(path) or path
     reader = tf.train.load_checkpoint(prefix)
     metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
     print(f"checkpoint {prefix}, saved {datetime.datetime.fromtimestamp(metadata.saved_at)}")

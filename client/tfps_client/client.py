@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from tfps_client import checkpoint_files
 from tfps_client.errors import AbortedError
 from tfps_client.transport import (
     MAX_MESSAGE_BYTES,
@@ -363,7 +364,10 @@ class Client:
         """Downloads a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
 
         Files are written as ``*.partial`` and renamed only once verified, so an
-        interrupted download never leaves a checkpoint that looks complete.
+        interrupted download never leaves a checkpoint that looks complete. The checkpoint
+        then becomes the directory's latest (its ``checkpoint`` state file), so the directory
+        itself can be given to ``load_into``, ``tfps-ckpt inspect`` or
+        ``tf.train.latest_checkpoint``.
 
         Args:
             checkpoint_id: the checkpoint; None for the latest.
@@ -377,7 +381,9 @@ class Client:
         """
         request = pb.DownloadCheckpointRequest(id=checkpoint_id or 0)
         manifest = self._transport.download_files(self._stub.DownloadCheckpoint, request, dest_dir)
-        return str(Path(dest_dir) / Path(manifest.checkpoint.path).name)
+        name = Path(manifest.checkpoint.path).name
+        checkpoint_files.record_latest(dest_dir, name)
+        return str(Path(dest_dir) / name)
 
 
 def _push_header(

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tfps_client import checkpoint_files
 from tfps_client.client import Client
 from tfps_client.types import CreateVariablesResult, PushResult
 from tfps_client.wire import checkpoint_layout as layout
@@ -104,7 +106,7 @@ class LoadReport:
 
 def load_into(
     model: Any,
-    checkpoint: str,
+    checkpoint: str | Path,
     optimizer: Any = None,
     name_map: Mapping[str, str] | None = None,
     strict: bool = True,
@@ -126,12 +128,14 @@ def load_into(
         strict: raise when a model variable is missing or has another shape.
 
     Raises:
+        FileNotFoundError: ``checkpoint`` is neither a checkpoint prefix nor a directory
+            with a ``checkpoint`` state file.
         ValueError: ``strict`` and names are missing or mismatched, or the
             optimizer's class differs from the server optimizer's.
     """
     import tensorflow as tf
 
-    prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
+    prefix = checkpoint_files.resolve(checkpoint)
     reader = tf.train.load_checkpoint(prefix)
     metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
     declared = {v.name: v for v in metadata.variables}
