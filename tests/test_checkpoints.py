@@ -327,6 +327,8 @@ def test_load_into_reports_missing_unexpected_and_mismatched(
     assert report.missing == ()
     assert report.loaded == ("emb/embeddings", "other")
     assert report.unexpected == ("extra",)
+    with pytest.raises(ValueError, match=r"name_map maps \['dense/bais'\], which name no"):
+        load_into(model, prefix, strict=False, name_map={"dense/bais": "other"})
 
 
 def test_tfps_ckpt_command_line(

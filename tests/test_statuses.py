@@ -832,9 +832,7 @@ ECHO_CASES = [
     ),
     _echo(
         "config-conflicting",
-        lambda c: c.create_optimizer(
-            "named", {**NAMED, "config": {**NAMED["config"], "momentum": 0.5}}
-        ),
+        lambda c: c.create_optimizer("named", {**NAMED, "config": {"name": "d" * MEBI}}),
         Code.ALREADY_EXISTS,
         "OPTIMIZER_EXISTS",
     ),

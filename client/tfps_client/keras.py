@@ -130,8 +130,9 @@ def load_into(
     Raises:
         FileNotFoundError: ``checkpoint`` is neither a checkpoint prefix nor a directory
             with a ``checkpoint`` state file.
-        ValueError: ``strict`` and names are missing or mismatched, or the
-            optimizer's class differs from the server optimizer's.
+        ValueError: ``strict`` and names are missing or mismatched, a ``name_map`` key
+            names no model variable, or the optimizer's class differs from the server
+            optimizer's.
     """
     import tensorflow as tf
 
@@ -140,6 +141,13 @@ def load_into(
     metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
     declared = {v.name: v for v in metadata.variables}
     names = dict(name_map or {})
+    model_names = [variable_name(v) for v in model.trainable_variables]
+    unmatched = [name for name in names if name not in model_names]
+    if unmatched:
+        raise ValueError(
+            f"load_into: name_map maps {unmatched}, which name no trainable variable of the "
+            f"model; expected names among {model_names}"
+        )
     pairs, missing, mismatched, mismatched_names = [], [], [], set()
     for variable in model.trainable_variables:
         local = variable_name(variable)

@@ -28,7 +28,6 @@ from tfps_server.aggregation import checked, make_policy
 from tfps_server.devices import resolve_device
 from tfps_server.errors import (
     Aborted,
-    AlreadyExists,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -55,6 +54,7 @@ from tfps_server.validation import (
     check_rows,
     check_rows_bytes,
     check_same_declaration,
+    check_same_optimizer,
     check_state_quota,
     state_bytes,
 )
@@ -283,18 +283,11 @@ class Registry:
             self._check_room_for_optimizer(generation, name)
             existing = generation.optimizers.get(name)
             if existing is not None:
-                if (existing.creation_config, existing.options) != (
-                    candidate.creation_config,
-                    candidate.options,
-                ):
-                    raise AlreadyExists(
-                        f"optimizer {shown(name)}: exists with config "
-                        f"{json.dumps(existing.creation_config)} and {existing.options}, "
-                        f"received {json.dumps(candidate.creation_config)} and "
-                        f"{candidate.options}",
-                        Reason.OPTIMIZER_EXISTS,
-                        {"optimizer": name},
-                    )
+                check_same_optimizer(
+                    name,
+                    (existing.creation_config, existing.options),
+                    (candidate.creation_config, candidate.options),
+                )
                 return False
             generation.optimizers[name] = candidate
             self._adopt(candidate)

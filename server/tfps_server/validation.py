@@ -12,6 +12,7 @@ quota, config sizes) are checked here too, by arithmetic, before anything is bui
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from tfps_client.types import OptimizerOptions
 from tfps_client.wire.convert import DenseGradient, Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
@@ -165,17 +167,57 @@ def check_same_declaration(
         differences.append(("dtype", existing.dtype, value.dtype.name))
     if existing_optimizer != optimizer:
         differences.append(("optimizer", existing_optimizer, optimizer))
-    if differences:
-        text = "; ".join(
-            f"{what}: exists with {clipped(str(old))}, received {clipped(str(new))}"
-            for what, old, new in differences
+    _refuse_differences("variable", existing.name, differences, Reason.VARIABLE_EXISTS)
+
+
+def check_same_optimizer(
+    name: str,
+    existing: tuple[Mapping[str, Any], OptimizerOptions],
+    received: tuple[Mapping[str, Any], OptimizerOptions],
+) -> None:
+    """Refuses a creation whose config or options differ from the existing optimizer's,
+    naming each field that differs (the class alone when the classes differ: their
+    arguments differ with them). Config values are shown as JSON."""
+    (old_config, old_options), (new_config, new_options) = existing, received
+    differences: list[tuple[str, object, object]] = []
+    if old_config["class_name"] != new_config["class_name"]:
+        differences.append(
+            ("class_name", _json(old_config["class_name"]), _json(new_config["class_name"]))
         )
-        what, old, new = differences[0]
-        raise AlreadyExists(
-            f"variable {shown(existing.name)}: {text}",
-            Reason.VARIABLE_EXISTS,
-            {"variable": existing.name, "field": what, "expected": old, "received": new},
-        )
+    else:
+        old_arguments, new_arguments = old_config["config"], new_config["config"]
+        for key in dict.fromkeys([*old_arguments, *new_arguments]):
+            old, new = old_arguments.get(key), new_arguments.get(key)
+            if old != new:
+                differences.append((key, _json(old), _json(new)))
+    for field in dataclasses.fields(OptimizerOptions):
+        old, new = getattr(old_options, field.name), getattr(new_options, field.name)
+        if old != new:
+            differences.append((field.name, old, new))
+    _refuse_differences("optimizer", name, differences, Reason.OPTIMIZER_EXISTS)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value)
+
+
+def _refuse_differences(
+    kind: str, name: str, differences: Sequence[tuple[str, object, object]], reason: Reason
+) -> None:
+    """Raises AlreadyExists naming every differing field of an existing variable or
+    optimizer, with the first one in the metadata."""
+    if not differences:
+        return
+    text = "; ".join(
+        f"{what}: exists with {clipped(str(old))}, received {clipped(str(new))}"
+        for what, old, new in differences
+    )
+    what, old, new = differences[0]
+    raise AlreadyExists(
+        f"{kind} {shown(name)}: {text}",
+        reason,
+        {kind: name, "field": what, "expected": old, "received": new},
+    )
 
 
 # Limits ----------------------------------------------------------------------------------------
