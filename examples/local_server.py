@@ -20,9 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from tfps_client import Client, TfpsError
+from tfps_client import Client, TfpsError, UnavailableError
 
 SERVER_START_SECONDS = 120.0
 SERVER_STOP_SECONDS = 30.0
@@ -57,7 +55,7 @@ def wait_for_server(process: subprocess.Popen[bytes], client: Client, log: Path)
         try:
             client.wait_for_ready(timeout=1.0)
             return
-        except grpc.FutureTimeoutError:
+        except UnavailableError:
             if process.poll() is not None:
                 raise ServerError(
                     f"the server exited with code {process.returncode}:\n{log_tail(log)}"
@@ -129,7 +127,7 @@ def connect(address: str | None) -> Iterator[Client]:
 
     Raises:
         ServerError: the server did not start, or did not stop cleanly.
-        grpc.FutureTimeoutError: the server at ``address`` was not reachable in time.
+        UnavailableError: the server at ``address`` was not reachable in time.
     """
     if address is None:
         with (

@@ -20,6 +20,7 @@ from tfps_client import (
     NotFoundError,
     ResourceExhaustedError,
     TfpsError,
+    UnavailableError,
 )
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import tensor_pb2
@@ -34,6 +35,7 @@ from helpers import (
     call_raw,
     chunk,
     dense_header,
+    free_port,
     push_request,
     raw_stub,
     snapshot,
@@ -862,3 +864,10 @@ def test_absurd_announced_size_is_refused_cleanly(env: Env) -> None:
         (f"expected at most {Limits().max_payload_bytes} bytes", f"a request for {1 << 62}"),
     )
     assert_same_state(snapshot(env.client), before)
+
+
+def test_waiting_for_a_server_that_is_not_there_raises_the_librarys_error() -> None:
+    client = Client(f"127.0.0.1:{free_port()}")
+    with client, pytest.raises(UnavailableError, match=r"not reachable within 0\.2 s") as caught:
+        client.wait_for_ready(timeout=0.2)
+    assert isinstance(caught.value, TfpsError)

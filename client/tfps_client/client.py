@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tfps_client import checkpoint_files
-from tfps_client.errors import AbortedError
+from tfps_client.errors import AbortedError, UnavailableError
 from tfps_client.transport import (
     MAX_MESSAGE_BYTES,
     Transport,
@@ -110,9 +110,14 @@ class Client:
         """Blocks until the server accepts connections.
 
         Raises:
-            grpc.FutureTimeoutError: the server was not reachable within ``timeout``.
+            UnavailableError: the server was not reachable within ``timeout`` seconds.
         """
-        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(
+                f"the server at {self.address} was not reachable within {timeout} s"
+            ) from None
 
     # Optimizers -------------------------------------------------------------------------------
 
