@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+import tfps_client
+import tfps_server
 from tfps_client import Client, IndexedSlices
 from tfps_server import Registry, create_server
 from tfps_server.devices import default_device
@@ -64,6 +66,26 @@ def test_startup_log_names_port_and_device(flagged_server: tuple[ServerProcess, 
         client.create_variables({"on_device": np.zeros(1, np.float32)})
         (info,) = (i for i in client.list_variables() if i.name == "on_device")
         assert info.device.endswith(line["device"]), (info.device, line["device"])
+    assert line.string.rstrip().endswith(f", version {tfps_server.__version__}")
+
+
+@pytest.mark.parametrize("module", ["tfps_server", "tfps_client.ckpt_cli"])
+def test_version_is_answered_without_tensorflow(module: str) -> None:
+    script = (
+        "import sys, runpy\n"
+        "sys.argv = [sys.argv[1], '--version']\n"
+        "try:\n"
+        "    runpy.run_module(sys.argv[0], run_name='__main__')\n"
+        "finally:\n"
+        "    print('tensorflow loaded' if 'tensorflow' in sys.modules else 'no tensorflow')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, module], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    name = "tfps-server" if module == "tfps_server" else "tfps-ckpt"
+    assert result.stdout.splitlines() == [f"{name} {tfps_server.__version__}", "no tensorflow"]
+    assert tfps_server.__version__ == tfps_client.__version__ != "0+unknown"
 
 
 def test_port_from_environment_and_clean_exit_on_sigterm() -> None:

@@ -111,9 +111,10 @@ def test_readme_metrics_table_names_every_family() -> None:
     names = [name for row in rows for name in _code(row[0])]
     families = {family.name for family in Metrics().registry.collect()}
     families |= {metric.name for metric in STATE_METRICS}
-    counters = {family.name for family in Metrics().registry.collect() if family.type == "counter"}
+    suffixes = {"counter": "_total", "info": "_info"}
+    suffix = {family.name: suffixes.get(family.type, "") for family in Metrics().registry.collect()}
     for family in families:
-        shown = family + "_total" if family in counters else family
+        shown = family + suffix.get(family, "")
         assert any(
             name == shown or (name.endswith("*") and shown.startswith(name[:-1])) for name in names
         ), family

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scrape import delta, labels, scrape, wait_until
 
+import tfps_server
 from tfps_client import Client, InvalidArgumentError, NotFoundError
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
@@ -117,6 +118,7 @@ def test_every_method_starts_at_zero(served: tuple[RunningServer, Client]) -> No
     assert set(fresh.series("tfps_rpc_requests_total").values()) == {0.0}
     assert {dict(k)["method"] for k in fresh.series("tfps_rpc_in_flight")} == methods
     assert {dict(k)["method"] for k in fresh.series("tfps_rpc_duration_seconds_count")} == methods
+    assert fresh.series("tfps_build_info") == {labels(version=tfps_server.__version__): 1.0}
 
 
 def test_cancelled_stream_is_counted_and_leaves_flight(

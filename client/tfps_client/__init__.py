@@ -39,6 +39,7 @@ from tfps_client.types import (
     Sync,
     VariableInfo,
 )
+from tfps_client.version import installed_version
 from tfps_client.wire.reasons import Reason
 
 __all__ = [
@@ -73,7 +74,11 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "VariableInfo",
+    "__version__",
     "channel_options",
     "ps_addresses",
     "tls_credentials",
 ]
+
+__version__ = installed_version("tfps-client")
+"""The installed tfps-client's version."""

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from tfps_client import checkpoint_files
+from tfps_client import __version__, checkpoint_files
 from tfps_client.client import Client
 from tfps_client.errors import TfpsError
 from tfps_client.transport import TOKEN_ENVIRONMENT_VARIABLE, tls_credentials
@@ -85,6 +85,7 @@ def _connect(args: argparse.Namespace) -> Client:
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of ``tfps-ckpt``."""
     parser = argparse.ArgumentParser(prog="tfps-ckpt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [
         ("ls", "list the server's checkpoints"),

@@ -11,6 +11,8 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from tfps_client.version import installed_version
+
 # Before TensorFlow loads: keep its C++ start-up chatter out of the server's log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,7 +28,10 @@ _PUBLIC = {
     "create_server": "tfps_server.app",
 }
 
-__all__ = ["Pusher", "Registry", "RunningServer", "create_server"]
+__all__ = ["Pusher", "Registry", "RunningServer", "__version__", "create_server"]
+
+__version__ = installed_version("tfps-server")
+"""The installed tfps-server's version."""
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from tfps_client import tf_config
 from tfps_client.wire.reasons import Reason
-from tfps_server import limits, logs
+from tfps_server import __version__, limits, logs
 from tfps_server.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag can also be set by the environment variable TFPS_<FLAG> "
         "(for example TFPS_PORT=50052); a flag wins over its variable.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def add(flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
         parser.add_argument(flag, default=_env_default(flag, default), help=help_text, **kwargs)  # type: ignore[arg-type]
@@ -422,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     running.set_serving(True)
     _log.info("effective configuration: %s", json.dumps(logs.redacted(vars(args))))
     _log.info(
-        "tfps-server listening on %s:%d, device %s, metrics %s",
+        "tfps-server listening on %s:%d, device %s, metrics %s, version %s",
         args.host,
         running.port,
         registry.device,
@@ -430,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{running.metrics_port}/metrics"
         if running.metrics_port
         else "off",
+        __version__,
     )
     return serve_until_signalled(running, args.grace_seconds)
 

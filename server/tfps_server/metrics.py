@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+
+from tfps_server import __version__
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -41,6 +43,8 @@ class Metrics:
             ProcessCollector(registry=registry)
         self.registry = registry
         r = registry
+        self.build = Info("tfps_build", "The running tfps-server.", registry=r)
+        self.build.info({"version": __version__})
 
         # RPCs
         self.rpc_requests = Counter(
