@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -344,14 +346,24 @@ def test_tfps_ckpt_command_line(
             capture_output=True,
             text=True,
             timeout=120,
+            env={**os.environ, "TFPS_SERVER": address},
         )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    assert ckpt("ls") == f"no checkpoints on {address}\n"
+    assert ckpt("ls", "--json") == "[]\n"
     assert "iterations: adam=1" in ckpt("save", "--server", address)
-    assert ckpt("ls", "--server", address).split()[0] == "1"
-    prefix = ckpt("download", "--server", address, str(tmp_path / "dl")).strip()
+    assert ckpt("ls").split()[0] == "1"  # the server from TFPS_SERVER
+    (listed,) = json.loads(ckpt("ls", "--json"))
+    assert (listed["id"], listed["iterations"]) == (1, {"adam": 1})
+    assert listed["saved_at"].endswith("Z")
+    assert {"name": "emb", "shape": [6, 4], "dtype": "float32", "optimizer": "adam"} in listed[
+        "variables"
+    ]
+    prefix = ckpt("download", str(tmp_path / "dl")).strip()
     assert Path(prefix + ".index").exists()
     printed = ckpt("inspect", str(tmp_path / "dl"))  # the directory: its latest checkpoint
+    assert printed.startswith(f"checkpoint {prefix}, saved {listed['saved_at']}\n")
     assert "variable emb: float32[6, 4] -> adam" in printed
     assert layout.slot_key("emb", "m") in printed

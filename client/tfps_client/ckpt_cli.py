@@ -1,10 +1,15 @@
-"""``tfps-ckpt``: list, save, restore, download and inspect tfps checkpoints from a shell."""
+"""tfps-ckpt: list, save, restore, download and inspect tfps checkpoints from a shell.
+
+Times are UTC everywhere. The server is --server, else the environment variable
+TFPS_SERVER, else 127.0.0.1:50051; the token is --token, else TFPS_TOKEN.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,14 +20,55 @@ from tfps_client.transport import TOKEN_ENVIRONMENT_VARIABLE, tls_credentials
 from tfps_client.types import CheckpointInfo
 from tfps_client.wire import checkpoint_layout as layout
 
+SERVER_ENVIRONMENT_VARIABLE = "TFPS_SERVER"
+"""Where ``--server`` defaults from."""
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _utc(timestamp: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the second: ``2026-11-24T10:30:00Z``."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 def _describe(info: CheckpointInfo) -> str:
-    saved = datetime.datetime.fromtimestamp(info.saved_at, datetime.timezone.utc)
     iterations = ", ".join(f"{name}={it}" for name, it in sorted(info.iterations.items()))
     return (
-        f"{info.id:>6}  {saved:%Y-%m-%d %H:%M:%S}Z  {info.size_bytes:>12}  "
+        f"{info.id:>6}  {_utc(info.saved_at)}  {info.size_bytes:>12}  "
         f"{len(info.variables):>4} variables  iterations: {iterations}"
     )
+
+
+def _as_json(info: CheckpointInfo) -> dict[str, object]:
+    """A checkpoint as ``ls --json`` prints it."""
+    return {
+        "id": info.id,
+        "path": info.path,
+        "saved_at": _utc(info.saved_at),
+        "size_bytes": info.size_bytes,
+        "iterations": info.iterations,
+        "variables": [
+            {
+                "name": v.name,
+                "shape": list(v.shape),
+                "dtype": str(v.dtype),
+                "optimizer": v.optimizer,
+            }
+            for v in info.variables
+        ],
+    }
+
+
+def _list(client: Client, as_json: bool) -> None:
+    checkpoints = client.list_checkpoints()
+    if as_json:
+        print(json.dumps([_as_json(info) for info in checkpoints], indent=2))
+    elif not checkpoints:
+        print(f"no checkpoints on {client.address}")
+    else:
+        for info in checkpoints:
+            print(_describe(info))
 
 
 def _inspect(path: str) -> None:
@@ -38,7 +84,7 @@ def _inspect(path: str) -> None:
         ) from None
     reader = tf.train.load_checkpoint(prefix)
     metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
-    print(f"checkpoint {prefix}, saved {datetime.datetime.fromtimestamp(metadata.saved_at)}")
+    print(f"checkpoint {prefix}, saved {_utc(metadata.saved_at)}")
     for optimizer in metadata.optimizers:
         print(
             f"optimizer {optimizer.name}: {json.dumps(optimizer.config)} "
@@ -54,7 +100,11 @@ def _inspect(path: str) -> None:
 
 
 def _add_connection_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--server", default="127.0.0.1:50051", help="host:port of the server")
+    command.add_argument(
+        "--server",
+        default=os.environ.get(SERVER_ENVIRONMENT_VARIABLE, DEFAULT_SERVER),
+        help=f"host:port of the server; ${SERVER_ENVIRONMENT_VARIABLE} sets the default",
+    )
     command.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
     command.add_argument(
         "--token",
@@ -82,9 +132,21 @@ def _connect(args: argparse.Namespace) -> Client:
     return Client(args.server, timeout=args.timeout, credentials=credentials, token=args.token)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's lines, and shows each flag's default when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of ``tfps-ckpt``."""
-    parser = argparse.ArgumentParser(prog="tfps-ckpt", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tfps-ckpt", description=__doc__, formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [
@@ -93,15 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("restore", "replace the server's state with a checkpoint (admin)"),
         ("download", "download a checkpoint, verifying sizes and SHA-256"),
     ]:
-        command = commands.add_parser(name, help=text)
+        command = commands.add_parser(
+            name, help=text, description=text, formatter_class=_HelpFormatter
+        )
         _add_connection_arguments(command)
+        if name == "ls":
+            command.add_argument("--json", action="store_true", help="print JSON")
         if name in ("restore", "download"):
             command.add_argument(
-                "--id", type=int, default=None, help="checkpoint id (default latest)"
+                "--id", type=int, default=None, help="checkpoint id; none for the latest"
             )
         if name == "download":
             command.add_argument("dest", help="local directory for the files")
-    inspect = commands.add_parser("inspect", help="print a local checkpoint's contents (needs TF)")
+    text = "print a local checkpoint's contents (needs TensorFlow)"
+    inspect = commands.add_parser(
+        "inspect", help=text, description=text, formatter_class=_HelpFormatter
+    )
     inspect.add_argument("path", help="checkpoint path prefix, or a directory for its latest")
     return parser
 
@@ -115,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _connect(args) as client:
             if args.command == "ls":
-                for info in client.list_checkpoints():
-                    print(_describe(info))
+                _list(client, args.json)
             elif args.command == "save":
                 print(_describe(client.save_checkpoint()))
             elif args.command == "restore":
