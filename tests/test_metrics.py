@@ -119,6 +119,7 @@ def test_every_method_starts_at_zero(served: tuple[RunningServer, Client]) -> No
     assert {dict(k)["method"] for k in fresh.series("tfps_rpc_in_flight")} == methods
     assert {dict(k)["method"] for k in fresh.series("tfps_rpc_duration_seconds_count")} == methods
     assert fresh.series("tfps_build_info") == {labels(version=tfps_server.__version__): 1.0}
+    assert "_created" not in fresh.text  # prometheus-client's creation-time series are off
 
 
 def test_cancelled_stream_is_counted_and_leaves_flight(
