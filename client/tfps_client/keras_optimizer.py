@@ -6,6 +6,7 @@ Imports TensorFlow; :mod:`tfps_client.keras` loads this module only when
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,7 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         """The value of ``_learning_rate`` when it was last read from or sent to the server:
         any other value was assigned locally since, and goes to the server."""
         self._learning_rate = _LearningRateVariable(on_assign=self._send_learning_rate)
+        self._read_learning_rate()  # a graph that reads or scales it starts from the server's
 
     @property
     def server_optimizer(self) -> str:
@@ -205,12 +207,7 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         if tf.inside_function():
             return self._learning_rate
         self._send_learning_rate()
-        served = self.get_config()["learning_rate"]
-        if isinstance(served, Mapping):
-            return tf_keras.optimizers.schedules.deserialize(dict(served))
-        self._learning_rate_synced = float(np.float32(served))
-        self._learning_rate.assign(served)
-        return self._learning_rate
+        return self._read_learning_rate()
 
     @learning_rate.setter
     def learning_rate(self, value: Any) -> None:
@@ -228,6 +225,16 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
 
     lr = learning_rate
     """Keras's alias of :attr:`learning_rate`."""
+
+    def _read_learning_rate(self) -> Any:
+        """Reads the server's learning rate into the local variable (unless it is a
+        schedule); returns the variable, or the schedule."""
+        served = self.get_config()["learning_rate"]
+        if isinstance(served, Mapping):
+            return tf_keras.optimizers.schedules.deserialize(dict(served))
+        self._learning_rate_synced = float(np.float32(served))
+        self._learning_rate.assign(served)
+        return self._learning_rate
 
     def _send_learning_rate(self) -> None:
         """Sets the server's learning rate if the local variable was assigned since it was
@@ -252,7 +259,8 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         are accepted for Keras's signature and change nothing (the server aggregates).
 
         Raises:
-            ValueError: no variable has a gradient.
+            ValueError: no variable has a gradient, or two variables (or two gradients)
+                of the step have one server name.
             RuntimeError: called inside XLA or under a distribution strategy.
         """
         pairs = list(grads_and_vars)
@@ -265,6 +273,7 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         _refuse_unsupported_context()
         variables = list(dict.fromkeys(v.ref() for _, v in pairs))
         refreshed = [ref.deref() for ref in variables]
+        _refuse_duplicate_names([v for _, v in pushed], refreshed)
         with tf.init_scope():
             self._register(refreshed, tracing=tf.inside_function())
             iterations = super().iterations
@@ -306,7 +315,9 @@ class RemoteOptimizer(tf_keras.optimizers.legacy.Optimizer):
         """Declares variables not registered yet; where another worker declared them first,
         takes its values (and, in an eager step, drops the pending gradients, computed from
         this worker's values)."""
-        new = [v for v in variables if variable_name(v) not in self._variables]
+        # By identity: a new variable of a registered name (a model rebuilt or cloned and
+        # compiled with this optimizer) takes the server's values too.
+        new = [v for v in variables if self._variables.get(variable_name(v)) is not v]
         if not new:
             return
         if self._step is None:
@@ -352,6 +363,21 @@ def _worker_id(worker: str | None) -> str:
         return worker
     parsed = tf_config.load()
     return f"{parsed.task_type}:{parsed.task_index}" if parsed and parsed.task_type else ""
+
+
+def _refuse_duplicate_names(pushed: Sequence[Any], refreshed: Sequence[Any]) -> None:
+    """Raises ValueError where two gradients, or two variables, of one step would meet
+    under one server name (one of them would be lost, or both take one variable's value)."""
+    for what, variables in (("gradients", pushed), ("variables", refreshed)):
+        counts = Counter(variable_name(v) for v in variables)
+        repeated = sorted(name for name, count in counts.items() if count > 1)
+        if repeated:
+            raise ValueError(
+                f"RemoteOptimizer.apply_gradients: several {what} for the server name(s) "
+                f"{repeated}: the server knows a variable by its name, so each variable of a "
+                "step needs its own name (name the layers of repeated sub-models apart) and "
+                "one gradient"
+            )
 
 
 def _refuse_unsupported_context() -> None:
