@@ -69,6 +69,47 @@ def test_startup_log_names_port_and_device(flagged_server: tuple[ServerProcess, 
     assert line.string.rstrip().endswith(f", version {tfps_server.__version__}")
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            [],
+            {"TFPS_PORT": "abc"},
+            "invalid int value: 'abc' (from the environment: TFPS_PORT='abc')",
+        ),
+        (["--port", "abc"], {"TFPS_PORT": "1"}, "argument --port: invalid int value: 'abc'\n"),
+        (
+            [],
+            {"TFPS_LOG_LEVEL": "LOUD"},
+            "invalid choice: 'LOUD' (choose from DEBUG, INFO, WARNING, ERROR, CRITICAL) "
+            "(from the environment: TFPS_LOG_LEVEL='LOUD')",
+        ),
+        ([], {"TFPS_LOG_FORMAT": "xml"}, "invalid choice: 'xml' (choose from text, json)"),
+        (
+            ["--log-level", "loud"],
+            {},
+            "choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'",
+        ),
+    ],
+    ids=["env-port", "flag-port", "env-log-level", "env-log-format", "flag-log-level"],
+)
+def test_a_wrong_value_names_its_flag_or_variable_and_the_valid_ones(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    """Refused before TensorFlow loads, with exit status 2; a value from the environment
+    names the variable, one from the command line does not."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tfps_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env(**env),
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr
+    assert ("from the environment" in result.stderr) == (not args)
+
+
 @pytest.mark.parametrize("module", ["tfps_server", "tfps_client.ckpt_cli"])
 def test_version_is_answered_without_tensorflow(module: str) -> None:
     script = (

@@ -7,12 +7,13 @@ import faulthandler
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tfps_client import tf_config
 from tfps_client.wire.reasons import Reason
@@ -36,8 +37,46 @@ ALL_INTERFACES = "0.0.0.0"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _env_variable(flag: str) -> str:
+    """The environment variable of a flag: ``--metrics-port`` -> ``TFPS_METRICS_PORT``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
 def _env_default(flag: str, default: str | None) -> str | None:
-    return os.environ.get(ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper(), default)
+    return os.environ.get(_env_variable(flag), default)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that checks the values from the environment as it checks the
+    command line's (argparse leaves defaults out of its ``choices`` check), and whose errors
+    about a value from the environment name the variable and its value."""
+
+    _given: Sequence[str] = ()
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(parsed, action.dest, None)
+            if action.choices is not None and value is not None and value not in action.choices:
+                self.error(
+                    f"argument {action.option_strings[0]}: invalid choice: {value!r} "
+                    f"(choose from {', '.join(map(str, action.choices))})"
+                )
+        return parsed, extras
+
+    def error(self, message: str) -> NoReturn:
+        flag = re.match(r"argument (--[\w-]+)", message)
+        if flag is not None:
+            name = flag[1]
+            given = any(arg == name or arg.startswith(f"{name}=") for arg in self._given)
+            variable = _env_variable(name)
+            if not given and variable in os.environ:
+                message += f" (from the environment: {variable}={os.environ[variable]!r})"
+        super().error(message)
 
 
 def _boolean(text: str) -> bool:
@@ -51,7 +90,7 @@ def _boolean(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the parser; every flag also reads the environment variable TFPS_<FLAG>."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tfps-server",
         description="tfps parameter server: exact tf_keras OptimizerV2 updates over gRPC. "
         "Every flag can also be set by the environment variable TFPS_<FLAG> "
@@ -178,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         metavar="BOOL",
     )
-    add("--log-level", "INFO", "DEBUG, INFO, WARNING or ERROR; default %(default)s")
+    add(
+        "--log-level",
+        "INFO",
+        f"one of {', '.join(LOG_LEVELS)} (any case); default %(default)s",
+        type=str.upper,
+        choices=LOG_LEVELS,
+    )
     add(
         "--log-format",
         "text",
