@@ -44,8 +44,9 @@ def _code(cell: str) -> list[str]:
 
 @pytest.fixture
 def flags(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, argparse.Action]]:
-    """tfps-server's flags (long option -> its action), parsed with no TFPS_* variable set,
-    so that the defaults are the built-in ones."""
+    """tfps-server's configuration flags (long option -> its action; not --help and
+    --version), parsed with no TFPS_* variable set, so that the defaults are the built-in
+    ones."""
     for name in os.environ:
         if name.startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
@@ -53,7 +54,7 @@ def flags(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, argparse.Action
         option: action
         for action in build_parser()._actions
         for option in action.option_strings
-        if option.startswith("--") and option != "--help"
+        if option.startswith("--") and option not in ("--help", "--version")
     }
 
 
