@@ -4,6 +4,7 @@ wrong, and no change at all to the server's state."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -871,3 +872,58 @@ def test_waiting_for_a_server_that_is_not_there_raises_the_librarys_error() -> N
     with client, pytest.raises(UnavailableError, match=r"not reachable within 0\.2 s") as caught:
         client.wait_for_ready(timeout=0.2)
     assert isinstance(caught.value, TfpsError)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda c: c.push({"scalar": np.float32(1)}, worker=1),
+            "PushRequest.worker: expected str, received int",
+        ),
+        (
+            lambda c: c.push({"scalar": np.float32(1)}, step="3"),
+            "PushRequest.step: expected int, received str",
+        ),
+        (
+            lambda c: c.push({"scalar": np.float32(1)}, request_id=5),
+            "PushRequest.request_id: expected str",
+        ),
+        (
+            lambda c: c.push({1: np.float32(1)}),
+            "GradientHeader.variable: expected str, received int",
+        ),
+        (
+            lambda c: c.push({"emb": IndexedSlices(np.ones((1, 2), np.float32), [0], ("5", 2))}),
+            "IndexedSlicesSpec.dense_shape: expected a sequence of int, "
+            "received items of type int, str",
+        ),
+        (
+            lambda c: c.push_pull({"scalar": np.float32(1)}, pull=[1]),
+            "PushRequest.pull: expected a sequence of str, received items of type int",
+        ),
+        (lambda c: c.iterations(3), "GetIterationsRequest.optimizer: expected str, received int"),
+        (lambda c: c.create_optimizer(5, {"class_name": "SGD"}), "CreateOptimizerRequest.name"),
+        (lambda c: c.set_hyperparameter("default", 2, 0.1), "SetHyperparameterRequest.name"),
+    ],
+    ids=[
+        "worker",
+        "step",
+        "request-id",
+        "gradient-name",
+        "dense-shape",
+        "pull",
+        "iterations",
+        "optimizer-name",
+        "hyperparameter",
+    ],
+)
+def test_an_argument_of_a_wrong_type_is_a_clear_type_error_at_the_call(
+    env: Env, call: Callable[[Client], object], expected: str
+) -> None:
+    """Raised before anything is sent (never the opaque UNKNOWN of a stream whose request
+    could not be built), naming the field, the expected type and the received one."""
+    before = snapshot(env.client)
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        call(env.client)
+    assert_same_state(snapshot(env.client), before)

@@ -148,7 +148,8 @@ class Client:
             True if created, False if an optimizer with an equal config and options existed.
         """
         config_json = config if isinstance(config, str) else json.dumps(config)
-        request = pb.CreateOptimizerRequest(
+        request = codec.build_message(
+            pb.CreateOptimizerRequest,
             name=name,
             config_json=config_json,
             options=convert.options_to_message(
@@ -160,28 +161,28 @@ class Client:
     def get_options(self, optimizer: str) -> OptimizerOptions:
         """Returns the options the optimizer was created with: aggregation mode, non-finite
         policy and ``lazy_sparse``."""
-        request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+        request = codec.build_message(pb.GetOptimizerConfigRequest, optimizer=optimizer)
         response = self._transport.unary(self._stub.GetOptimizerConfig, request)
         return convert.options_from_message(response.options)
 
     def get_config(self, optimizer: str) -> dict[str, Any]:
         """Returns ``{"class_name": ..., "config": optimizer.get_config()}``."""
-        request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+        request = codec.build_message(pb.GetOptimizerConfigRequest, optimizer=optimizer)
         return json.loads(self._transport.unary(self._stub.GetOptimizerConfig, request).config_json)
 
     def iterations(self, optimizer: str) -> int:
         """Returns how many updates the optimizer has applied."""
-        request = pb.GetIterationsRequest(optimizer=optimizer)
+        request = codec.build_message(pb.GetIterationsRequest, optimizer=optimizer)
         return self._transport.unary(self._stub.GetIterations, request).iterations
 
     def slot_names(self, optimizer: str) -> list[str]:
         """Returns the optimizer's slot names, as ``optimizer.get_slot_names()``."""
-        request = pb.GetSlotNamesRequest(optimizer=optimizer)
+        request = codec.build_message(pb.GetSlotNamesRequest, optimizer=optimizer)
         return list(self._transport.unary(self._stub.GetSlotNames, request).slot_names)
 
     def get_slot(self, variable: str, slot: str) -> np.ndarray:
         """Returns one slot's value for one variable, as ``optimizer.get_slot(var, slot)``."""
-        request = pb.GetSlotRequest(variable=variable, slot=slot)
+        request = codec.build_message(pb.GetSlotRequest, variable=variable, slot=slot)
         _, (value,) = self._transport.download(
             self._tensors["GetSlot"], request, lambda first: [first.slot]
         )
@@ -189,7 +190,7 @@ class Client:
 
     def get_weights(self, optimizer: str) -> list[np.ndarray]:
         """Returns the optimizer's weights in Keras order: iterations, then slots."""
-        request = pb.GetOptimizerWeightsRequest(optimizer=optimizer)
+        request = codec.build_message(pb.GetOptimizerWeightsRequest, optimizer=optimizer)
         _, weights = self._transport.download(
             self._tensors["GetOptimizerWeights"], request, lambda first: first.weights
         )
@@ -211,7 +212,7 @@ class Client:
             name: the hyperparameter, for example ``"learning_rate"`` or ``"beta_1"``.
             value: a number, or for ``learning_rate`` a serialized Keras schedule.
         """
-        request = pb.SetHyperparameterRequest(optimizer=optimizer, name=name)
+        request = codec.build_message(pb.SetHyperparameterRequest, optimizer=optimizer, name=name)
         if isinstance(value, Mapping):
             request.schedule_json = json.dumps(value)
         else:
@@ -258,13 +259,15 @@ class Client:
     def _list_pages(self) -> list[VariableInfo]:
         """Lists every variable, page after page, until a page gives no token."""
         infos: list[VariableInfo] = []
-        request = pb.ListVariablesRequest()
+        request = codec.build_message(pb.ListVariablesRequest)
         while True:
             response = self._transport.unary(self._stub.ListVariables, request)
             infos += [convert.variable_info_from_message(info) for info in response.variables]
             if not response.next_page_token:
                 return infos
-            request = pb.ListVariablesRequest(page_token=response.next_page_token)
+            request = codec.build_message(
+                pb.ListVariablesRequest, page_token=response.next_page_token
+            )
 
     def push(
         self,
@@ -326,7 +329,7 @@ class Client:
         wanted = None if names is None else [str(name) for name in names]
         if wanted == []:
             return {}
-        request = pb.PullRequest(names=wanted or ())
+        request = codec.build_message(pb.PullRequest, names=wanted or ())
         first, values = self._transport.download(
             self._tensors["Pull"], request, lambda first: [t.spec for t in first.tensors]
         )
@@ -341,7 +344,9 @@ class Client:
         indices = np.asarray(ids).reshape(-1)
         if indices.size and not np.issubdtype(indices.dtype, np.integer):
             raise TypeError(f"pull_rows: expected integer ids, received dtype {indices.dtype}")
-        request = pb.PullRowsRequest(variable=name, indices=indices.astype(np.int64).tolist())
+        request = codec.build_message(
+            pb.PullRowsRequest, variable=name, indices=indices.astype(np.int64).tolist()
+        )
         _, (rows,) = self._transport.download(
             self._tensors["PullRows"], request, lambda first: [first.rows]
         )
@@ -351,17 +356,21 @@ class Client:
 
     def save_checkpoint(self) -> CheckpointInfo:
         """Makes the server write a checkpoint of its whole state now."""
-        response = self._transport.unary(self._stub.SaveCheckpoint, pb.SaveCheckpointRequest())
+        response = self._transport.unary(
+            self._stub.SaveCheckpoint, codec.build_message(pb.SaveCheckpointRequest)
+        )
         return convert.checkpoint_info_from_message(response.checkpoint)
 
     def list_checkpoints(self) -> list[CheckpointInfo]:
         """Returns the checkpoints the server retains, oldest first."""
-        response = self._transport.unary(self._stub.ListCheckpoints, pb.ListCheckpointsRequest())
+        response = self._transport.unary(
+            self._stub.ListCheckpoints, codec.build_message(pb.ListCheckpointsRequest)
+        )
         return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
 
     def restore_checkpoint(self, checkpoint_id: int | None = None) -> CheckpointInfo:
         """Replaces the server's whole state with a checkpoint's (the latest when None)."""
-        request = pb.RestoreCheckpointRequest(id=checkpoint_id or 0)
+        request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id or 0)
         response = self._transport.unary(self._stub.RestoreCheckpoint, request)
         return convert.checkpoint_info_from_message(response.checkpoint)
 
@@ -384,7 +393,7 @@ class Client:
         Raises:
             DataLossError: a file's size or digest does not match the server's.
         """
-        request = pb.DownloadCheckpointRequest(id=checkpoint_id or 0)
+        request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id or 0)
         manifest = self._transport.download_files(self._stub.DownloadCheckpoint, request, dest_dir)
         name = Path(manifest.checkpoint.path).name
         checkpoint_files.record_latest(dest_dir, name)

@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import ml_dtypes
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from tfps_client.wire import framing
@@ -36,6 +37,7 @@ class _Chunk(Protocol):
 
 
 _Message = TypeVar("_Message")
+_Built = TypeVar("_Built", bound=Message)
 
 DEFAULT_CHUNK_BYTES = 3 << 20
 """Bytes of tensor data per stream message (3 MiB): few messages per tensor, each under
@@ -276,9 +278,62 @@ def encode_stream(
         chunk_bytes: the most data bytes per message.
     """
     field = framing.chunks_field(message_class)
-    first = message_class(**header).SerializeToString()
-    for position, pieces in enumerate(iter_chunks(arrays, chunk_bytes)):
-        yield framing.encode(first if position == 0 else b"", field, pieces)
+    first = build_message(message_class, **header).SerializeToString()
+    return _framed(first, field, iter_chunks(arrays, chunk_bytes))
+
+
+def _framed(first: bytes, field: int, pieces: Iterator[list[framing.Piece]]) -> Iterator[bytes]:
+    for position, piece_list in enumerate(pieces):
+        yield framing.encode(first if position == 0 else b"", field, piece_list)
+
+
+_PYTHON_TYPES = {
+    FieldDescriptor.CPPTYPE_INT32: "int",
+    FieldDescriptor.CPPTYPE_INT64: "int",
+    FieldDescriptor.CPPTYPE_UINT32: "int",
+    FieldDescriptor.CPPTYPE_UINT64: "int",
+    FieldDescriptor.CPPTYPE_DOUBLE: "float",
+    FieldDescriptor.CPPTYPE_FLOAT: "float",
+    FieldDescriptor.CPPTYPE_BOOL: "bool",
+    FieldDescriptor.CPPTYPE_ENUM: "int (an enum value)",
+    FieldDescriptor.CPPTYPE_STRING: "str",
+}
+
+
+def build_message(message_class: type[_Built], /, **fields: Any) -> _Built:
+    """Returns ``message_class(**fields)``; a field given a value of a wrong type raises
+    TypeError naming the field and the expected and received types (protobuf's own error
+    names neither), at the call rather than later in the thread that sends a stream.
+
+    Raises:
+        TypeError: a field has a value of a wrong type.
+    """
+    try:
+        return message_class(**fields)
+    except (TypeError, ValueError) as error:
+        for name, value in fields.items():
+            try:
+                message_class(**{name: value})
+            except (TypeError, ValueError):
+                raise TypeError(_wrong_field(message_class, name, value)) from None
+        raise TypeError(f"{message_class.DESCRIPTOR.name}: {error}") from None
+
+
+def _wrong_field(message_class: type[Message], name: str, value: Any) -> str:
+    where = f"{message_class.DESCRIPTOR.name}.{name}"
+    field = message_class.DESCRIPTOR.fields_by_name[name]
+    if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+        expected = field.message_type.name if field.message_type else "a message"
+    elif field.type == FieldDescriptor.TYPE_BYTES:
+        expected = "bytes"
+    else:
+        expected = _PYTHON_TYPES[field.cpp_type]
+    if field.is_repeated:
+        expected = f"a sequence of {expected}"
+        if isinstance(value, (list, tuple)):
+            kinds = sorted({type(item).__name__ for item in value})
+            return f"{where}: expected {expected}, received items of type {', '.join(kinds)}"
+    return f"{where}: expected {expected}, received {type(value).__name__} {repr(value)[:60]}"
 
 
 def stream_messages(

@@ -268,17 +268,21 @@ def gradients_to_wire(
         if slices is None:
             dense = to_numpy(value)
             headers.append(
-                pb.GradientHeader(
-                    variable=name, dense=tensor_pb2.DenseSpec(tensor=codec.spec_of(dense))
+                codec.build_message(
+                    pb.GradientHeader,
+                    variable=name,
+                    dense=tensor_pb2.DenseSpec(tensor=codec.spec_of(dense)),
                 )
             )
             arrays.append(dense)
             continue
         values, indices = np.asarray(slices.values), np.asarray(slices.indices)
         headers.append(
-            pb.GradientHeader(
+            codec.build_message(
+                pb.GradientHeader,
                 variable=name,
-                sparse=tensor_pb2.IndexedSlicesSpec(
+                sparse=codec.build_message(
+                    tensor_pb2.IndexedSlicesSpec,
                     values=codec.spec_of(values),
                     indices=codec.spec_of(indices),
                     dense_shape=slices.dense_shape or (),
