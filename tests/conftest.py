@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import pytest
+import tensorflow as tf
 
 from tfps_client import Client
 from tfps_server import Registry, RunningServer, create_server
@@ -36,3 +37,13 @@ def client(server: RunningServer) -> Iterator[Client]:
     """A client connected to :func:`server`."""
     with Client(f"127.0.0.1:{server.port}", timeout=120.0) as connected:
         yield connected
+
+
+@pytest.fixture(scope="module")
+def unreassociated_graphs() -> Iterator[None]:
+    """Keeps Grappler from reassociating a local optimizer's arithmetic inside model.fit's
+    tf.function, for the module, so that a local run can be compared bitwise with the
+    server's Keras (eager-semantics) update."""
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
+    yield
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})

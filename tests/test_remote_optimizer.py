@@ -37,12 +37,7 @@ VOCABULARY, IDS, CLASSES, BATCH = 40, 6, 3, 16
 ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _unreassociated_graphs() -> Iterator[None]:
-    """Keeps Grappler from reassociating the local optimizer's arithmetic in model.fit."""
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
-    yield
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})
+pytestmark = pytest.mark.usefixtures("unreassociated_graphs")
 
 
 def _data(seed: int = 0, examples: int = 6 * BATCH) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ learning rate read or scaled inside a ``tf.function`` before any eager read."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,12 +20,7 @@ ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
 SGD = {"class_name": "SGD", "config": {"learning_rate": 1.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _unreassociated_graphs() -> Iterator[None]:
-    """As in test_remote_optimizer: bitwise comparisons need Grappler's rewrite off."""
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": False})
-    yield
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})
+pytestmark = pytest.mark.usefixtures("unreassociated_graphs")
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
