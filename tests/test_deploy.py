@@ -849,3 +849,22 @@ def test_container_healthcheck_over_tls_trusts_the_ca_it_is_told(
         assert code == 1 and "cannot read a TLS file" in output and missing in output
     finally:
         running.stop(None)
+
+
+def test_dockerignore_leaves_build_outputs_out_at_any_depth() -> None:
+    """client/build or server/dist left by a local build never reach an image."""
+    patterns = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    outputs = [
+        "build",
+        "dist",
+        "__pycache__",
+        "*.egg-info",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+    ]
+    assert {f"**/{name}" for name in outputs} <= patterns
