@@ -312,8 +312,11 @@ def test_options_round_trip_and_conflicts(client: Client) -> None:
     assert client.get_options("a").aggregation == Async(7)
     from tfps_client import AlreadyExistsError
 
-    with pytest.raises(AlreadyExistsError, match="optimizer 's': exists"):
+    with pytest.raises(
+        AlreadyExistsError, match=r"optimizer 's': aggregation: exists with Sync"
+    ) as caught:
         client.create_optimizer("s", config, aggregation=Sync(3))
+    assert "on_non_finite: exists with skip, received reject" in caught.value.message
     with pytest.raises(InvalidArgumentError, match="total_num_replicas >= replicas_to_aggregate"):
         client.create_optimizer("bad", config, aggregation=Sync(3, total_num_replicas=2))
 
