@@ -25,11 +25,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from splits import Split
 
 from tfps_client import Client
 from tfps_client.keras import pull_into
@@ -90,21 +91,13 @@ class Settings:
         return {"class_name": "Adam", "config": {"learning_rate": self.learning_rate}}
 
 
-class Data(NamedTuple):
-    """Digits as token ids ``pixel * LEVELS + value``, split into train and test."""
-
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
-
-
-def load_data(seed: int) -> Data:
-    """Loads digits (bundled with scikit-learn) and splits off a stratified 25% test set."""
+def load_data(seed: int) -> Split:
+    """Loads digits (bundled with scikit-learn) as token ids ``pixel * LEVELS + value`` and
+    splits off a stratified 25% test set."""
     digits = load_digits()
     tokens = np.arange(PIXELS, dtype=np.int32) * LEVELS + digits.data.astype(np.int32)
     labels = digits.target.astype(np.int32)
-    return Data(
+    return Split(
         *train_test_split(tokens, labels, test_size=0.25, random_state=seed, stratify=labels)
     )
 
@@ -126,7 +119,7 @@ def build_model(seed: int) -> tf_keras.Model:
     )
 
 
-def accuracy(model: tf_keras.Model, data: Data) -> float:
+def accuracy(model: tf_keras.Model, data: Split) -> float:
     """Returns the model's accuracy on the test split, in percent."""
     predictions = np.argmax(model(data.x_test, training=False).numpy(), axis=1)
     return 100.0 * float(np.mean(predictions == data.y_test))
@@ -224,7 +217,7 @@ def wait_for_workers(workers: Sequence[BaseProcess]) -> None:
 # Coordinator -----------------------------------------------------------------------------------
 
 
-def train_on_server(client: Client, settings: Settings, data: Data) -> float:
+def train_on_server(client: Client, settings: Settings, data: Split) -> float:
     """Trains with the workers, then returns the test accuracy of the server's weights."""
     print(f"training with {NUM_WORKERS} workers for {settings.epochs} epochs", flush=True)
     with running_workers(client.address, settings) as workers:
@@ -237,7 +230,7 @@ def train_on_server(client: Client, settings: Settings, data: Data) -> float:
     return accuracy(model, data)
 
 
-def train_locally(settings: Settings, data: Data) -> float:
+def train_locally(settings: Settings, data: Split) -> float:
     """Trains the same model in this process with Keras and returns its test accuracy."""
     print(f"training locally in one process for {settings.epochs} epochs", flush=True)
     model = build_model(settings.seed)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from splits import Split
 
 from tfps_client import Client
 
@@ -45,17 +46,9 @@ class Model(NamedTuple):
     predict: Callable[[Params, np.ndarray], np.ndarray]
 
 
-class Data(NamedTuple):
-    """Standardized inputs and targets (by the training split's mean and deviation)."""
-
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
-
-
-def load_data(seed: int) -> Data:
-    """Draws Friedman #1 examples and holds out a quarter of them."""
+def load_data(seed: int) -> Split:
+    """Draws Friedman #1 examples and holds out a quarter of them; inputs and targets are
+    standardized by the training part's mean and deviation."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(SAMPLES, INPUTS))
     y = (
@@ -68,7 +61,7 @@ def load_data(seed: int) -> Data:
     x_train, x_test = np.split(x, [SAMPLES - SAMPLES // 4])
     y_train, y_test = np.split(y, [SAMPLES - SAMPLES // 4])
     x_mean, x_std, y_mean, y_std = x_train.mean(0), x_train.std(0), y_train.mean(), y_train.std()
-    return Data(
+    return Split(
         ((x_train - x_mean) / x_std).astype(np.float32),
         ((x_test - x_mean) / x_std).astype(np.float32),
         ((y_train - y_mean) / y_std).astype(np.float32),
@@ -93,7 +86,7 @@ def initial_params(seed: int) -> Params:
 
 
 def train(
-    client: Client, model: Model, data: Data, steps: int, batch_size: int, seed: int
+    client: Client, model: Model, data: Split, steps: int, batch_size: int, seed: int
 ) -> Params:
     """Creates the optimizer and parameters (idempotent: a second worker joins the first's
     training), then takes ``steps`` steps on random batches; prints the mean loss ten times.
@@ -118,7 +111,7 @@ def train(
     return params
 
 
-def report(model: Model, params: Params, data: Data) -> None:
+def report(model: Model, params: Params, data: Split) -> None:
     """Prints the held-out mean squared error and R² of the model, next to those of predicting
     the training mean (R² 0 but for sampling)."""
     variance = float(np.mean((data.y_test - data.y_test.mean()) ** 2))
