@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
+BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: demo example-torch test bench bench-quick fuzz serve proto lint format clean
+.PHONY: demo example-torch test bench bench-quick fuzz serve proto buf release-proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,17 @@ serve: $(STAMP)
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py $(PROTO_OUT)
 
+# buf, pinned by tools/buf/package-lock.json (npm); tests/test_proto.py runs `buf lint` and
+# `buf breaking`, and runs this first when buf is missing.
+buf: $(BUF)
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	npm ci --prefix tools/buf --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(BUF)
+
+# At each release: the released contract becomes the baseline of `buf breaking`.
+release-proto: $(BUF)
+	$(BUF) build --exclude-source-info -o proto/released.binpb
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -57,4 +69,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache tools/buf/node_modules

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -227,6 +228,22 @@ def reflected_services(channel: grpc.Channel) -> list[str]:
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     (answer,) = stub.ServerReflectionInfo(iter([request]), timeout=10)
     return [service.name for service in answer.list_services_response.service]
+
+
+def test_reflection_describes_the_service(served: Served) -> None:
+    """A reflection client (grpcurl's way: v1alpha, as grpcio-reflection serves it) gets the
+    file that declares the service, and with it every request and response message."""
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE.full_name)
+    with grpc.insecure_channel(served.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (answer,) = stub.ServerReflectionInfo(iter([request]), timeout=10)
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+        for data in answer.file_descriptor_response.file_descriptor_proto
+    ]
+    declared = {message.name for file in files for message in file.message_type}
+    for method in SERVICE.methods:
+        assert {method.input_type.name, method.output_type.name} <= declared, method.name
 
 
 def test_reflection_can_be_turned_off() -> None:

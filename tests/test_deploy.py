@@ -866,5 +866,6 @@ def test_dockerignore_leaves_build_outputs_out_at_any_depth() -> None:
         ".mypy_cache",
         ".ruff_cache",
         ".pytest_cache",
+        "node_modules",
     ]
     assert {f"**/{name}" for name in outputs} <= patterns

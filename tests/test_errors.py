@@ -900,7 +900,7 @@ def test_waiting_for_a_server_that_is_not_there_raises_the_librarys_error() -> N
         ),
         (
             lambda c: c.push_pull({"scalar": np.float32(1)}, pull=[1]),
-            "PushRequest.pull: expected a sequence of str, received items of type int",
+            "PushPullRequest.pull: expected a sequence of str, received items of type int",
         ),
         (lambda c: c.iterations(3), "GetIterationsRequest.optimizer: expected str, received int"),
         (lambda c: c.create_optimizer(5, {"class_name": "SGD"}), "CreateOptimizerRequest.name"),

@@ -30,7 +30,7 @@ _chunks = st.lists(
     max_size=6,
 )
 _headers = st.builds(
-    pb.PushRequest,
+    pb.PushPullRequest,
     request_id=st.text(max_size=20),
     worker=st.text(max_size=20),
     pull=st.lists(st.text(max_size=10), max_size=3),
@@ -44,14 +44,14 @@ def _as_pieces(chunks: list[tensor_pb2.TensorChunk]) -> list[tuple[int, int, byt
 @settings(max_examples=200, deadline=None)
 @given(header=_headers, chunks=_chunks)
 def test_protobuf_bytes_decode_to_the_same_header_and_chunks(
-    header: pb.PushRequest, chunks: list[tensor_pb2.TensorChunk]
+    header: pb.PushPullRequest, chunks: list[tensor_pb2.TensorChunk]
 ) -> None:
     """What protobuf serializes, framing reads back: the header without its chunks, and
     the chunks in order with their data as views."""
-    message = pb.PushRequest()
+    message = pb.PushPullRequest()
     message.CopyFrom(header)
     message.chunks.extend(chunks)
-    framed = framing.decode(message.SerializeToString(), pb.PushRequest)
+    framed = framing.decode(message.SerializeToString(), pb.PushPullRequest)
     assert framed.message == header
     assert _as_pieces(framed.chunks) == _as_pieces(chunks)  # type: ignore[arg-type]
 
@@ -59,12 +59,14 @@ def test_protobuf_bytes_decode_to_the_same_header_and_chunks(
 @settings(max_examples=200, deadline=None)
 @given(header=_headers, chunks=_chunks)
 def test_hand_written_bytes_parse_as_protobuf(
-    header: pb.PushRequest, chunks: list[tensor_pb2.TensorChunk]
+    header: pb.PushPullRequest, chunks: list[tensor_pb2.TensorChunk]
 ) -> None:
     """What framing writes, protobuf parses to the same message."""
     pieces = [framing.Piece(c.tensor_index, c.offset, memoryview(c.data)) for c in chunks]
-    data = framing.encode(header.SerializeToString(), framing.chunks_field(pb.PushRequest), pieces)
-    parsed = pb.PushRequest.FromString(data)
+    data = framing.encode(
+        header.SerializeToString(), framing.chunks_field(pb.PushPullRequest), pieces
+    )
+    parsed = pb.PushPullRequest.FromString(data)
     assert parsed.request_id == header.request_id and list(parsed.pull) == list(header.pull)
     assert _as_pieces(list(parsed.chunks)) == _as_pieces(chunks)
 

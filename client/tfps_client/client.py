@@ -370,7 +370,7 @@ class Client:
 
     def restore_checkpoint(self, checkpoint_id: int | None = None) -> CheckpointInfo:
         """Replaces the server's whole state with a checkpoint's (the latest when None)."""
-        request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id or 0)
+        request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id)
         response = self._transport.unary(self._stub.RestoreCheckpoint, request)
         return convert.checkpoint_info_from_message(response.checkpoint)
 
@@ -393,7 +393,7 @@ class Client:
         Raises:
             DataLossError: a file's size or digest does not match the server's.
         """
-        request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id or 0)
+        request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id)
         manifest = self._transport.download_files(self._stub.DownloadCheckpoint, request, dest_dir)
         name = Path(manifest.checkpoint.path).name
         checkpoint_files.record_latest(dest_dir, name)

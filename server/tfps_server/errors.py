@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 import grpc
+from grpc_status import rpc_status
 
-from tfps_client.wire.reasons import Reason, encode_detail
+from tfps_client.wire.reasons import Reason, error_status
 
 ECHO_CHARACTERS = 200
 """Most characters of client input that a message repeats."""
@@ -142,9 +143,11 @@ class Internal(ServerError):
 async def abort(context: grpc.aio.ServicerContext, error: ServerError) -> NoReturn:
     """Ends an RPC with the error's status, message and details; raises, as ``context.abort`` does.
 
-    The message is cut to :data:`STATUS_MESSAGE_CHARACTERS`, so that no status
-    overflows gRPC's metadata limit.
+    The details are a ``google.rpc.Status`` with the reason and its facts in an ``ErrorInfo``
+    (:func:`~tfps_client.wire.reasons.error_status`). The message is cut to
+    :data:`STATUS_MESSAGE_CHARACTERS`, so that no status overflows gRPC's metadata limit.
     """
-    context.set_trailing_metadata(encode_detail(error.reason, error.metadata))
-    await context.abort(error.code, clipped(error.message, STATUS_MESSAGE_CHARACTERS))
-    raise AssertionError("unreachable: context.abort raises")
+    message = clipped(error.message, STATUS_MESSAGE_CHARACTERS)
+    status = error_status(error.code, message, error.reason, error.metadata)
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("unreachable: context.abort_with_status raises")

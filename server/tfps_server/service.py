@@ -386,7 +386,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def RestoreCheckpoint(
         self, request: pb.RestoreCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.RestoreCheckpointResponse:
-        info = await self._change(require(self._checkpointer).restore, request.id or "latest")
+        info = await self._change(require(self._checkpointer).restore, _which(request))
         return pb.RestoreCheckpointResponse(checkpoint=_public(info))
 
     @_rpc
@@ -394,7 +394,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self, request: pb.DownloadCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> None:
         checkpointer = require(self._checkpointer)
-        info, handles = await self._read(checkpointer.open_files, request.id or "latest")
+        info, handles = await self._read(checkpointer.open_files, _which(request))
         try:
             await self._streams.send(
                 context,
@@ -452,7 +452,12 @@ def _schedule(where: str, optimizer: str, text: str, limits: Limits) -> dict[str
     return value
 
 
-def _push_context(first: pb.PushRequest) -> dict[str, Any]:
+def _which(request: pb.RestoreCheckpointRequest | pb.DownloadCheckpointRequest) -> int | str:
+    """The checkpoint a request names: its id, or "latest" when the id is unset."""
+    return request.id if request.HasField("id") else "latest"
+
+
+def _push_context(first: pb.PushRequest | pb.PushPullRequest) -> dict[str, Any]:
     step = first.step if first.HasField("step") else None
     check_step(step)
     return {"request_id": first.request_id, "worker": first.worker, "step": step}

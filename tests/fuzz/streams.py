@@ -94,10 +94,13 @@ def _gradient_specs(header: pb.GradientHeader) -> list[tensor_pb2.TensorSpec]:
 LAYOUTS = {
     "CreateVariables": _Layout(pb.CreateVariablesRequest, "variables", lambda d: [d.spec], "name"),
     "Push": _Layout(pb.PushRequest, "gradients", _gradient_specs, "variable"),
-    "PushPull": _Layout(pb.PushRequest, "gradients", _gradient_specs, "variable"),
+    "PushPull": _Layout(pb.PushPullRequest, "gradients", _gradient_specs, "variable"),
     "SetOptimizerWeights": _Layout(pb.SetOptimizerWeightsRequest, "weights", lambda s: [s], None),
 }
 """The client-streaming methods, by name."""
+
+_PUSHES = (pb.PushRequest, pb.PushPullRequest)
+"""The request messages of the pushing methods."""
 
 
 @dataclass
@@ -202,7 +205,7 @@ def _push(draw: Draw, state: SeedState, pull: bool) -> tuple[Message, list[np.nd
             headers.append(pb.GradientHeader(variable=variable.name, dense=dense))
             arrays.append(value)
     sync = any(v.optimizer in state.sync for v in variables)
-    header = pb.PushRequest(
+    header = (pb.PushPullRequest if pull else pb.PushRequest)(
         gradients=headers,
         worker=draw(st.sampled_from(["w0", "w1"] if sync else ["", "w0"])),
         request_id=draw(st.sampled_from(["", seed.REMEMBERED_ID, "r1"])),
@@ -318,9 +321,9 @@ def _rename(draw: Draw, request: _Request) -> None:
     if name is not None and entries and draw(st.booleans()):
         entry = entries[draw(st.integers(0, len(entries) - 1))]
         setattr(entry, name, draw(values.names(values.VARIABLE_NAMES)))
-    elif request.layout.message is pb.PushRequest:
+    elif request.layout.message is pb.PushPullRequest:
         request.header.pull.append(draw(values.names(values.VARIABLE_NAMES)))
-    else:
+    elif request.layout.message is not pb.PushRequest:
         request.header.optimizer = draw(values.names(values.OPTIMIZER_NAMES))
 
 
@@ -358,7 +361,7 @@ def _drop(draw: Draw, request: _Request) -> None:
 
 def _relayout(draw: Draw, request: _Request) -> None:
     """A gradient whose dense/sparse layout changed, lost, or whose dense shape is off."""
-    if request.layout.message is not pb.PushRequest or not request.entries():
+    if request.layout.message not in _PUSHES or not request.entries():
         return
     entries = request.entries()
     header = entries[draw(st.integers(0, len(entries) - 1))]
@@ -380,7 +383,7 @@ def _relayout(draw: Draw, request: _Request) -> None:
 
 def _context(draw: Draw, request: _Request) -> None:
     """A push's step, worker or request id at an edge."""
-    if request.layout.message is not pb.PushRequest:
+    if request.layout.message not in _PUSHES:
         return
     field = draw(st.sampled_from(["step", "worker", "request_id"]))
     if field == "step":

@@ -44,8 +44,8 @@ HYPERPARAMETERS = ("learning_rate", "lr", "decay", "momentum", "beta_1", "rho")
 NUMBERS = (0.0, 0.001, 0.5, 0.9, 1.0)
 """Hyperparameter values, most of them valid for most hyperparameters."""
 
-CHECKPOINT_IDS = (0, 1)
-"""The latest checkpoint, and the seed's."""
+CHECKPOINT_IDS = (None, 1)
+"""The latest checkpoint (the id unset), and the seed's."""
 
 
 def requests(method: str, state: SeedState) -> st.SearchStrategy[Case]:

@@ -1,9 +1,11 @@
 """Why a call failed, in a form programs can test: the reason enum and its wire encoding.
 
-Every refusal carries a ``tfps.v1.ErrorDetail`` (a reason and facts that go with
-it) in the trailing metadata entry :data:`ERROR_DETAIL_KEY`, beside the gRPC
-status code and message. The server encodes it here and the client decodes it
-here, so the two never disagree on the format.
+Every refusal carries the standard rich status of gRPC (``google.rpc.Status``, in the
+trailing metadata entry :data:`STATUS_DETAILS_KEY`) holding one ``google.rpc.ErrorInfo``:
+its ``reason`` is a :class:`Reason` name, its ``domain`` :data:`ERROR_DOMAIN`, and its
+``metadata`` the facts that go with the reason, as strings. grpcurl, Envoy and the gRPC
+libraries of other languages read it as they read Google's APIs' errors. The server
+encodes it here and the client decodes it here, so the two never disagree on the format.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ import enum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tfps_client.wire._proto.tfps.v1 import errors_pb2
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
-ERROR_DETAIL_KEY = "tfps-error-bin"
-"""Trailing metadata key carrying a serialized ``tfps.v1.ErrorDetail``."""
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata key carrying a serialized ``google.rpc.Status``, as gRPC defines it."""
+
+ERROR_DOMAIN = "tfps.dev"
+"""``ErrorInfo.domain`` of tfps's reasons: the namespace that :class:`Reason` names live in."""
 
 
 class Reason(str, enum.Enum):
@@ -133,18 +140,33 @@ class Reason(str, enum.Enum):
     """A fault of the server itself; its log has the details."""
 
 
-def encode_detail(reason: str, metadata: Mapping[str, str]) -> tuple[tuple[str, bytes]]:
-    """Returns the trailing metadata that carries a reason and its facts."""
-    detail = errors_pb2.ErrorDetail(reason=str(reason), metadata=dict(metadata))
-    return ((ERROR_DETAIL_KEY, detail.SerializeToString()),)
+def error_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]
+) -> status_pb2.Status:
+    """Returns the ``google.rpc.Status`` of a refusal: its code and message, and an
+    ``ErrorInfo`` with the reason and its facts."""
+    info = error_details_pb2.ErrorInfo(
+        reason=str(reason), domain=ERROR_DOMAIN, metadata=dict(metadata)
+    )
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(info)
+    return status
 
 
 def decode_detail(
     trailing_metadata: Iterable[tuple[str, Any]] | None,
 ) -> tuple[str, dict[str, str]]:
-    """Returns (reason, metadata) from a call's trailing metadata; ("", {}) when absent."""
-    detail = errors_pb2.ErrorDetail()
+    """Returns (reason, metadata) of the tfps ``ErrorInfo`` in a call's trailing metadata;
+    ("", {}) when there is none (or the status details do not parse)."""
     for key, value in trailing_metadata or ():
-        if key == ERROR_DETAIL_KEY and isinstance(value, bytes):
-            detail.ParseFromString(value)
-    return detail.reason, dict(detail.metadata)
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            details = status_pb2.Status.FromString(value).details
+        except DecodeError:
+            return "", {}
+        for detail in details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return info.reason, dict(info.metadata)
+    return "", {}

@@ -32,6 +32,13 @@ class ParameterServerStub:
     Tensors travel as a list of TensorSpec in the first message of a stream and
     their bytes as TensorChunk messages spread over the stream, so a tensor of
     any size fits in messages of bounded size.
+
+    Streams of tensors (the request streams of CreateVariables, Push, PushPull
+    and SetOptimizerWeights; the response streams of PushPull, Pull, PullRows,
+    GetOptimizerWeights and GetSlot) follow one convention: a field whose
+    comment begins "First message only." is read from the first message of the
+    stream and ignored in later ones, which leave it unset; `chunks` may be set
+    in any message, the first included.
     """
 
     def __init__(self, channel):
@@ -62,7 +69,7 @@ class ParameterServerStub:
                 _registered_method=True)
         self.PushPull = channel.stream_stream(
                 '/tfps.v1.ParameterServer/PushPull',
-                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullRequest.SerializeToString,
                 response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_stream(
@@ -139,6 +146,13 @@ class ParameterServerServicer:
     Tensors travel as a list of TensorSpec in the first message of a stream and
     their bytes as TensorChunk messages spread over the stream, so a tensor of
     any size fits in messages of bounded size.
+
+    Streams of tensors (the request streams of CreateVariables, Push, PushPull
+    and SetOptimizerWeights; the response streams of PushPull, Pull, PullRows,
+    GetOptimizerWeights and GetSlot) follow one convention: a field whose
+    comment begins "First message only." is read from the first message of the
+    stream and ignored in later ones, which leave it unset; `chunks` may be set
+    in any message, the first included.
     """
 
     def CreateOptimizer(self, request, context):
@@ -292,7 +306,7 @@ def add_ParameterServerServicer_to_server(servicer, server):
             ),
             'PushPull': grpc.stream_stream_rpc_method_handler(
                     servicer.PushPull,
-                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushRequest.FromString,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullRequest.FromString,
                     response_serializer=tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.SerializeToString,
             ),
             'Pull': grpc.unary_stream_rpc_method_handler(
@@ -375,6 +389,13 @@ class ParameterServer:
     Tensors travel as a list of TensorSpec in the first message of a stream and
     their bytes as TensorChunk messages spread over the stream, so a tensor of
     any size fits in messages of bounded size.
+
+    Streams of tensors (the request streams of CreateVariables, Push, PushPull
+    and SetOptimizerWeights; the response streams of PushPull, Pull, PullRows,
+    GetOptimizerWeights and GetSlot) follow one convention: a field whose
+    comment begins "First message only." is read from the first message of the
+    stream and ignored in later ones, which leave it unset; `chunks` may be set
+    in any message, the first included.
     """
 
     @staticmethod
@@ -500,7 +521,7 @@ class ParameterServer:
             request_iterator,
             target,
             '/tfps.v1.ParameterServer/PushPull',
-            tfps_dot_v1_dot_parameter__server__pb2.PushRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.PushPullRequest.SerializeToString,
             tfps_dot_v1_dot_parameter__server__pb2.PushPullResponse.FromString,
             options,
             channel_credentials,
