@@ -197,8 +197,7 @@ def test_json_log_lines(sigterm_run: ShutdownRun) -> None:
         assert {"timestamp", "level", "logger", "message"} <= entry.keys(), entry
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["timestamp"])
     messages = [entry["message"] for entry in entries]
-    (configuration,) = (m for m in messages if m.startswith("effective configuration: "))
-    config = json.loads(configuration.removeprefix("effective configuration: "))
+    (config,) = (e["config"] for e in entries if e["message"] == "effective configuration")
     assert config["port"] == sigterm_run.port
     assert config["metrics_port"] == sigterm_run.metrics_port
     assert config["grace_seconds"] == GRACE_SECONDS

@@ -244,6 +244,9 @@ class Client:
     def list_variables(self) -> list[VariableInfo]:
         """Returns every variable the server holds, in creation order.
 
+        ``VariableInfo.device`` is spelled ``/device:<TYPE>:<index>`` (``/device:CPU:0``,
+        ``/device:GPU:1``), as the server's logs and checkpoint metadata spell it.
+
         The server answers a page at a time. A restore (or a restart of the server) between
         two pages makes the listing start again from the first page, at most
         :data:`LISTING_RESTARTS` times.

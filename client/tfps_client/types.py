@@ -39,7 +39,8 @@ class VariableInfo(NamedTuple):
     optimizer: str
     """Name of the optimizer the variable is bound to."""
     device: str
-    """Device the variable and its slots live on."""
+    """Device the variable and its slots live on, as ``/device:<TYPE>:<index>``
+    (``/device:CPU:0``): the spelling of the server's logs and checkpoint metadata."""
 
 
 class CreateVariablesResult(NamedTuple):
@@ -181,4 +182,5 @@ class CheckpointInfo:
     iterations: dict[str, int]
     """``iterations`` of every optimizer at the save."""
     variables: tuple[VariableInfo, ...]
-    """The variables it holds (``device`` is empty), in creation order."""
+    """The variables it holds, in creation order; ``device`` is the server's device at the
+    save (empty for checkpoints older than that record)."""

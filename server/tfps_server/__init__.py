@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tfps_client.version import installed_version
 
-# Before TensorFlow loads: keep its C++ start-up chatter out of the server's log.
+# Before TensorFlow loads: keep its C++ chatter out of the log of a program that embeds the
+# server (tfps-server sets the variable from --log-level instead).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if TYPE_CHECKING:

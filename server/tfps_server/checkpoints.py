@@ -152,7 +152,9 @@ class Checkpointer:
         self.metrics.checkpoint_duration.observe(time.perf_counter() - start)
         self.metrics.checkpoint_size.set(info.size_bytes)
         self.metrics.checkpoint_last_success.set(info.saved_at)
-        _log.info("saved checkpoint %s (%d bytes)", prefix, info.size_bytes)
+        _log.info(
+            "saved checkpoint %s (%d bytes) from %s", prefix, info.size_bytes, self.registry.device
+        )
         return info
 
     # Finding and reading ----------------------------------------------------------------------
@@ -242,7 +244,12 @@ class Checkpointer:
             snapshot.restore(self.registry, captured)
         except ServerError as error:
             raise _naming(prefix, error) from None
-        _log.info("restored checkpoint %s", prefix)
+        _log.info(
+            "restored checkpoint %s (saved from %s) onto %s",
+            prefix,
+            captured.metadata.device or "an unrecorded device",
+            self.registry.device,
+        )
         with self._files_lock:
             return self._summarize(prefix, captured.metadata)
 
@@ -281,7 +288,7 @@ class Checkpointer:
             size_bytes=size,
             iterations={o.name: o.iterations for o in metadata.optimizers},
             variables=tuple(
-                VariableInfo(v.name, v.shape, np.dtype(v.dtype), v.optimizer, "")
+                VariableInfo(v.name, v.shape, np.dtype(v.dtype), v.optimizer, metadata.device)
                 for v in metadata.variables
             ),
         )
@@ -394,7 +401,7 @@ def _read_metadata(prefix: str) -> layout.CheckpointMetadata:
     try:
         raw = tf.train.load_checkpoint(prefix).get_tensor(layout.METADATA_KEY)
         return layout.CheckpointMetadata.from_json(raw)
-    except (tf.errors.OpError, ValueError) as error:
+    except snapshot.UNREADABLE as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataLoss(
             f"checkpoint {Path(prefix).name} is unreadable: {message}",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import faulthandler
-import json
 import logging
 import os
 import re
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tfps_client import tf_config
 from tfps_client.wire.reasons import Reason
-from tfps_server import __version__, limits, logs
+from tfps_server import __version__, limits, logs, stderr_relay
 from tfps_server.errors import FailedPrecondition, NotFound
 
 if TYPE_CHECKING:
@@ -393,11 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the server until SIGTERM or SIGINT; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.set_tensorflow_log_level(args.log_level)
+    relay = stderr_relay.start(args.log_level, args.log_format)
+    if relay is not None:
+        atexit.register(relay.close)
     try:
-        logs.configure(args.log_level, args.log_format)
+        logs.configure(args.log_level, args.log_format, relay.stream if relay else None)
     except ValueError as error:
         parser.error(str(error))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if relay is None:
+        _log.warning("the stderr relay did not start: native output is not logged as records")
     try:
         args.host, args.port = listen_address(args.host, args.port, tf_config.load())
     except ValueError as error:
@@ -466,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         running.add_shutdown_hook(saver.stop)
         running.add_shutdown_hook(checkpointer.save)
     running.set_serving(True)
-    _log.info("effective configuration: %s", json.dumps(logs.redacted(vars(args))))
+    _log.info("effective configuration", extra={"config": logs.redacted(vars(args))})
     _log.info(
         "tfps-server listening on %s:%d, device %s, metrics %s, version %s",
         args.host,

@@ -25,7 +25,7 @@ from tfps_client.types import OptimizerOptions, VariableInfo
 from tfps_client.wire.reasons import Reason
 from tfps_server import optimizers
 from tfps_server.aggregation import checked, make_policy
-from tfps_server.devices import resolve_device
+from tfps_server.devices import canonical, resolve_device
 from tfps_server.errors import (
     Aborted,
     InvalidArgument,
@@ -448,7 +448,7 @@ class Registry:
                 m.shape,
                 np.dtype(m.variable.dtype.as_numpy_dtype),
                 m.optimizer.name,
-                m.variable.device,
+                canonical(m.variable.device),
             )
             for m in list((generation or self._current).variables.values())[start:]
         ]

@@ -37,6 +37,10 @@ from tfps_server.validation import (
 )
 from tfps_server.weights import assign_weights, in_keras_order, slot_owners
 
+UNREADABLE = (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError)
+"""What reading a damaged checkpoint raises (TensorFlow's reader raises IndexError for a
+truncated file)."""
+
 _log = logging.getLogger(__name__)
 
 
@@ -101,6 +105,7 @@ def capture(registry: Registry) -> Snapshot:
             for v in variables
         ),
         requests=requests,
+        device=registry.device,
     )
     return Snapshot(metadata, values, slots, weights)
 
@@ -287,7 +292,7 @@ def read_checkpoint(prefix: str) -> Snapshot:
         }
         for key in shapes:  # TensorFlow's own entries too: each read checks the entry's CRC
             reader.get_tensor(key)
-    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as error:
+    except UNREADABLE as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataLoss(
             f"checkpoint {prefix!r} is unreadable: {message}",

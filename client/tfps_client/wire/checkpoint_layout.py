@@ -112,6 +112,9 @@ class CheckpointMetadata:
     """Variables, in creation order."""
     requests: tuple[tuple[str, dict[str, list[Any]], bool], ...]
     """Exactly-once window: (request id, {optimizer: [outcome, iterations]}, complete)."""
+    device: str = ""
+    """The server's device at the save, as ``/device:CPU:0`` (``""``: a checkpoint written
+    before the field existed). A checkpoint restores onto any device."""
 
     def to_json(self) -> str:
         """Serializes the metadata."""
@@ -126,6 +129,7 @@ class CheckpointMetadata:
                 ],
                 "variables": [vars(v) | {"shape": list(v.shape)} for v in self.variables],
                 "requests": [list(r) for r in self.requests],
+                "device": self.device,
             }
         )
 
@@ -156,6 +160,7 @@ class CheckpointMetadata:
                     VariableEntry(**(v | {"shape": tuple(v["shape"])})) for v in data["variables"]
                 ),
                 requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
+                device=str(data.get("device", "")),
             )
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise ValueError(
