@@ -276,11 +276,17 @@ def server_env(**overrides: str) -> dict[str, str]:
 
 
 class ServerProcess:
-    """``python -m tfps_server ARGS`` in a subprocess; its output is collected line by line."""
+    """``python -m tfps_server ARGS`` (or ``command ARGS``) in a subprocess; its output is
+    collected line by line."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "tfps_server"),
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tfps_server", *args],
+            [*command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
