@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import faulthandler
+import json
 import logging
 import os
 import re
@@ -88,6 +89,21 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
 
 
+def _optimizer_config(text: str) -> str:
+    """Checks that an ``--optimizer`` value is a Keras optimizer config in JSON (an object
+    with a string ``class_name``) before TensorFlow loads; the server checks the rest."""
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected JSON, received {text!r} ({error})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise argparse.ArgumentTypeError(
+            "expected a Keras optimizer config, a JSON object with a string 'class_name' such "
+            f"as {{\"class_name\": \"Adam\", \"config\": {{}}}}, received {text!r}"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the parser; every flag also reads the environment variable TFPS_<FLAG>."""
     parser = _Parser(
@@ -125,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         None,
         "Keras config JSON of an optimizer created at start under the name 'default', "
         'e.g. \'{"class_name": "Adam", "config": {"learning_rate": 0.001}}\'',
+        type=_optimizer_config,
     )
     add("--checkpoint-dir", None, "directory for checkpoints; none: checkpoints are off")
     add(
