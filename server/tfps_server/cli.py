@@ -99,7 +99,7 @@ def _optimizer_config(text: str) -> str:
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise argparse.ArgumentTypeError(
             "expected a Keras optimizer config, a JSON object with a string 'class_name' such "
-            f"as {{\"class_name\": \"Adam\", \"config\": {{}}}}, received {text!r}"
+            f'as {{"class_name": "Adam", "config": {{}}}}, received {text!r}'
         )
     return text
 
