@@ -2,7 +2,8 @@
 
 It forwards every ParameterServer RPC as raw bytes. For Push it can, per call,
 deliver the request twice (a duplicated request) or deliver it and then fail
-the call with UNAVAILABLE (a lost response), following a fault schedule.
+the call with UNAVAILABLE (a lost response), following a fault schedule. It records the
+time each other call had left when it arrived, which shows the deadline the client gave it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.push_calls = 0
         self.upstream_pushes = 0
+        self.time_remaining: list[tuple[str, float | None]] = []
+        """(method, seconds left of its deadline) of every call but Push, as they arrived."""
         self._server = grpc.server(futures.ThreadPoolExecutor(32), options=channel_options())
         self._server.add_generic_rpc_handlers((self._handlers(),))
         self.port = self._server.add_insecure_port("127.0.0.1:0")
@@ -59,16 +62,24 @@ class FaultProxy:
                 handlers[method.name] = grpc.stream_unary_rpc_method_handler(self._push(path))
             elif method.client_streaming and method.server_streaming:
                 call = self._channel.stream_stream(path)
-                handlers[method.name] = grpc.stream_stream_rpc_method_handler(_forward(call))
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                    self._forward(method.name, call)
+                )
             elif method.client_streaming:
                 call = self._channel.stream_unary(path)
-                handlers[method.name] = grpc.stream_unary_rpc_method_handler(_forward(call))
+                handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                    self._forward(method.name, call)
+                )
             elif method.server_streaming:
                 call = self._channel.unary_stream(path)
-                handlers[method.name] = grpc.unary_stream_rpc_method_handler(_forward(call))
+                handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                    self._forward(method.name, call)
+                )
             else:
                 call = self._channel.unary_unary(path)
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(_forward(call))
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                    self._forward(method.name, call)
+                )
         return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
     def _push(self, path: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], bytes]:
@@ -91,12 +102,13 @@ class FaultProxy:
 
         return handle
 
+    def _forward(self, name: str, call: Any) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._lock:
+                self.time_remaining.append((name, context.time_remaining()))
+            try:
+                return call(request, timeout=context.time_remaining())
+            except grpc.RpcError as error:
+                context.abort(error.code(), error.details())
 
-def _forward(call: Any) -> Callable[[Any, grpc.ServicerContext], Any]:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return call(request, timeout=context.time_remaining())
-        except grpc.RpcError as error:
-            context.abort(error.code(), error.details())
-
-    return handle
+        return handle

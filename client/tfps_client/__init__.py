@@ -4,6 +4,7 @@ Needs only numpy, grpcio and protobuf (and ml-dtypes for bfloat16); TensorFlow
 helpers live in :mod:`tfps_client.keras` and import TensorFlow lazily.
 """
 
+from tfps_client import aio
 from tfps_client.client import Client
 from tfps_client.errors import (
     AbortedError,
@@ -75,6 +76,7 @@ __all__ = [
     "UnknownError",
     "VariableInfo",
     "__version__",
+    "aio",
     "channel_options",
     "ps_addresses",
     "tls_credentials",

@@ -161,8 +161,9 @@ def error_class(code: grpc.StatusCode) -> type[TfpsError]:
 
 
 def from_rpc_error(error: grpc.RpcError) -> TfpsError:
-    """Converts a failed call into the matching :class:`TfpsError` subclass."""
-    if not isinstance(error, grpc.Call):
+    """Converts a failed call (of ``grpc`` or ``grpc.aio``) into the matching
+    :class:`TfpsError` subclass."""
+    if not isinstance(error, (grpc.Call, grpc.aio.AioRpcError)):
         return UnknownError(str(error))
     reason, metadata = decode_detail(error.trailing_metadata())
     return error_class(error.code())(error.details() or "", reason, metadata)

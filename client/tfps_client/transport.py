@@ -3,33 +3,24 @@ directions."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import os
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any
 
 import grpc
-import numpy as np
-from google.protobuf.message import Message
 
-from tfps_client.errors import DataLossError, from_rpc_error
+from tfps_client.calls import METHODS, Call, Receiver, framed, receive
+from tfps_client.retries import Attempts, Deadline
 from tfps_client.types import RetryPolicy
-from tfps_client.wire import codec, framing, tensor_pb2
-from tfps_client.wire import parameter_server_pb2 as pb
 
 MAX_MESSAGE_BYTES = 256 << 20
 """Largest gRPC message either side accepts (the gRPC default is 4 MiB)."""
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-"""Status codes the client retries by itself."""
-
 TOKEN_ENVIRONMENT_VARIABLE = "TFPS_TOKEN"
 """Where a client finds its token when none is given."""
-
-_T = TypeVar("_T")
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -44,20 +35,26 @@ def open_channel(
     address: str,
     credentials: grpc.ChannelCredentials | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
-) -> grpc.Channel:
-    """Opens a channel to ``address``: TLS with ``credentials``, else plaintext."""
+    *,
+    aio: bool = False,
+) -> Any:
+    """Opens a channel to ``address``: TLS with ``credentials``, else plaintext; a
+    ``grpc.aio`` channel (to open in the event loop that uses it) when ``aio``, else a
+    ``grpc`` one."""
     options = channel_options(max_message_bytes)
+    channels: Any = grpc.aio if aio else grpc
     if credentials is not None:
-        return grpc.secure_channel(address, credentials, options)
-    return grpc.insecure_channel(address, options)
+        return channels.secure_channel(address, credentials, options)
+    return channels.insecure_channel(address, options)
 
 
 def tls_credentials(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
-) -> grpc.ChannelCredentials:
-    """Returns channel credentials for a TLS server, as ``Client(..., credentials=...)`` takes.
+) -> TlsCredentials:
+    """Returns channel credentials for a TLS server, as ``Client(..., credentials=...)`` takes;
+    a client given them can be pickled (the pickle holds the files' bytes, the key included).
 
     Args:
         ca_file: PEM certificates of the CA that signed the server's certificate;
@@ -75,11 +72,32 @@ def tls_credentials(
             "tls_credentials: expected cert_file and key_file together or neither, "
             f"received cert_file={cert_file!r} and key_file={key_file!r}"
         )
-    return grpc.ssl_channel_credentials(
-        root_certificates=_file_bytes(ca_file),
-        private_key=_file_bytes(key_file),
-        certificate_chain=_file_bytes(cert_file),
-    )
+    return TlsCredentials(_file_bytes(ca_file), _file_bytes(key_file), _file_bytes(cert_file))
+
+
+class TlsCredentials(grpc.ChannelCredentials):
+    """TLS channel credentials that keep the PEM bytes they were made of, so that they, and a
+    client given them, can be pickled (``grpc.ChannelCredentials`` cannot be).
+
+    Args:
+        root_certificates: PEM certificates of the CAs to trust; None trusts the system's.
+        private_key: this client's private key (PEM), for mutual TLS.
+        certificate_chain: this client's certificate chain (PEM), for mutual TLS.
+    """
+
+    def __init__(
+        self,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+    ) -> None:
+        opaque = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        super().__init__(opaque._credentials)
+        self.pem = (root_certificates, private_key, certificate_chain)
+        """The PEM bytes: root certificates, private key, certificate chain."""
+
+    def __reduce__(self) -> tuple[type[TlsCredentials], tuple[bytes | None, ...]]:
+        return TlsCredentials, self.pem
 
 
 def _file_bytes(path: str | Path | None) -> bytes | None:
@@ -109,50 +127,30 @@ def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-class TensorMethod(NamedTuple):
-    """A method whose requests or responses carry tensors, called with bytes where they do."""
-
-    call: Any
-    """The multi-callable: takes serialized requests when they carry chunks, and returns
-    serialized responses when they do (see :mod:`framing`)."""
-    request: type[Message]
-    """The request message class."""
-    response: type[Message]
-    """The response message class."""
-
-
-def tensor_methods(channel: grpc.Channel) -> dict[str, TensorMethod]:
-    """The methods of ``tfps.v1.ParameterServer`` whose requests or responses carry
-    tensor chunks, by name, on ``channel``."""
-    service = pb.DESCRIPTOR.services_by_name["ParameterServer"]
-    methods = {}
-    for method in service.methods:
-        request = getattr(pb, method.input_type.name)
-        response = getattr(pb, method.output_type.name)
-        framed = ["chunks" in m.DESCRIPTOR.fields_by_name for m in (request, response)]
-        if not any(framed):
-            continue
-        kind = "_".join(
-            "stream" if s else "unary" for s in (method.client_streaming, method.server_streaming)
+def rpc_methods(channel: Any) -> dict[str, Any]:
+    """The multi-callables of every RPC of ``tfps.v1.ParameterServer`` on ``channel`` (a
+    ``grpc`` or ``grpc.aio`` one), by name: messages that carry tensor chunks travel as bytes
+    (see :mod:`tfps_client.wire.framing`), the others through protobuf."""
+    return {
+        name: getattr(channel, method.kind)(
+            method.path,
+            request_serializer=None if framed(method.request) else method.request.SerializeToString,
+            response_deserializer=None if framed(method.response) else method.response.FromString,
         )
-        make = getattr(channel, kind)
-        call = make(
-            f"/{service.full_name}/{method.name}",
-            request_serializer=None if framed[0] else request.SerializeToString,
-            response_deserializer=None if framed[1] else response.FromString,
-        )
-        methods[method.name] = TensorMethod(call, request, response)
-    return methods
+        for name, method in METHODS.items()
+    }
 
 
 class Transport:
-    """Makes calls with a deadline, retries and the caller's token, and moves tensors and
-    files as streams.
+    """What the blocking and the asyncio transports share: the RPCs of a channel, the retry
+    policy, the tensor bytes per stream message and the metadata sent with every call.
 
-    Every failure is raised as the :class:`tfps_client.TfpsError` subclass of its status.
+    The transports make the calls of :mod:`tfps_client.calls`, each attempt with the time
+    left of its deadline, and raise every failure as the :class:`tfps_client.TfpsError`
+    subclass of its status (see :class:`tfps_client.retries.Attempts`).
 
     Args:
-        timeout: seconds each attempt may take; ``None`` waits forever.
+        methods: the multi-callables of :func:`rpc_methods`.
         retry: how UNAVAILABLE and DEADLINE_EXCEEDED are retried.
         chunk_bytes: tensor bytes per stream message.
         metadata: sent with every call, such as :func:`bearer_metadata`'s.
@@ -160,140 +158,81 @@ class Transport:
 
     def __init__(
         self,
-        timeout: float | None,
+        methods: dict[str, Any],
         retry: RetryPolicy,
         chunk_bytes: int,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self.timeout = timeout
         self.retry = retry
         self.chunk_bytes = chunk_bytes
+        self._methods = methods
         self._metadata = tuple(metadata)
 
-    def _call(self, method: Callable[..., _T], request: Any) -> _T:
-        """Makes one attempt of a call, with the deadline and the metadata."""
-        return method(request, timeout=self.timeout, metadata=self._metadata)
-
-    def with_retries(self, attempt: Callable[[], _T]) -> _T:
-        """Runs ``attempt``, retrying UNAVAILABLE and DEADLINE_EXCEEDED with backoff."""
-        policy = self.retry
-        backoff = policy.initial_backoff
-        for number in range(1, policy.max_attempts + 1):
-            try:
-                return attempt()
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else None
-                if code not in RETRYABLE or number == policy.max_attempts:
-                    raise from_rpc_error(error) from None
-            time.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * policy.multiplier, policy.max_backoff)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def unary(self, method: Callable[..., _T], request: Any) -> _T:
-        """Calls a unary method."""
-        return self.with_retries(lambda: self._call(method, request))
-
-    def upload(
-        self, method: TensorMethod, header: Mapping[str, Any], arrays: Sequence[np.ndarray]
-    ) -> Any:
-        """Calls a client-streaming method with ``header`` and the arrays' chunks."""
-        return self.with_retries(
-            lambda: self._call(method.call, self._stream(method, header, arrays))
+    def _send(self, call: Call, timeout: float | None) -> Any:
+        """Starts an attempt of ``call``; returns what the multi-callable returns (a
+        response, its awaitable, or the stream of responses)."""
+        return self._methods[call.method](
+            call.requests(self.chunk_bytes), timeout=timeout, metadata=self._metadata
         )
 
-    def download(
-        self,
-        method: TensorMethod,
-        request: Any,
-        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
-    ) -> tuple[Any, list[np.ndarray]]:
-        """Calls a server-streaming method; returns its first message's header and its
-        tensors."""
-        return self.with_retries(
-            lambda: codec.read_stream(_decoded(self._call(method.call, request), method), specs_of)
-        )
 
-    def exchange(
-        self,
-        method: TensorMethod,
-        header: Mapping[str, Any],
-        arrays: Sequence[np.ndarray],
-        specs_of: Callable[[Any], Sequence[tensor_pb2.TensorSpec]],
-    ) -> tuple[Any, list[np.ndarray]]:
-        """Calls a bidirectional method: tensors up, tensors down."""
-        return self.with_retries(
-            lambda: codec.read_stream(
-                _decoded(self._call(method.call, self._stream(method, header, arrays)), method),
-                specs_of,
-            )
-        )
+class BlockingTransport(Transport):
+    """Makes calls on a ``grpc`` channel, blocking."""
 
-    def download_files(
-        self,
-        method: Callable[..., Iterator[pb.DownloadCheckpointResponse]],
-        request: pb.DownloadCheckpointRequest,
-        dest_dir: str | Path,
-    ) -> pb.CheckpointManifest:
-        """Streams a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
-
-        Files are written as ``*.partial`` and renamed only once verified.
+    def perform(self, call: Call, deadline: Deadline) -> Any:
+        """Makes ``call``, retried as :attr:`retry` says within ``deadline``; returns its result.
 
         Raises:
-            DataLossError: a file's size or digest does not match the manifest.
+            TfpsError: the call failed (see :meth:`Attempts.failed`).
         """
-        return self.with_retries(
-            lambda: _receive_files(self._call(method, request), Path(dest_dir))
-        )
+        attempts = Attempts(call.method, self.retry, deadline)
+        while True:
+            try:
+                return self._attempt(call, attempts.start())
+            except grpc.RpcError as error:
+                time.sleep(attempts.failed(error))
 
-    def _stream(
-        self, method: TensorMethod, header: Mapping[str, Any], arrays: Sequence[np.ndarray]
-    ) -> Iterator[bytes]:
-        return codec.encode_stream(method.request, header, arrays, self.chunk_bytes)
+    def _attempt(self, call: Call, timeout: float | None) -> Any:
+        if call.receiver is None:
+            return self._send(call, timeout)
+        receiver, responses = call.receiver(), self._send(call, timeout)
+        try:
+            return receive(receiver, responses)
+        finally:
+            _stop(receiver, responses)
 
 
-def _decoded(responses: Iterator[bytes], method: TensorMethod) -> Iterator[framing.Framed]:
-    for data in responses:
-        yield framing.decode(data, method.response)
+class AsyncTransport(Transport):
+    """Makes calls on a ``grpc.aio`` channel, awaited."""
+
+    async def perform(self, call: Call, deadline: Deadline) -> Any:
+        """Makes ``call``, retried as :attr:`retry` says within ``deadline``; returns its result.
+
+        Raises:
+            TfpsError: the call failed (see :meth:`Attempts.failed`).
+        """
+        attempts = Attempts(call.method, self.retry, deadline)
+        while True:
+            try:
+                return await self._attempt(call, attempts.start())
+            except grpc.RpcError as error:
+                await asyncio.sleep(attempts.failed(error))
+
+    async def _attempt(self, call: Call, timeout: float | None) -> Any:
+        if call.receiver is None:
+            return await self._send(call, timeout)
+        receiver, responses = call.receiver(), self._send(call, timeout)
+        try:
+            async for response in responses:
+                if receiver.add(response):
+                    break
+            return receiver.finish()
+        finally:
+            _stop(receiver, responses)
 
 
-def _receive_files(
-    responses: Iterator[pb.DownloadCheckpointResponse], directory: Path
-) -> pb.CheckpointManifest:
-    directory.mkdir(parents=True, exist_ok=True)
-    digests: dict[str, Any] = {}
-    handles: dict[str, BinaryIO] = {}
-    manifest = None
-    try:
-        for message in responses:
-            if message.HasField("manifest"):
-                manifest = message.manifest
-                break
-            chunk = message.chunk
-            name = Path(chunk.file).name
-            if name not in handles:
-                handles[name] = (directory / f"{name}.partial").open("wb")
-                digests[name] = hashlib.sha256()
-            if handles[name].tell() != chunk.offset:
-                raise DataLossError(
-                    f"{name}: expected offset {handles[name].tell()}, received {chunk.offset}"
-                )
-            handles[name].write(chunk.data)
-            digests[name].update(chunk.data)
-    finally:
-        for handle in handles.values():
-            handle.close()
-    if manifest is None:
-        raise DataLossError("checkpoint download ended without its manifest")
-    names = [Path(expected.file).name for expected in manifest.files]
-    for name, expected in zip(names, manifest.files, strict=True):
-        partial = directory / f"{name}.partial"
-        size = partial.stat().st_size if partial.exists() else -1
-        digest = digests[name].hexdigest() if name in digests else ""
-        if size != expected.size or digest != expected.sha256:
-            raise DataLossError(
-                f"{name}: expected {expected.size} bytes with sha256 {expected.sha256}, "
-                f"received {size} bytes with sha256 {digest or 'none'}"
-            )
-    for name in names:
-        (directory / f"{name}.partial").replace(directory / name)
-    return manifest
+def _stop(receiver: Receiver, responses: Any) -> None:
+    """Ends an attempt's stream, finished or not: the receiver lets go of what it holds, and
+    the call is cancelled (nothing, if it is over)."""
+    receiver.close()
+    responses.cancel()

@@ -1,0 +1,563 @@
+"""What the blocking and the asyncio clients share: their configuration, pickling, and every
+method, written once as steps without I/O (see :mod:`tfps_client.calls`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from tfps_client import calls, checkpoint_files
+from tfps_client.calls import Steps
+from tfps_client.errors import AbortedError
+from tfps_client.transport import MAX_MESSAGE_BYTES, TlsCredentials, bearer_metadata
+from tfps_client.types import (
+    Aggregation,
+    Async,
+    CheckpointInfo,
+    CreateVariablesResult,
+    OptimizerOptions,
+    PushResult,
+    RetryPolicy,
+    Sync,
+    VariableInfo,
+)
+from tfps_client.wire import codec, convert
+from tfps_client.wire import parameter_server_pb2 as pb
+
+if TYPE_CHECKING:
+    from tfps_client import aio
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+LISTING_RESTARTS = 3
+"""Times ``list_variables`` starts again when the state is replaced between its pages,
+before it raises."""
+
+Gradient = Any
+"""A numpy array (or array-like), an :class:`IndexedSlices`, or with TensorFlow
+imported a ``tf.Tensor``, ``tf.Variable`` or ``tf.IndexedSlices``."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A client's configuration: what its constructor was given, and what a pickle keeps."""
+
+    address: str
+    timeout: float | None
+    chunk_bytes: int
+    max_message_bytes: int
+    credentials: grpc.ChannelCredentials | None
+    retry: RetryPolicy
+    metadata: tuple[tuple[str, str], ...]
+    """The token's metadata, as :func:`bearer_metadata` resolved it at construction."""
+
+
+class ClientMethod(Generic[_P, _T]):
+    """A client method written once, as :data:`~tfps_client.calls.Steps`, that each client
+    runs its own way: :class:`tfps_client.Client` returns the result, and
+    :class:`tfps_client.aio.Client` is a coroutine function of it."""
+
+    def __init__(self, steps: Callable[Concatenate[Any, _P], Steps[_T]]) -> None:
+        self._steps = steps
+        functools.update_wrapper(cast(Any, self), steps)
+
+    @overload
+    def __get__(self, client: None, owner: type) -> ClientMethod[_P, _T]: ...
+    @overload
+    def __get__(self, client: aio.Client, owner: type) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
+    @overload
+    def __get__(self, client: Operations, owner: type) -> Callable[_P, _T]: ...
+    def __get__(self, client: Operations | None, owner: type) -> Any:
+        if client is None:
+            return self
+        steps, run = self._steps, client._run
+        if inspect.iscoroutinefunction(run):
+
+            async def awaited(*args: Any, **kwargs: Any) -> Any:
+                return await run(steps(client, *args, **kwargs))
+
+            return functools.update_wrapper(awaited, steps)
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return run(steps(client, *args, **kwargs))
+
+        return functools.update_wrapper(blocking, steps)
+
+
+class Operations:
+    """The configuration and the methods of :class:`tfps_client.Client` (where they are
+    documented) and :class:`tfps_client.aio.Client`; each client opens its channel and runs
+    the methods' steps."""
+
+    _run: Callable[[Steps[Any]], Any]
+    """Runs a method's steps: returns their result, or a coroutine of it."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = 60.0,
+        *,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+    ) -> None:
+        self._settings = Settings(
+            address,
+            timeout,
+            chunk_bytes,
+            max_message_bytes,
+            credentials,
+            retry or RetryPolicy(),
+            bearer_metadata(token),
+        )
+        self._connect()
+
+    def _connect(self) -> None:
+        """Prepares the channel of :attr:`_settings`."""
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server."""
+        return self._settings.address
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each method call may take, its retries included; ``None`` waits forever."""
+        return self._settings.timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How calls failing with UNAVAILABLE or DEADLINE_EXCEEDED are retried."""
+        return self._settings.retry
+
+    def __getstate__(self) -> Settings:
+        """Pickles the configuration; the unpickled client opens a channel of its own.
+
+        Raises:
+            TypeError: the client was given credentials other than
+                :func:`tfps_client.tls_credentials`'s, which cannot be rebuilt.
+        """
+        credentials = self._settings.credentials
+        if credentials is not None and not isinstance(credentials, TlsCredentials):
+            raise TypeError(
+                f"cannot pickle a {type(self).__name__} given opaque "
+                f"{type(credentials).__name__} credentials (gRPC's cannot be pickled): make "
+                "them with tfps_client.tls_credentials(...) to pickle the client"
+            )
+        return self._settings
+
+    def __setstate__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._connect()
+
+    # Optimizers -------------------------------------------------------------------------------
+
+    @ClientMethod
+    def create_optimizer(
+        self,
+        name: str,
+        config: Mapping[str, Any] | str,
+        aggregation: Aggregation | None = None,
+        on_non_finite: Literal["reject", "skip"] = "reject",
+        lazy_sparse: bool = False,
+    ) -> Steps[bool]:
+        """Creates a named optimizer from a Keras config, like ``tf_keras.optimizers.deserialize``.
+
+        Args:
+            name: the name variables and calls refer to, for example ``"default"``.
+            config: ``{"class_name": "Adam", "config": {"learning_rate": 1e-3}}`` or its JSON.
+            aggregation: :class:`Async` (the default) or :class:`Sync`.
+            on_non_finite: "reject" pushes with NaN/Inf gradients (INVALID_ARGUMENT),
+                or "skip" their update.
+            lazy_sparse: True updates, for a sparse gradient, only the slots and values of
+                the rows it holds (TF Addons' LazyAdam semantics), so that a sparse push costs
+                what its rows cost, not what the table costs. A different update from Keras's,
+                never the default; only Adam, Nadam and RMSprop take it (INVALID_ARGUMENT,
+                ``INVALID_OPTIONS``, for the other classes, whose Keras sparse updates already
+                touch only the rows given). Dense gradients are applied as Keras applies them.
+
+        Returns:
+            True if created, False if an optimizer with an equal config and options existed.
+
+        Raises:
+            TypeError: ``config`` is not JSON-serializable, ``aggregation`` is neither
+                :class:`Async` nor :class:`Sync`, or an argument has a wrong type.
+            ValueError: ``on_non_finite`` or a :class:`Sync` choice is not one of its values.
+        """
+        if aggregation is not None and not isinstance(aggregation, (Async, Sync)):
+            raise TypeError(
+                f"create_optimizer: expected aggregation Async(...) or Sync(...), received "
+                f"{type(aggregation).__name__}"
+            )
+        config_json = config if isinstance(config, str) else json.dumps(config)
+        request = codec.build_message(
+            pb.CreateOptimizerRequest,
+            name=name,
+            config_json=config_json,
+            options=convert.options_to_message(
+                OptimizerOptions(aggregation or Async(), on_non_finite, lazy_sparse)
+            ),
+        )
+        response = yield calls.unary("CreateOptimizer", request)
+        return bool(response.created)
+
+    @ClientMethod
+    def get_options(self, optimizer: str) -> Steps[OptimizerOptions]:
+        """Returns the options the optimizer was created with: aggregation mode, non-finite
+        policy and ``lazy_sparse``.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string.
+        """
+        request = codec.build_message(pb.GetOptimizerConfigRequest, optimizer=optimizer)
+        response = yield calls.unary("GetOptimizerConfig", request)
+        return convert.options_from_message(response.options)
+
+    @ClientMethod
+    def get_config(self, optimizer: str) -> Steps[dict[str, Any]]:
+        """Returns ``{"class_name": ..., "config": optimizer.get_config()}``.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string.
+        """
+        request = codec.build_message(pb.GetOptimizerConfigRequest, optimizer=optimizer)
+        response = yield calls.unary("GetOptimizerConfig", request)
+        config: dict[str, Any] = json.loads(response.config_json)
+        return config
+
+    @ClientMethod
+    def iterations(self, optimizer: str) -> Steps[int]:
+        """Returns how many updates the optimizer has applied.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string.
+        """
+        request = codec.build_message(pb.GetIterationsRequest, optimizer=optimizer)
+        response = yield calls.unary("GetIterations", request)
+        return int(response.iterations)
+
+    @ClientMethod
+    def slot_names(self, optimizer: str) -> Steps[list[str]]:
+        """Returns the optimizer's slot names, as ``optimizer.get_slot_names()``.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string.
+        """
+        request = codec.build_message(pb.GetSlotNamesRequest, optimizer=optimizer)
+        response = yield calls.unary("GetSlotNames", request)
+        return list(response.slot_names)
+
+    @ClientMethod
+    def get_slot(self, variable: str, slot: str) -> Steps[np.ndarray]:
+        """Returns one slot's value for one variable, as ``optimizer.get_slot(var, slot)``.
+
+        Raises:
+            TypeError: ``variable`` or ``slot`` is not a string.
+        """
+        request = codec.build_message(pb.GetSlotRequest, variable=variable, slot=slot)
+        _, (value,) = yield calls.download("GetSlot", request, lambda first: [first.slot])
+        return value
+
+    @ClientMethod
+    def get_weights(self, optimizer: str) -> Steps[list[np.ndarray]]:
+        """Returns the optimizer's weights in Keras order: iterations, then slots.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string.
+        """
+        request = codec.build_message(pb.GetOptimizerWeightsRequest, optimizer=optimizer)
+        _, weights = yield calls.download(
+            "GetOptimizerWeights", request, lambda first: first.weights
+        )
+        return list(weights)
+
+    @ClientMethod
+    def set_weights(self, optimizer: str, weights: Sequence[npt.ArrayLike]) -> Steps[None]:
+        """Replaces the optimizer's weights, with Keras's length and shape checks.
+
+        Raises:
+            TypeError: ``optimizer`` is not a string or ``weights`` not a sequence.
+            ValueError: a weight is not an array of a dtype the wire carries.
+        """
+        arrays = [np.asarray(w) for w in weights]
+        header = {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in arrays]}
+        yield calls.upload("SetOptimizerWeights", header, arrays)
+
+    @ClientMethod
+    def set_hyperparameter(
+        self, optimizer: str, name: str, value: float | Mapping[str, Any]
+    ) -> Steps[None]:
+        """Changes a hyperparameter at run time, as ``optimizer.learning_rate = 0.05`` does.
+
+        Args:
+            optimizer: name of the optimizer.
+            name: the hyperparameter, for example ``"learning_rate"`` or ``"beta_1"``.
+            value: a number, or for ``learning_rate`` a serialized Keras schedule.
+
+        Raises:
+            TypeError: a name is not a string, or ``value`` is neither a number nor a
+                JSON-serializable mapping.
+            ValueError: ``value`` is a string that is not a number.
+        """
+        request = codec.build_message(pb.SetHyperparameterRequest, optimizer=optimizer, name=name)
+        if isinstance(value, Mapping):
+            request.schedule_json = json.dumps(value)
+        else:
+            request.number = float(value)
+        yield calls.unary("SetHyperparameter", request)
+
+    # Variables --------------------------------------------------------------------------------
+
+    @ClientMethod
+    def create_variables(
+        self, variables: Mapping[str, npt.ArrayLike], optimizer: str = "default"
+    ) -> Steps[CreateVariablesResult]:
+        """Creates variables with initial values, bound to one optimizer, with their slots.
+
+        Idempotent: the first creator's values win, and an identical declaration
+        (name, shape, dtype, optimizer) succeeds without changing anything.
+
+        Raises:
+            TypeError: ``variables`` is not a mapping, or a name is not a string.
+            ValueError: a value is not an array of a dtype the wire carries.
+        """
+        _expect_mapping("create_variables", "variables", variables)
+        names = list(variables)
+        arrays = [convert.to_numpy(variables[name]) for name in names]
+        header = {
+            "optimizer": optimizer,
+            "variables": [
+                codec.build_message(pb.VariableDeclaration, name=name, spec=codec.spec_of(array))
+                for name, array in zip(names, arrays, strict=True)
+            ],
+        }
+        response = yield calls.upload("CreateVariables", header, arrays)
+        return CreateVariablesResult(tuple(response.created), tuple(response.existing))
+
+    @ClientMethod
+    def list_variables(self) -> Steps[list[VariableInfo]]:
+        """Returns every variable the server holds, in creation order.
+
+        ``VariableInfo.device`` is spelled ``/device:<TYPE>:<index>`` (``/device:CPU:0``,
+        ``/device:GPU:1``), as the server's logs and checkpoint metadata spell it.
+
+        The server answers a page at a time, all pages within the one ``timeout``. A restore
+        (or a restart of the server) between two pages makes the listing start again from
+        the first page, at most :data:`LISTING_RESTARTS` times.
+
+        Raises:
+            AbortedError: the state was replaced during every attempt (``STATE_REPLACED``).
+        """
+        for _ in range(LISTING_RESTARTS):
+            with contextlib.suppress(AbortedError):
+                return (yield from _list_pages())
+        return (yield from _list_pages())
+
+    @ClientMethod
+    def push(
+        self,
+        gradients: Mapping[str, Gradient],
+        *,
+        worker: str = "",
+        step: int | None = None,
+        request_id: str | None = None,
+    ) -> Steps[PushResult]:
+        """Pushes gradients; each optimizer touched applies them as its aggregation mode says.
+
+        The whole push is validated before anything changes. ``None`` gradients
+        are left out. In sync mode the call returns once its step is applied,
+        so the worker can pull right after. A stale drop is reported in the
+        result, not raised.
+
+        Args:
+            gradients: variable name -> dense array or :class:`IndexedSlices`.
+            worker: the pushing worker's id (required by :class:`Sync` optimizers).
+            step: the optimizer ``iterations`` the gradients were computed from.
+            request_id: a unique id; a retry with it is never applied twice.
+                Default: a new random id, reused by the client's own retries.
+
+        Returns:
+            Outcome and ``iterations`` per optimizer touched.
+
+        Raises:
+            TypeError: ``gradients`` is not a mapping, or a name, ``worker``, ``step``,
+                ``request_id`` or a ``dense_shape`` has a wrong type.
+            ValueError: a gradient is not an array of a dtype the wire carries.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        header, arrays = _push_header(gradients, worker, step, request_id)
+        response = yield calls.upload("Push", header, arrays)
+        return convert.push_result(response, request_id)
+
+    @ClientMethod
+    def push_pull(
+        self,
+        gradients: Mapping[str, Gradient],
+        pull: Iterable[str],
+        *,
+        worker: str = "",
+        step: int | None = None,
+        request_id: str | None = None,
+    ) -> Steps[tuple[PushResult, dict[str, np.ndarray]]]:
+        """Pushes, then returns the updated values of ``pull``, in one round trip.
+
+        Arguments are those of :meth:`push`; ``pull`` names the variables to return.
+
+        Raises:
+            TypeError: as :meth:`push`, or ``pull`` is not an iterable of strings.
+            ValueError: as :meth:`push`.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        header, arrays = _push_header(gradients, worker, step, request_id)
+        header["pull"] = list(pull)
+        first, values = yield calls.exchange(
+            "PushPull", header, arrays, lambda first: [t.spec for t in first.tensors]
+        )
+        pulled = {t.name: value for t, value in zip(first.tensors, values, strict=True)}
+        return convert.push_result(first.push, request_id), pulled
+
+    @ClientMethod
+    def pull(self, names: Iterable[str] | None = None) -> Steps[dict[str, np.ndarray]]:
+        """Returns the current values of the named variables (all when ``names`` is None).
+
+        Raises:
+            TypeError: ``names`` is not iterable.
+        """
+        wanted = None if names is None else [str(name) for name in names]
+        if wanted == []:
+            return {}
+        request = codec.build_message(pb.PullRequest, names=wanted or ())
+        first, values = yield calls.download(
+            "Pull", request, lambda first: [t.spec for t in first.tensors]
+        )
+        return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
+
+    @ClientMethod
+    def pull_rows(self, name: str, ids: npt.ArrayLike) -> Steps[np.ndarray]:
+        """Returns ``variable[ids]``, as an embedding lookup, without sending the whole table.
+
+        ``ids`` may have any shape; the result has shape ``ids.shape + variable.shape[1:]``.
+
+        Raises:
+            TypeError: ``name`` is not a string, or ``ids`` are not integers.
+            ValueError: ``ids`` is not an array (ragged nested lists).
+        """
+        shape = np.shape(ids)
+        indices = np.asarray(ids).reshape(-1)
+        if indices.size and not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"pull_rows: expected integer ids, received dtype {indices.dtype}")
+        request = codec.build_message(
+            pb.PullRowsRequest, variable=name, indices=indices.astype(np.int64).tolist()
+        )
+        _, (rows,) = yield calls.download("PullRows", request, lambda first: [first.rows])
+        return rows.reshape(shape + rows.shape[1:])
+
+    # Checkpoints ------------------------------------------------------------------------------
+
+    @ClientMethod
+    def save_checkpoint(self) -> Steps[CheckpointInfo]:
+        """Makes the server write a checkpoint of its whole state now."""
+        response = yield calls.unary("SaveCheckpoint", pb.SaveCheckpointRequest())
+        return convert.checkpoint_info_from_message(response.checkpoint)
+
+    @ClientMethod
+    def list_checkpoints(self) -> Steps[list[CheckpointInfo]]:
+        """Returns the checkpoints the server retains, oldest first."""
+        response = yield calls.unary("ListCheckpoints", pb.ListCheckpointsRequest())
+        return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
+
+    @ClientMethod
+    def restore_checkpoint(self, checkpoint_id: int | None = None) -> Steps[CheckpointInfo]:
+        """Replaces the server's whole state with a checkpoint's (the latest when None).
+
+        Raises:
+            TypeError: ``checkpoint_id`` is not an integer.
+        """
+        request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id)
+        response = yield calls.unary("RestoreCheckpoint", request)
+        return convert.checkpoint_info_from_message(response.checkpoint)
+
+    @ClientMethod
+    def download_checkpoint(self, checkpoint_id: int | None, dest_dir: str | Path) -> Steps[str]:
+        """Downloads a checkpoint's files into ``dest_dir``, verifying sizes and SHA-256.
+
+        Files are written as ``*.partial`` and renamed only once verified, so an
+        interrupted download never leaves a checkpoint that looks complete. The checkpoint
+        then becomes the directory's latest (its ``checkpoint`` state file), so the directory
+        itself can be given to ``load_into``, ``tfps-ckpt inspect`` or
+        ``tf.train.latest_checkpoint``. The download is one streamed call: its retries
+        start it again, and it all takes at most ``timeout``.
+
+        Args:
+            checkpoint_id: the checkpoint; None for the latest.
+            dest_dir: the local directory (created if needed).
+
+        Returns:
+            The local path prefix, as ``tf.train.load_checkpoint`` takes it.
+
+        Raises:
+            DataLossError: a file's size or digest does not match the server's.
+            TypeError: ``checkpoint_id`` is not an integer.
+            OSError: ``dest_dir`` cannot be created or written.
+        """
+        request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id)
+        manifest = yield calls.download_files("DownloadCheckpoint", request, Path(dest_dir))
+        name = Path(manifest.checkpoint.path).name
+        checkpoint_files.record_latest(dest_dir, name)
+        return str(Path(dest_dir) / name)
+
+
+def _list_pages() -> Steps[list[VariableInfo]]:
+    """Lists every variable, page after page, until a page gives no token."""
+    infos: list[VariableInfo] = []
+    request = pb.ListVariablesRequest()
+    while True:
+        response = yield calls.unary("ListVariables", request)
+        infos += [convert.variable_info_from_message(info) for info in response.variables]
+        if not response.next_page_token:
+            return infos
+        request = pb.ListVariablesRequest(page_token=response.next_page_token)
+
+
+def _expect_mapping(method: str, argument: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{method}: expected {argument} as a mapping of names to values, received "
+            f"{type(value).__name__}"
+        )
+
+
+def _push_header(
+    gradients: Mapping[str, Gradient], worker: str, step: int | None, request_id: str
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    _expect_mapping("push", "gradients", gradients)
+    headers, arrays = convert.gradients_to_wire(gradients)
+    header: dict[str, Any] = {"gradients": headers, "worker": worker, "request_id": request_id}
+    if step is not None:
+        header["step"] = step
+    return header, arrays
