@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -219,3 +220,47 @@ def test_classify_native_lines() -> None:
         "own again",
         NativeRecord(logging.ERROR, "Fatal Python error: Aborted", {}),
     ]
+
+
+def test_a_closed_stderr_is_no_reason_to_fail() -> None:
+    """A server started with descriptor 2 closed (``2>&-``) runs without the relay, as it
+    ran before there was one."""
+    script = textwrap.dedent(
+        """
+        import os
+        from tfps_server import stderr_relay
+
+        os.close(2)
+        print(stderr_relay.start("INFO", "json"))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "None\n")
+
+
+def test_a_line_the_locale_cannot_encode_is_escaped() -> None:
+    """Where stderr's encoding is not UTF-8, a line with other characters comes out escaped,
+    as Python's own stderr writes it, and the lines after it come out too."""
+    script = textwrap.dedent(
+        """
+        import logging
+        from tfps_server import logs, stderr_relay
+
+        relay = stderr_relay.start("INFO", "text")
+        logs.configure("INFO", "text", relay.stream)
+        logging.getLogger("tfps_server").info("variable 'poids_\\u00e9' not found")
+        logging.getLogger("tfps_server").info("after")
+        relay.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    messages = [line.partition(": ")[2] for line in result.stderr.splitlines()]
+    assert messages == ["variable 'poids_\\xe9' not found", "after"], result.stderr
