@@ -107,6 +107,24 @@ REFUSALS: dict[str, tuple[str, RawCall, grpc.StatusCode, str, dict[str, str]]] =
         "UNKNOWN_VARIABLE",
         {"variable": "nope"},
     ),
+    "name-not-ascii": (  # the fact is the name as sent, not escaped as the message has it
+        "open_server",
+        lambda c: _stub(c).GetIterations(
+            pb.GetIterationsRequest(optimizer="Pr\u00e9\u65e5"), timeout=30
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "UNKNOWN_OPTIMIZER",
+        {"optimizer": "Pr\u00e9\u65e5"},
+    ),
+    "long-name": (  # the fact is cut to 200 UTF-8 bytes, on a character's boundary
+        "open_server",
+        lambda c: _stub(c).GetIterations(
+            pb.GetIterationsRequest(optimizer="\u00e9" * 300), timeout=30
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "UNKNOWN_OPTIMIZER",
+        {"optimizer": "\u00e9" * 100 + "... (300 characters)"},
+    ),
     "undecodable-request": (  # refused by the decoding interceptor
         "open_server",
         lambda c: c.unary_unary("/tfps.v1.ParameterServer/GetIterations")(b"\xff", timeout=30),

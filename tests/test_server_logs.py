@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +23,7 @@ import pytest
 from tfps_client import Client
 from tfps_server.stderr_relay import MARK, NativeRecord, classify
 
-from helpers import LISTENING, ServerProcess, free_port
+from helpers import LISTENING, ServerProcess, free_port, server_env
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
 """The start of every line of ``--log-format text``."""
@@ -219,3 +222,47 @@ def test_classify_native_lines() -> None:
         "own again",
         NativeRecord(logging.ERROR, "Fatal Python error: Aborted", {}),
     ]
+
+
+def test_a_closed_stderr_is_no_reason_to_fail() -> None:
+    """A server started with descriptor 2 closed (``2>&-``) serves without the relay and
+    stops cleanly, as it did before there was one."""
+    port = free_port()
+    server = [sys.executable, "-m", "tfps_server", "--port", str(port), "--log-format", "json"]
+    process = subprocess.Popen(["sh", "-c", 'exec "$@" 2>&-', "sh", *server], env=server_env())
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_ready(120)
+            assert client.list_variables() == []
+        time.sleep(1)  # past the start of serve_until_signalled
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_line_the_locale_cannot_encode_is_escaped() -> None:
+    """Where stderr's encoding is not UTF-8, a line with other characters comes out escaped,
+    as Python's own stderr writes it, and the lines after it come out too."""
+    script = textwrap.dedent(
+        """
+        import logging
+        from tfps_server import logs, stderr_relay
+
+        relay = stderr_relay.start("INFO", "text")
+        logs.configure("INFO", "text", relay.stream)
+        logging.getLogger("tfps_server").info("variable 'poids_\\u00e9' not found")
+        logging.getLogger("tfps_server").info("after")
+        relay.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    messages = [line.partition(": ")[2] for line in result.stderr.splitlines()]
+    assert messages == ["variable 'poids_\\xe9' not found", "after"], result.stderr

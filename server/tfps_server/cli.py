@@ -300,7 +300,8 @@ def serve_until_signalled(running: RunningServer, grace_seconds: float) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, reload)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump thread stacks
+    if sys.stderr is not None:  # None when started with descriptor 2 closed (2>&-)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: dump stacks
     stopping.wait()
     _log.info(
         "received %s: shutting down, in-flight RPCs get %.1f s",

@@ -33,6 +33,17 @@ def clipped(text: str, limit: int = ECHO_CHARACTERS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def fact(value: object, limit: int = ECHO_CHARACTERS) -> str:
+    """Returns ``str(value)`` as the value of an ``ErrorInfo`` fact: as it is (a name that is
+    not ASCII too, so that a program can compare it with the one it sent) up to ``limit``
+    UTF-8 bytes, else cut there; what UTF-8 cannot encode (a lone surrogate) escaped."""
+    text = str(value)
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return f"{data[:limit].decode('utf-8', 'ignore')}... ({len(text)} characters)"
+
+
 class ServerError(Exception):
     """A request the server refuses; nothing was changed.
 
@@ -41,7 +52,7 @@ class ServerError(Exception):
             expected and received values.
         reason: the machine-readable reason sent to the client.
         metadata: facts that go with the reason; values are cut to
-            :data:`ECHO_CHARACTERS` characters.
+            :data:`ECHO_CHARACTERS` UTF-8 bytes (:func:`fact`).
     """
 
     code = grpc.StatusCode.UNKNOWN
@@ -52,14 +63,16 @@ class ServerError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason
-        self.metadata = {key: clipped(str(value)) for key, value in (metadata or {}).items()}
+        self.metadata = {key: fact(value) for key, value in (metadata or {}).items()}
 
     def again(self) -> ServerError:
         """Returns a fresh error with the same class, message, reason and metadata.
 
         Several threads answered with one error each raise their own copy.
         """
-        return type(self)(self.message, self.reason, self.metadata)
+        error = type(self)(self.message, self.reason)
+        error.metadata = dict(self.metadata)  # cut once: cutting a cut fact would change it
+        return error
 
 
 class InvalidArgument(ServerError):

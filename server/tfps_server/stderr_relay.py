@@ -177,9 +177,12 @@ def start(level: str, log_format: str) -> Relay | None:
     """Starts the relay, at ``level`` in ``log_format``, and points descriptor 2 at it.
 
     Returns:
-        The relay; None if it could not start, leaving stderr as it was.
+        The relay; None if it could not start, leaving stderr as it was (closed, say).
     """
-    stderr_fd = os.dup(2)
+    try:
+        stderr_fd = os.dup(2)
+    except OSError:  # descriptor 2 is closed: nothing to relay to
+        return None
     read_end, write_end = os.pipe()
     try:
         process = subprocess.Popen(
@@ -207,6 +210,8 @@ def main(argv: Sequence[str]) -> int:
     level, log_format = argv
     for ended_by_eof_only in (signal.SIGINT, signal.SIGTERM):
         signal.signal(ended_by_eof_only, signal.SIG_IGN)
+    # Like stderr's: a character the locale cannot encode is escaped, not the relay's end
+    sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     logs.configure(level, log_format, sys.stdout)
     relay(sys.stdin.fileno(), sys.stdout)
     return 0
