@@ -199,6 +199,47 @@ def test_a_crash_keeps_its_last_lines() -> None:
     assert records[1]["source"] == "check.cc:42"
 
 
+def test_long_records_stay_whole_among_native_writes() -> None:
+    """Records longer than the pipe writes whole (PIPE_BUF) come out whole and parse while
+    other threads write native lines: every line is JSON, nothing is lost or cut."""
+    script = textwrap.dedent(
+        """
+        import logging, os, threading
+        from tfps_server import logs, stderr_relay
+
+        relay = stderr_relay.start("DEBUG", "json")
+        logs.configure("DEBUG", "json", relay.stream)
+        log = logging.getLogger("tfps_server")
+
+        def own(thread):
+            for size in range(0, 40000, 500):
+                log.info("%d:%d:%s", thread, size, "\u00e9x" * size)
+
+        def native(thread):
+            for number in range(2000):
+                line = b"%d:%d:%s" % (thread, number, b"n" * 2000)
+                os.write(2, b"I0000 00:00:1.5   7 n.cc:1] %s\\n" % line)
+
+        threads = [threading.Thread(target=f, args=(t,)) for f in (own, native) for t in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        relay.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    own = sorted(r["message"] for r in records if r["logger"] == "tfps_server")
+    native = [r["message"] for r in records if r["logger"] == "native"]
+    expected = [f"{t}:{size}:{'éx' * size}" for t in (0, 1) for size in range(0, 40000, 500)]
+    assert own == sorted(expected)
+    assert sorted(native) == sorted(f"{t}:{n}:{'n' * 2000}" for t in (0, 1) for n in range(2000))
+
+
 def test_classify_native_lines() -> None:
     """absl lines take their severity, lines after one continue it, the server's own
     (marked) lines are copied, absl's banner is INFO, anything else an ERROR."""

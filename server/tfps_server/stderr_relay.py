@@ -5,7 +5,8 @@ uncaught exceptions, "Exception ignored in ...", faulthandler's dumps) write str
 file descriptor 2, past Python's logging. :func:`start` points descriptor 2 at a pipe that
 a small child process, the relay, reads; the relay alone writes the real stderr:
 
-* lines of the server's own log handler (which :class:`Relay` marks) as they are;
+* lines of the server's own log handler (which :class:`Relay` marks) as they are, a line
+  longer than one atomic pipe write joined again from its pieces;
 * an absl line (``I0000 00:00:1795525733.061562   29628 port.cc:153] text``) as a record
   of logger ``native`` at its severity (I, W, E, F: INFO, WARNING, ERROR, CRITICAL), with
   the fields ``source`` (``port.cc:153``) and ``tid``; lines that continue it (the rest
@@ -34,16 +35,26 @@ import contextlib
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, TextIO
 
 from tfps_server import logs
 
 MARK = "\x1e"
 """Starts each line of the server's own log handler in the pipe: the relay copies those."""
+
+CONTINUED = "\x1f"
+"""Starts each piece but the last of a line of the server's own too long for one atomic
+write to the pipe (``PIPE_BUF`` bytes): the relay joins the pieces, so native output written
+between two of them cannot cut the line."""
+
+_PIECE_CHARACTERS = (select.PIPE_BUF - len(MARK) - 1) // 6
+"""Characters in one piece: encoded (UTF-8, a lone surrogate backslash-escaped in 6 bytes)
+with its mark and newline, it fits one atomic write."""
 
 ABSL_LINE = re.compile(r"^([IWEF])\d{4} \S+\s+(\d+) ([^\s\]]+)\] ?(.*)$")
 """An absl (glog-style) log line: severity, date, time, thread id, source, message. Before
@@ -104,12 +115,13 @@ def relay(source: int, stream: TextIO) -> None:
     """Copies descriptor ``source`` to ``stream`` (where the log handler writes too) until
     end of file, as :func:`classify` says; a last line without a newline counts too."""
     pending = b""
+    pieces: list[str] = []
     while True:
         chunk = os.read(source, 1 << 16)
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop() if chunk else b""
         decoded = (line.decode("utf-8", "backslashreplace").rstrip("\r") for line in lines)
-        for item in classify(decoded):
+        for item in classify(_joined(decoded, pieces)):
             if isinstance(item, str):
                 stream.write(item + "\n")
             else:
@@ -117,6 +129,32 @@ def relay(source: int, stream: TextIO) -> None:
         stream.flush()
         if not chunk:
             return
+
+
+def _joined(lines: Iterable[str], pieces: list[str]) -> Iterator[str]:
+    """Yields ``lines`` with each of the server's own long lines joined from its pieces;
+    ``pieces`` holds those of a line not complete yet (from one read to the next)."""
+    for line in lines:
+        if line.startswith(CONTINUED):
+            pieces.append(line[len(CONTINUED) :])
+        elif line.startswith(MARK) and pieces:
+            yield MARK + "".join(pieces) + line[len(MARK) :]
+            pieces.clear()
+        else:
+            yield line
+
+
+def _marked_writes(line: str) -> Iterator[bytes]:
+    """Yields a line of the server's own as writes the pipe keeps whole: pieces marked
+    :data:`CONTINUED`, then the last one marked :data:`MARK`."""
+    body = line.removesuffix("\n")
+    ending = line[len(body) :]
+    starts = range(0, max(len(body), 1), _PIECE_CHARACTERS)
+    for start in starts:
+        last = start == starts[-1]
+        piece = body[start : start + _PIECE_CHARACTERS]
+        text = MARK + piece + ending if last else CONTINUED + piece + "\n"
+        yield text.encode("utf-8", "backslashreplace")
 
 
 class _HandlerStream:
@@ -128,12 +166,15 @@ class _HandlerStream:
         self.mark = MARK
 
     def write(self, text: str) -> int:
-        """Writes ``text`` to descriptor 2, each line marked while the relay reads it."""
-        marked = "".join(self.mark + line for line in text.splitlines(keepends=True))
+        """Writes ``text`` to descriptor 2, each line marked (and cut into pieces the pipe
+        keeps whole) while the relay reads it."""
         try:
-            _write_all(2, marked.encode("utf-8", "backslashreplace"))
+            for line in text.splitlines(keepends=True) if self.mark else ():
+                for data in _marked_writes(line):
+                    _write_all(2, data)
         except BrokenPipeError:  # the relay is gone: stderr is the real one again
             self.unmark()
+        if not self.mark:
             _write_all(2, text.encode("utf-8", "backslashreplace"))
         return len(text)
 
