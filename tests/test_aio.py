@@ -234,3 +234,22 @@ def test_the_asyncio_client_runs_calls_concurrently(server: RunningServer) -> No
     assert asyncio.run(scenario()) == [1, 1, 1]
     with Client(address) as blocking:
         np.testing.assert_allclose(blocking.pull(["w"])["w"], np.full(2, -0.03), rtol=1e-6)
+
+
+def test_one_client_serves_one_asyncio_run_after_another(server: RunningServer) -> None:
+    # A grpc.aio channel belongs to the loop it opened in: a client reused by a later
+    # asyncio.run (notebooks, tests) opens a new one instead of failing on the closed loop.
+    client = aio.Client(f"127.0.0.1:{server.port}", timeout=60.0)
+
+    async def create() -> None:
+        await client.create_optimizer("sgd", {"class_name": "SGD", "config": {}})
+
+    async def iterations() -> int:
+        return await client.iterations("sgd")
+
+    asyncio.run(create())
+    assert asyncio.run(iterations()) == 0
+    assert asyncio.run(iterations()) == 0
+    asyncio.run(client.close())
+    with pytest.raises(ValueError, match="is closed"):
+        asyncio.run(iterations())

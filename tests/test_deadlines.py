@@ -141,3 +141,39 @@ def test_the_pages_of_a_listing_share_one_deadline(
     assert first_left is not None and second_left is not None
     # The second page had what the slow first left (a deadline per page would give it 10 s).
     assert second_left < first_left - 0.5
+
+
+@each_client
+def test_a_timeout_that_is_not_a_positive_number_is_refused(make: MakeClient) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    for timeout in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout: expected seconds above 0 or None"):
+            make(address, timeout=timeout)
+    for timeout in ("5", True):
+        with pytest.raises(TypeError, match="timeout: expected seconds as a number or None"):
+            make(address, timeout=timeout)
+
+
+@each_client
+def test_an_infinite_timeout_waits_forever(make: MakeClient, server: RunningServer) -> None:
+    # gRPC fails a call given timeout=inf at once: the client keeps no deadline instead.
+    with make(f"127.0.0.1:{server.port}", timeout=float("inf")) as client:
+        assert client.timeout is None
+        assert client.pull() == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"max_attempts": 0}, ValueError),
+        ({"max_attempts": 1.5}, TypeError),
+        ({"initial_backoff": -0.1}, ValueError),  # time.sleep raised it at the first retry
+        ({"initial_backoff": float("nan")}, ValueError),
+        ({"max_backoff": float("inf")}, ValueError),
+        ({"multiplier": 0.5}, ValueError),
+        ({"multiplier": "2"}, TypeError),
+    ],
+)
+def test_a_retry_policy_out_of_range_is_refused(fields: dict[str, Any], error: type) -> None:
+    with pytest.raises(error, match=f"RetryPolicy.{next(iter(fields))}: expected"):
+        RetryPolicy(**fields)

@@ -35,6 +35,7 @@ def test_a_pickled_client_keeps_its_configuration(server: RunningServer) -> None
     with pickle.loads(data) as copy:  # the original is closed: the copy has its own channel
         assert (copy.address, copy.timeout, copy.retry) == (address, 12.5, retry)
         assert copy._settings == settings  # chunk sizes and the token's metadata too
+        assert "t0ken" not in repr(copy._settings)  # the pickle holds it; a repr does not
         assert copy.push({"w": np.ones(3, np.float32)}).iterations == {"sgd": 1}
 
 

@@ -25,24 +25,29 @@ class Client(Operations):
     """Talks to one tfps server from asyncio: :class:`tfps_client.Client`'s arguments,
     methods (coroutines here), results, errors, deadline, retries and pickling.
 
-    The channel opens on the first call, in the event loop running it; a client is used
-    from one event loop. ``async with`` closes it, as :meth:`close` does.
+    The channel opens on the first call, in the event loop running it, and again on a
+    call from another event loop (a ``grpc.aio`` channel belongs to one), so that a client
+    serves one ``asyncio.run`` after another; calls from several loops at once are not
+    supported. ``async with`` closes it, as :meth:`close` does.
     """
 
     def _connect(self) -> None:
         self._channel: Any = None
         self._transport: AsyncTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     def _opened(self) -> AsyncTransport:
-        """The transport, with the channel opened on first use.
+        """The transport, with the channel opened on first use in the running event loop.
 
         Raises:
             ValueError: the client was closed.
         """
         if self._closed:
             raise ValueError(f"the client of {self.address} is closed")
-        if self._transport is None:
+        loop = asyncio.get_running_loop()
+        if self._transport is None or self._loop is not loop:
+            self._loop = loop
             settings = self._settings
             self._channel = open_channel(
                 settings.address, settings.credentials, settings.max_message_bytes, aio=True

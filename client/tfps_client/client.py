@@ -41,8 +41,8 @@ class Client(Operations):
 
     Args:
         address: ``host:port`` of the server.
-        timeout: seconds each method call may take, retries included; ``None`` waits
-            forever.
+        timeout: seconds each method call may take, retries included; ``None`` (or
+            ``math.inf``) waits forever.
         chunk_bytes: tensor bytes per stream message.
         max_message_bytes: largest gRPC message sent or received.
         credentials: channel credentials for TLS, such as
@@ -53,7 +53,9 @@ class Client(Operations):
             variable; empty sends none.
 
     Raises:
-        ValueError: the token is not printable ASCII without spaces.
+        TypeError: ``timeout`` is not a number or ``None``.
+        ValueError: ``timeout`` is NaN, zero or negative, ``retry`` has a value out of its
+            range, or the token is not printable ASCII without spaces.
     """
 
     def _connect(self) -> None:

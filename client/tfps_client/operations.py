@@ -7,9 +7,10 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
@@ -70,8 +71,9 @@ class Settings:
     max_message_bytes: int
     credentials: grpc.ChannelCredentials | None
     retry: RetryPolicy
-    metadata: tuple[tuple[str, str], ...]
-    """The token's metadata, as :func:`bearer_metadata` resolved it at construction."""
+    metadata: tuple[tuple[str, str], ...] = field(repr=False)
+    """The token's metadata, as :func:`bearer_metadata` resolved it at construction; left
+    out of the repr, which would show the token."""
 
 
 class ClientMethod(Generic[_P, _T]):
@@ -127,7 +129,7 @@ class Operations:
     ) -> None:
         self._settings = Settings(
             address,
-            timeout,
+            _checked_timeout(timeout),
             chunk_bytes,
             max_message_bytes,
             credentials,
@@ -542,6 +544,24 @@ def _list_pages() -> Steps[list[VariableInfo]]:
         if not response.next_page_token:
             return infos
         request = pb.ListVariablesRequest(page_token=response.next_page_token)
+
+
+def _checked_timeout(timeout: float | None) -> float | None:
+    """Returns ``timeout`` as a client keeps it: ``None`` (also for infinity) or seconds.
+
+    Raises:
+        TypeError: ``timeout`` is not a number.
+        ValueError: ``timeout`` is NaN, zero or negative.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"timeout: expected seconds as a number or None, received {type(timeout).__name__}"
+        )
+    if not timeout > 0:
+        raise ValueError(f"timeout: expected seconds above 0 or None, received {timeout}")
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def _expect_mapping(method: str, argument: str, value: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -164,6 +165,33 @@ class RetryPolicy:
     """Longest wait between attempts, in seconds."""
     multiplier: float = 2.0
     """Growth of the wait after each attempt."""
+
+    def __post_init__(self) -> None:
+        """Raises ``TypeError`` for a field of a wrong type and ``ValueError`` for one out of
+        its range: ``max_attempts`` at least 1, the waits finite and not negative, and
+        ``multiplier`` finite and at least 1."""
+        if isinstance(self.max_attempts, bool) or not isinstance(
+            self.max_attempts, (int, np.integer)
+        ):
+            raise TypeError(
+                f"RetryPolicy.max_attempts: expected int, received "
+                f"{type(self.max_attempts).__name__}"
+            )
+        if self.max_attempts < 1:
+            raise ValueError(
+                f"RetryPolicy.max_attempts: expected at least 1, received {self.max_attempts}"
+            )
+        for name, least in (("initial_backoff", 0.0), ("max_backoff", 0.0), ("multiplier", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise TypeError(
+                    f"RetryPolicy.{name}: expected a number, received {type(value).__name__}"
+                )
+            if not least <= value < math.inf:
+                raise ValueError(
+                    f"RetryPolicy.{name}: expected a finite number of at least {least:g}, "
+                    f"received {value}"
+                )
 
 
 @dataclass(frozen=True)
