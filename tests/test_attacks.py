@@ -10,9 +10,12 @@ ended with the documented status, and the server serves as before.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tfps_client
-from tfps_client import Client
+from tfps_client import Client, RetryPolicy
 from tfps_client.errors import from_rpc_error
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
@@ -231,6 +234,28 @@ def bounded(hooks: BlockingHooks) -> Iterator[RunningServer]:
     running.stop(None)
 
 
+@contextmanager
+def logged(logger_name: str, fragment: str) -> Iterator[threading.Event]:
+    """An event set when ``logger_name`` logs a record (at any level) containing
+    ``fragment``."""
+    seen = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if fragment in record.getMessage():
+                seen.set()
+
+    logger, watch = logging.getLogger(logger_name), Watch(logging.DEBUG)
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+
+
 def refused_at_once(call: Callable[[], Any]) -> tfps_client.TfpsError:
     """The error a call is refused with."""
     with pytest.raises(tfps_client.TfpsError) as raised:
@@ -309,8 +334,9 @@ def test_in_flight_budget_waits_then_refuses_and_never_over_commits(
 def test_calls_past_the_concurrency_cap_are_refused_and_health_still_answers(
     bounded: RunningServer,
 ) -> None:
-    """Four stalled calls take every slot: a fifth call is refused with LIMIT_EXCEEDED at
-    once, health answers, and the slots come back when the stalled calls end."""
+    """Four stalled calls take every slot: a fifth call is refused with UNAVAILABLE
+    (OVERLOADED) at once, health answers, a client that retries gets through once the
+    stalled calls end, and the slots come back."""
     port = bounded.port
     stalled = Stalled()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -324,11 +350,20 @@ def test_calls_past_the_concurrency_cap_are_refused_and_health_still_answers(
             error = refused_at_once(lambda: client.iterations("default"))
             assert_refused(
                 error,
-                tfps_client.ResourceExhaustedError,
-                Reason.LIMIT_EXCEEDED,
-                ["--max-concurrent-calls"],
+                tfps_client.UnavailableError,
+                Reason.OVERLOADED,
+                ["4 calls in progress, at most 4 (--max-concurrent-calls)", "retry later"],
             )
             assert health_answers(port) < 1.0
+            retrying = RetryPolicy(100, initial_backoff=0.01, max_backoff=0.1)
+            with (
+                Client(f"127.0.0.1:{port}", timeout=60, retry=retrying) as patient,
+                ThreadPoolExecutor(1) as pool,
+                logged("tfps_client", "failed with UNAVAILABLE") as refused,
+            ):
+                answer = pool.submit(patient.iterations, "default")
+                assert refused.wait(60), "the retrying call was never refused"
+                assert answer.result(60) == 0  # once the stalled calls are cut off
             assert {outcome(h) for h in holders} == {
                 (grpc.StatusCode.DEADLINE_EXCEEDED, Reason.STREAM_IDLE)
             }

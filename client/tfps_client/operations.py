@@ -401,7 +401,10 @@ class Operations:
             worker: the pushing worker's id (required by :class:`Sync` optimizers).
             step: the optimizer ``iterations`` the gradients were computed from.
             request_id: a unique id; a retry with it is never applied twice.
-                Default: a new random id, reused by the client's own retries.
+                Default: a new random id, reused by the client's own retries. A caller
+                that may push again after a call whose outcome it did not see (a
+                cancelled asyncio task, a deadline that passed) passes its own id, the
+                same both times.
 
         Returns:
             Outcome and ``iterations`` per optimizer touched.
@@ -431,12 +434,13 @@ class Operations:
         Arguments are those of :meth:`push`; ``pull`` names the variables to return.
 
         Raises:
-            TypeError: as :meth:`push`, or ``pull`` is not an iterable of strings.
+            TypeError: as :meth:`push`, or ``pull`` is not an iterable of strings (a single
+                string included).
             ValueError: as :meth:`push`.
         """
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
-        header["pull"] = list(pull)
+        header["pull"] = _variable_names("pull", pull)
         first, values = yield calls.exchange(
             "PushPull", header, arrays, lambda first: [t.spec for t in first.tensors]
         )
@@ -448,9 +452,9 @@ class Operations:
         """Returns the current values of the named variables (all when ``names`` is None).
 
         Raises:
-            TypeError: ``names`` is not iterable.
+            TypeError: ``names`` is not an iterable of strings (a single string included).
         """
-        wanted = None if names is None else [str(name) for name in names]
+        wanted = None if names is None else _variable_names("names", names)
         if wanted == []:
             return {}
         request = codec.build_message(pb.PullRequest, names=wanted or ())
@@ -570,6 +574,24 @@ def _expect_mapping(method: str, argument: str, value: object) -> None:
             f"{method}: expected {argument} as a mapping of names to values, received "
             f"{type(value).__name__}"
         )
+
+
+def _variable_names(argument: str, names: Iterable[str]) -> list[str]:
+    """Returns ``names`` as a list, refusing a single string (which would iterate as its
+    characters) and anything but strings in it."""
+    if isinstance(names, (str, bytes)):
+        raise TypeError(
+            f"{argument}: expected an iterable of variable names, received the single "
+            f"{type(names).__name__} {names!r}; pass [{names!r}]"
+        )
+    listed = list(names)
+    for name in listed:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{argument}: expected variable names (str), received {name!r} "
+                f"({type(name).__name__})"
+            )
+    return listed
 
 
 def _push_header(

@@ -33,10 +33,10 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from tfps_client.wire import framing
 from tfps_client.wire.reasons import Reason, decode_detail
-from tfps_server.errors import InvalidArgument, ServerError, abort
+from tfps_server.errors import InvalidArgument, ServerError, Unavailable, abort
+from tfps_server.limits import flag_of
 from tfps_server.metrics import Metrics
 from tfps_server.streams import in_thread
-from tfps_server.validation import past_limit
 
 _log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class AdmissionInterceptor(_ServiceInterceptor):
         service: the service whose calls are admitted; others (health, reflection) pass.
         authorize: checks a call's metadata for its method; None: the server is open.
         max_concurrent_calls: calls of the service in progress at once; more are
-            refused with RESOURCE_EXHAUSTED (LIMIT_EXCEEDED).
+            refused with UNAVAILABLE (OVERLOADED), which clients retry after a backoff.
     """
 
     def __init__(
@@ -279,13 +279,15 @@ class AdmissionInterceptor(_ServiceInterceptor):
             if self._calls >= self._max_calls:
                 await abort(
                     context,
-                    past_limit(
-                        method,
-                        "calls in progress",
-                        "max_concurrent_calls",
-                        self._max_calls,
-                        self._calls + 1,
-                        note="; retry later",
+                    Unavailable(
+                        f"{method}: the server has {self._calls} calls in progress, at most "
+                        f"{self._max_calls} ({flag_of('max_concurrent_calls')}); retry later",
+                        Reason.OVERLOADED,
+                        {
+                            "limit": "max_concurrent_calls",
+                            "expected": self._max_calls,
+                            "received": self._calls + 1,
+                        },
                     ),
                 )
             self._calls += 1

@@ -112,7 +112,8 @@ class Reason(str, enum.Enum):
     STATE_QUOTA = "STATE_QUOTA"
     """The state (variables and slots) would grow past the server's quota."""
     OVERLOADED = "OVERLOADED"
-    """The server's budget of bytes in flight is taken by other calls now; retrying is safe."""
+    """The server's budget of bytes in flight, or its cap on calls in progress, is taken by
+    other calls now; nothing was done, and retrying is safe (clients retry it)."""
     STREAM_IDLE = "STREAM_IDLE"
     """A stream sent or read nothing for longer than the server's idle timeout, or moved
     slower than its minimum rate."""
