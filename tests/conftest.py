@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from tfps_client import Client
 from tfps_server import Registry, RunningServer, create_server
+from tfps_server.checkpoints import Checkpointer
 
 from interleave import BlockingHooks
 
@@ -37,6 +39,17 @@ def client(server: RunningServer) -> Iterator[Client]:
     """A client connected to :func:`server`."""
     with Client(f"127.0.0.1:{server.port}", timeout=120.0) as connected:
         yield connected
+
+
+@pytest.fixture
+def ckpt_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """A real server whose checkpoints go to tmp_path/ckpts, three kept."""
+    registry = Registry()
+    running = create_server(
+        registry, "127.0.0.1:0", checkpointer=Checkpointer(registry, tmp_path / "ckpts", keep=3)
+    )
+    yield running
+    running.stop(None)
 
 
 @pytest.fixture(scope="module")

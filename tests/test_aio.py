@@ -29,7 +29,6 @@ from tfps_client import (
 )
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_server import Registry, RunningServer, create_server
-from tfps_server.checkpoints import Checkpointer
 
 from clients import KINDS
 from helpers import assert_all_bitwise_equal
@@ -37,16 +36,6 @@ from helpers import assert_all_bitwise_equal
 MakeClient = Callable[..., Any]
 each_client = pytest.mark.parametrize("make", KINDS.values(), ids=KINDS.keys())
 ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
-
-
-@pytest.fixture
-def ckpt_server(tmp_path: Path) -> Iterator[RunningServer]:
-    registry = Registry()
-    running = create_server(
-        registry, "127.0.0.1:0", checkpointer=Checkpointer(registry, tmp_path / "ckpts", keep=3)
-    )
-    yield running
-    running.stop(None)
 
 
 def train(client: Any) -> dict[str, Any]:

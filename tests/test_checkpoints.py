@@ -25,23 +25,11 @@ from tfps_client import (
 )
 from tfps_client.keras import create_variables, load_into, pull_into, push_gradients
 from tfps_client.wire import checkpoint_layout as layout
-from tfps_server import Registry, RunningServer, create_server
-from tfps_server.checkpoints import Checkpointer
+from tfps_server import RunningServer
 
 from helpers import State, assert_same_state, snapshot
 
 SHAPE = (6, 4)
-
-
-@pytest.fixture
-def ckpt_server(tmp_path: Path) -> Iterator[RunningServer]:
-    """A real server whose checkpoints go to tmp_path/ckpts, three kept."""
-    registry = Registry()
-    running = create_server(
-        registry, "127.0.0.1:0", checkpointer=Checkpointer(registry, tmp_path / "ckpts", keep=3)
-    )
-    yield running
-    running.stop(None)
 
 
 @pytest.fixture
