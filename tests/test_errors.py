@@ -900,8 +900,17 @@ def test_waiting_for_a_server_that_is_not_there_raises_the_librarys_error() -> N
         ),
         (
             lambda c: c.push_pull({"scalar": np.float32(1)}, pull=[1]),
-            "PushPullRequest.pull: expected a sequence of str, received items of type int",
+            "pull: expected variable names (str), received 1 (int)",
         ),
+        (
+            lambda c: c.push_pull({"scalar": np.float32(1)}, pull="scalar"),
+            "pull: expected an iterable of variable names, received the single str 'scalar'",
+        ),
+        (
+            lambda c: c.pull("scalar"),
+            "names: expected an iterable of variable names, received the single str 'scalar'",
+        ),
+        (lambda c: c.pull([b"scalar"]), "names: expected variable names (str), received b'scalar'"),
         (lambda c: c.iterations(3), "GetIterationsRequest.optimizer: expected str, received int"),
         (lambda c: c.create_optimizer(5, {"class_name": "SGD"}), "CreateOptimizerRequest.name"),
         (lambda c: c.set_hyperparameter("default", 2, 0.1), "SetHyperparameterRequest.name"),
@@ -913,6 +922,9 @@ def test_waiting_for_a_server_that_is_not_there_raises_the_librarys_error() -> N
         "gradient-name",
         "dense-shape",
         "pull",
+        "pull-one-string",
+        "pull-names-one-string",
+        "pull-names-bytes",
         "iterations",
         "optimizer-name",
         "hyperparameter",
