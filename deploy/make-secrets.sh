@@ -7,12 +7,14 @@
 #   DIR          where to write; refused if it already holds a CA (rotate by writing a new
 #                directory and moving the files into place, see SECURITY.md)
 #   SERVER_NAME  a DNS name or IP address clients reach the server by, such as tfps-0.tfps;
-#                localhost and 127.0.0.1 are always added, for the container health check
+#                every shard's when sharded (all serve this one certificate); localhost
+#                and 127.0.0.1 are always added, for the container health check
 # CERT_DAYS sets how long the certificates are valid (default 365).
 #
 # Examples:
 #   deploy/make-secrets.sh deploy/kubernetes/secrets \
 #       tfps-0.tfps tfps-0.tfps.default.svc tfps-digits-ps-0.default.svc
+#   deploy/make-secrets.sh deploy/kubernetes/secrets tfps-0.tfps tfps-1.tfps tfps-2.tfps
 #   deploy/make-secrets.sh ./tfps-secrets my-host.example.com 10.0.0.5
 #
 # Writes (keys and tokens readable by the owner only):

@@ -6,8 +6,10 @@ Worker ``--index`` i of 2 trains on shard i of scikit-learn's digits with ``mode
 and a ``RemoteOptimizer`` (one push-and-pull round trip per batch), and prints its loss
 per epoch.
 
-The server address is ``--server``, else the environment variable ``TFPS_SERVER``,
-else the first ``ps`` task of ``TF_CONFIG``; the index, when not given, is this
+The servers are ``--server``, else the environment variable ``TFPS_SERVER``: one
+``host:port`` for one server, or a comma-separated list with one per shard, in shard
+order (the pods' ordinal order: ``tfps-0.tfps:50051,tfps-1.tfps:50051``); else every
+``ps`` task of ``TF_CONFIG``, in task order. The index, when not given, is this
 task's index in ``TF_CONFIG``, else 0. For a secure server, ``--tls-ca`` (with
 ``--tls-cert`` and ``--tls-key`` under mutual TLS) turns TLS on, and the token is
 read from ``--token-file``, else the environment variable ``TFPS_TOKEN``.
@@ -26,10 +28,29 @@ from tfps_client import Client, ps_addresses, tf_config, tls_credentials
 from demo import NUM_WORKERS, Settings, run_worker
 
 
+def server_addresses(servers: str) -> list[str]:
+    """Splits a comma-separated ``host:port`` list, in order; refuses an empty entry."""
+    addresses = [address.strip() for address in servers.split(",")]
+    if not all(addresses):
+        raise argparse.ArgumentTypeError(
+            f"expected host:port or a comma-separated list of them, received {servers!r}"
+        )
+    return addresses
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parses the command line; the server and index fall back as the module says."""
+    """Parses the command line into ``servers`` (addresses in shard order) and the rest; the
+    servers and index fall back as the module says."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("TFPS_SERVER"), help="host:port")
+    parser.add_argument(
+        "--server",
+        dest="servers",
+        type=server_addresses,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        default=os.environ.get("TFPS_SERVER"),
+        help="host:port, or one per shard in shard order, comma-separated "
+        "(default: $TFPS_SERVER, else every ps task of TF_CONFIG)",
+    )
     parser.add_argument("--index", type=int, default=None, help=f"0 to {NUM_WORKERS - 1}")
     parser.add_argument("--epochs", type=int, default=10, help="default %(default)s")
     parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
@@ -38,7 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--wait-seconds",
         type=float,
         default=300.0,
-        help="how long to wait for the server to accept connections; default %(default)s",
+        help="how long to wait for the servers to accept connections; default %(default)s",
     )
     parser.add_argument("--tls-ca", default=None, help="PEM file of the server's CA; turns TLS on")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate of this worker (mTLS)")
@@ -48,9 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     config = tf_config.load()
-    if args.server is None:
+    if args.servers is None:
         try:
-            args.server = ps_addresses()[0]
+            args.servers = ps_addresses()
         except ValueError as error:
             parser.error(f"--server: expected host:port, TFPS_SERVER or TF_CONFIG ({error})")
     if args.index is None:
@@ -61,17 +82,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def connect(args: argparse.Namespace) -> Client:
-    """Returns a client of the server, with TLS and the token when the arguments give them."""
+    """Returns a client of the servers (one address: one server; several: one shard each), with
+    TLS and the token when the arguments give them."""
     tls = any(path is not None for path in (args.tls_ca, args.tls_cert, args.tls_key))
     credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
     token = Path(args.token_file).read_text() if args.token_file else None
-    return Client(args.server, credentials=credentials, token=token)
+    servers = args.servers[0] if len(args.servers) == 1 else args.servers
+    return Client(servers, credentials=credentials, token=token)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Waits for the server, then trains; returns the exit code."""
+    """Waits for the servers, then trains; returns the exit code."""
     args = parse_args(argv)
-    print(f"worker {args.index}: waiting for {args.server}", flush=True)
+    print(f"worker {args.index}: waiting for {','.join(args.servers)}", flush=True)
     # The learning rate is the server's (its --optimizer); the worker only computes gradients.
     settings = Settings(args.epochs, args.batch_size, learning_rate=0.0, seed=args.seed)
     with connect(args) as client:

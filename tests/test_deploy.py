@@ -118,6 +118,15 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
+def _worker_example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """examples/worker.py, loaded (beside the demo.py it imports) with neither TFPS_SERVER nor
+    TF_CONFIG set."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.delenv("TFPS_SERVER", raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    return _load(REPO / "examples" / "worker.py")
+
+
 def _server_environment() -> set[str]:
     """The environment variables tfps-server reads, one per flag, from its own parser."""
     return {
@@ -462,19 +471,6 @@ def test_network_policy_guards_the_server_ports() -> None:
     assert scrapers["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
 
 
-def test_worker_job_reaches_the_first_server_pod() -> None:
-    """The Indexed worker Job points at pod 0 of the StatefulSet through the Service."""
-    job, service = _resource("Job"), _resource("Service")
-    statefulset = _resource("StatefulSet")
-    assert job["spec"]["completionMode"] == "Indexed"
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    env = _env(container)
-    expected = f"{statefulset['metadata']['name']}-0.{service['metadata']['name']}:{GRPC_PORT}"
-    assert env["TFPS_SERVER"]["value"] == expected
-    assert "job-completion-index" in env["WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert container["args"][:2] == ["--index", "$(WORKER_INDEX)"]
-
-
 def test_tfjob_example() -> None:
     """The TFJob (a Kubeflow CRD, so its structure is checked here): PS and Worker replicas
     whose pod templates validate as Kubernetes PodTemplates, with the operator's container
@@ -501,6 +497,31 @@ def test_tfjob_example() -> None:
     probe = ps["readinessProbe"]["exec"]["command"]
     assert probe == [*_image_healthcheck(), f"127.0.0.1:{ports['tfjob-port']}"]
     assert replicas["Worker"]["replicas"] == 2  # examples/worker.py shards the data in two
+
+
+def test_tfjob_workers_reach_every_ps_task_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TFJob's workers name no server, so examples/worker.py takes every ps task of the
+    TF_CONFIG the operator writes (one address per PS replica, in index order): one shard each,
+    as many as PS's replicas."""
+    (tfjob,) = _documents(TFJOB)
+    replicas = tfjob["spec"]["tfReplicaSpecs"]
+    (container,) = replicas["Worker"]["template"]["spec"]["containers"]
+    assert "--server" not in container["args"] and "TFPS_SERVER" not in _env(container)
+    (ps,) = replicas["PS"]["template"]["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in ps["ports"]}["tfjob-port"]
+    name = tfjob["metadata"]["name"]
+    cluster = {
+        job.lower(): [
+            f"{name}-{job.lower()}-{i}.default.svc:{port}" for i in range(spec["replicas"])
+        ]
+        for job, spec in replicas.items()
+    }
+    assert len(cluster["ps"]) == 3
+    tf_config = {"cluster": cluster, "task": {"type": "worker", "index": 1}}
+    example = _worker_example(monkeypatch)
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    args = example.parse_args(container["args"])
+    assert (args.servers, args.index) == (cluster["ps"], 1)
 
 
 @pytest.fixture(scope="module")
@@ -579,9 +600,8 @@ def test_kubernetes_secure_setup_serves_its_probes_and_a_worker(
         token = _env(worker)[TOKEN_ENVIRONMENT_VARIABLE]["valueFrom"]["secretKeyRef"]
         token_file = made_secrets / _secret_files()[token["name"]][token["key"]]
         monkeypatch.setenv(TOKEN_ENVIRONMENT_VARIABLE, token_file.read_text())
+        example = _worker_example(monkeypatch)
         monkeypatch.setenv("TFPS_SERVER", f"127.0.0.1:{running.port}")
-        monkeypatch.syspath_prepend(str(REPO / "examples"))  # worker.py imports demo.py
-        example = _load(REPO / "examples" / "worker.py")
         with example.connect(example.parse_args(args)) as client:
             client.create_variables({"w": np.zeros(4, np.float32)})
             client.push({"w": np.ones(4, np.float32)})
@@ -642,7 +662,8 @@ def _only(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 def test_every_kustomization_is_found() -> None:
     """The kustomizations the README names are among those the build test below finds."""
     found = {str(directory.relative_to(KUBERNETES)) for directory in KUSTOMIZATIONS}
-    assert {"base", "overlays/cpu", "overlays/gpu", "secrets", "tfjob", "monitoring"} <= found
+    expected = {"base", "secrets", "tfjob", "monitoring"}
+    assert expected | {"overlays/cpu", "overlays/gpu", "overlays/sharded"} <= found
 
 
 def test_documented_commands_apply_kustomizations() -> None:
@@ -686,7 +707,7 @@ def test_overlays_deploy_the_base_with_its_secrets(
     kustomize: Callable[[Path], list[dict[str, Any]]], overlay: Path
 ) -> None:
     """Each overlay deploys what the base has, with the Secrets it mounts, and sets the number
-    of server pods (tfps-0, tfps-1, ... of the StatefulSet) in its `replicas`."""
+    of server pods (tfps-0, tfps-1, ... of the StatefulSet: one per shard) in its `replicas`."""
     documents = kustomize(overlay)
     assert _kinds(documents) == sorted([*_kinds(_manifests(BASE)), *["Secret"] * 4])
     secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
@@ -694,7 +715,72 @@ def test_overlays_deploy_the_base_with_its_secrets(
     statefulset = _only(documents, "StatefulSet")
     (replicas,) = _kustomization(overlay)["replicas"]
     assert replicas["name"] == statefulset["metadata"]["name"]
-    assert statefulset["spec"]["replicas"] == replicas["count"] == 1  # until sharding exists
+    assert statefulset["spec"]["replicas"] == replicas["count"]
+    assert replicas["count"] == (3 if overlay.name == "sharded" else 1)
+
+
+def _shard_addresses(documents: list[dict[str, Any]]) -> list[str]:
+    """The address of each server pod of a build through the headless Service, in ordinal
+    order: tfps-0.tfps:50051, tfps-1.tfps:50051, ..."""
+    statefulset, service = _only(documents, "StatefulSet"), _only(documents, "Service")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"  # shards are independent
+    return [
+        f"{statefulset['metadata']['name']}-{i}.{service['metadata']['name']}:{GRPC_PORT}"
+        for i in range(statefulset["spec"]["replicas"])
+    ]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS.iterdir()), ids=lambda path: path.name)
+def test_worker_job_reaches_every_shard_in_ordinal_order(
+    kustomize: Callable[[Path], list[dict[str, Any]]],
+    overlay: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Indexed worker Job's TFPS_SERVER lists every server pod of the overlay, tfps-0 to
+    tfps-(replicas-1) through the Service, in ordinal order (the shard order a client must
+    keep), and examples/worker.py reads that list from it."""
+    documents = kustomize(overlay)
+    job = _only(documents, "Job")
+    assert job["spec"]["completionMode"] == "Indexed"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = _env(container)
+    assert env["TFPS_SERVER"]["value"].split(",") == _shard_addresses(documents)
+    assert "job-completion-index" in env["WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert container["args"][:2] == ["--index", "$(WORKER_INDEX)"]
+    example = _worker_example(monkeypatch)
+    monkeypatch.setenv("TFPS_SERVER", env["TFPS_SERVER"]["value"])
+    args = [a.replace("$(WORKER_INDEX)", "1") for a in container["args"]]
+    assert example.parse_args(args).servers == _shard_addresses(documents)
+
+
+def _secrets_commands(text: str) -> list[set[str]]:
+    """The server names of each `deploy/make-secrets.sh deploy/kubernetes/secrets NAME...`
+    a Markdown or YAML file shows (in a YAML file's comments), continued lines joined."""
+    text = re.sub(r"\\\n(#\s*)?", " ", text)
+    return [
+        set(names.split())
+        for names in re.findall(r"deploy/make-secrets\.sh deploy/kubernetes/secrets([^#\n]*)", text)
+    ]
+
+
+def test_documented_certificates_name_every_shard(
+    kustomize: Callable[[Path], list[dict[str, Any]]],
+) -> None:
+    """The make-secrets.sh commands shown for the sharded overlay (in it, the README's guide
+    and secrets/README.md) name every host its workers reach; the TFJob's names every ps
+    task's address in the TF_CONFIG the operator writes (NAMESPACE standing for yours)."""
+    hosts = {a.rpartition(":")[0] for a in _shard_addresses(kustomize(OVERLAYS / "sharded"))}
+    for text in (
+        (OVERLAYS / "sharded" / "kustomization.yaml").read_text(),
+        _readme_section("#### A 3-shard deployment"),
+        (SECRETS / "README.md").read_text(),
+    ):
+        assert any(hosts <= names for names in _secrets_commands(text)), hosts
+    (tfjob,) = _documents(TFJOB)
+    name, ps = tfjob["metadata"]["name"], tfjob["spec"]["tfReplicaSpecs"]["PS"]["replicas"]
+    tasks = {f"{name}-ps-{i}.NAMESPACE.svc" for i in range(ps)}
+    assert any(tasks <= names for names in _secrets_commands(TFJOB.read_text())), tasks
 
 
 def _server_variant(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], tuple[Any, ...]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 
@@ -128,3 +130,63 @@ def test_demo_worker_takes_server_and_index_from_tf_config() -> None:
         assert registry.iterations("default") > 0
     finally:
         running.stop(None)
+
+
+@pytest.fixture
+def worker(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """examples/worker.py, imported (beside the demo.py it imports), with neither TFPS_SERVER
+    nor TF_CONFIG set."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    monkeypatch.delenv("TFPS_SERVER", raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    return importlib.import_module("worker")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environment", "servers"),
+    [
+        (["--server", "a:1"], {}, ["a:1"]),
+        (["--server", "c:3,a:1,b:2"], {}, ["c:3", "a:1", "b:2"]),
+        ([], {"TFPS_SERVER": "a:1, b:2"}, ["a:1", "b:2"]),
+        (["--server", "c:3"], {"TFPS_SERVER": "a:1,b:2"}, ["c:3"]),
+        ([], {"TFPS_SERVER": "a:1", "TF_CONFIG": _config("worker", 0)}, ["a:1"]),
+        ([], {"TF_CONFIG": _config("worker", 0)}, CLUSTER["ps"]),
+    ],
+    ids=["one", "several", "environment", "flag-first", "environment-first", "tf-config"],
+)
+def test_demo_worker_takes_every_server_in_order(
+    worker: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    environment: dict[str, str],
+    servers: list[str],
+) -> None:
+    """--server, else TFPS_SERVER (comma-separated), else every ps task of TF_CONFIG: each
+    address in the order given, which is shard order; the client gets one address as a str
+    (one server) and several as a list (one shard each)."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    args = worker.parse_args(argv)
+    assert args.servers == servers
+    monkeypatch.setattr(worker, "Client", lambda servers, **options: servers)
+    assert worker.connect(args) == (servers[0] if len(servers) == 1 else servers)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--server", "a:1,,b:2"], "--server: expected host:port or a comma-separated list"),
+        (["--server", "a:1,"], "received 'a:1,'"),
+        (["--server", ""], "received ''"),
+        ([], "--server: expected host:port, TFPS_SERVER or TF_CONFIG"),
+    ],
+    ids=["empty-entry", "trailing-comma", "empty", "none"],
+)
+def test_demo_worker_refuses_a_missing_server(
+    worker: ModuleType, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """An empty entry in the list, or no server from anywhere, is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exited:
+        worker.parse_args(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
