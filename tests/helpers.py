@@ -36,6 +36,7 @@ STATUS_OF: dict[type[tfps_client.TfpsError], grpc.StatusCode] = {
     tfps_client.NotFoundError: grpc.StatusCode.NOT_FOUND,
     tfps_client.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     tfps_client.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    tfps_client.FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     tfps_client.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     tfps_client.InternalError: grpc.StatusCode.INTERNAL,
     tfps_client.UnavailableError: grpc.StatusCode.UNAVAILABLE,

@@ -20,7 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tfps_client import Client, PermissionDeniedError, Reason, TfpsError, UnauthenticatedError
+from tfps_client.errors import from_rpc_error
 from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire import parameter_server_pb2_grpc as pb_grpc
 from tfps_server import Registry, RunningServer, create_server
 from tfps_server.auth import (
     MIN_TOKEN_CHARACTERS,
@@ -61,7 +63,9 @@ LEAST_ROLE = {
         ],
         "reader",
     ),
-    **dict.fromkeys(["CreateOptimizer", "CreateVariables", "Push", "PushPull"], "worker"),
+    **dict.fromkeys(
+        ["CreateOptimizer", "CreateVariables", "Push", "PushPull", "DeclareShard"], "worker"
+    ),
     **dict.fromkeys(
         ["SetOptimizerWeights", "SetHyperparameter", "SaveCheckpoint", "RestoreCheckpoint"],
         "admin",
@@ -127,10 +131,22 @@ CALLS: dict[str, Callable[[Client, Served], Any]] = {
     "ListCheckpoints": lambda c, s: c.list_checkpoints(),
     "RestoreCheckpoint": lambda c, s: c.restore_checkpoint(s.checkpoint),
     "DownloadCheckpoint": lambda c, s: c.download_checkpoint(s.checkpoint, s.scratch),
+    "DeclareShard": lambda c, s: _declare_shard(c),
 }
 """One call of each RPC that succeeds when the role allows it."""
 
 METHODS = sorted(method.name for method in SERVICE.methods)
+
+
+def _declare_shard(client: Client) -> None:
+    """DeclareShard(0 of 1) with the client's channel and token: the client has no method
+    for it (a sharded client declares its shards)."""
+    stub = pb_grpc.ParameterServerStub(client._channel)
+    request = pb.DeclareShardRequest(shard=0, shards=1)
+    try:
+        stub.DeclareShard(request, metadata=client._settings.metadata, timeout=60)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
 
 
 def test_the_tables_cover_exactly_the_service() -> None:

@@ -28,6 +28,48 @@ class IndexedSlices:
     dense_shape: tuple[int, ...] | None = None
 
 
+class ShardIdentity(NamedTuple):
+    """Which server of a sharded client's list of servers a server is."""
+
+    shard: int
+    """Index of the server in the list, < ``shards``."""
+    shards: int
+    """Number of servers in the list, >= 1."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One part of a variable split by rows over shards."""
+
+    variable: str
+    """Name of the whole variable, for example ``"emb"`` (its parts: ``"emb/part_0"``, ...)."""
+    index: int
+    """Index of this part, < ``count``."""
+    count: int
+    """Number of parts."""
+    row_offset: int
+    """First row of the whole variable that this part holds."""
+    shape: tuple[int, ...]
+    """Shape of the whole variable."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a sharded client placed a variable."""
+
+    shard: int
+    """Index of the server holding it in the client's list of servers, < ``shards``."""
+    shards: int
+    """Number of servers in the client's list."""
+    partition: Partition | None = None
+    """Set when the variable is one row range of a bigger one."""
+
+    @property
+    def identity(self) -> ShardIdentity:
+        """The server's identity that this placement names."""
+        return ShardIdentity(self.shard, self.shards)
+
+
 class VariableInfo(NamedTuple):
     """A variable held by the server."""
 
@@ -42,6 +84,9 @@ class VariableInfo(NamedTuple):
     device: str
     """Device the variable and its slots live on, as ``/device:<TYPE>:<index>``
     (``/device:CPU:0``): the spelling of the server's logs and checkpoint metadata."""
+    placement: Placement | None = None
+    """Where a sharded client placed it, as declared at its creation; None for a variable
+    an unsharded client created."""
 
 
 class CreateVariablesResult(NamedTuple):

@@ -59,7 +59,7 @@ Linux), leaving a margin for the deadline arithmetic; more would raise OverflowE
 
 ApplyFn = Callable[[Sequence[Prepared]], Outcome]
 """Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite). Either way
-``iterations`` grows by exactly one."""
+``iterations`` grows by exactly one, for an empty list too (a step without gradients)."""
 
 
 def checked(options: OptimizerOptions) -> OptimizerOptions:
@@ -112,7 +112,8 @@ def combine(contributions: Sequence[Sequence[Prepared]], reduction: str) -> list
     repeated indices when applying). A variable that any worker sent dense is
     dense: contributions are added one after the other, so the result does not
     depend on arrival order. With "mean", each variable is divided by the number
-    of contributions that held it.
+    of contributions that held it: a contribution without a gradient of a variable (a worker
+    that pushed others, or none at all: a push's ``advance``) does not count for it.
     """
     by_position: dict[int, list[Prepared]] = {}
     for gradients in contributions:
@@ -187,7 +188,9 @@ class SyncPolicy:
     """Aggregates the pushes of distinct workers for the current step, like SyncReplicasOptimizer.
 
     A step closes when enough workers contributed, when its timeout passes, or
-    when it is aborted: by ``set_weights`` or a restore (the state it was
+    when it is aborted. A contribution may hold no gradient (an optimizer a push advances):
+    it counts as the worker's contribution to the step, as one holding gradients would.
+    A step may be aborted by ``set_weights`` or a restore (the state it was
     opened against is gone) or by shutdown. An aborted step applies nothing and
     every contributor is answered with the error.
 

@@ -76,6 +76,7 @@ REQUIRED_ROLE: Mapping[str, Role] = MappingProxyType(
         "CreateVariables": Role.WORKER,
         "Push": Role.WORKER,
         "PushPull": Role.WORKER,
+        "DeclareShard": Role.WORKER,
         "SetOptimizerWeights": Role.ADMIN,
         "SetHyperparameter": Role.ADMIN,
         "SaveCheckpoint": Role.ADMIN,

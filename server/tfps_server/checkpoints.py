@@ -288,7 +288,9 @@ class Checkpointer:
             size_bytes=size,
             iterations={o.name: o.iterations for o in metadata.optimizers},
             variables=tuple(
-                VariableInfo(v.name, v.shape, np.dtype(v.dtype), v.optimizer, metadata.device)
+                VariableInfo(
+                    v.name, v.shape, np.dtype(v.dtype), v.optimizer, metadata.device, v.placement
+                )
                 for v in metadata.variables
             ),
         )

@@ -5,6 +5,10 @@ optimizer it touches, in name order, takes its lock, checks that no restore
 retired it, hands its part to its aggregation policy, and records its result
 in the exactly-once window, all under that lock. Gradients are applied to the
 variables they were validated against, never looked up again by position.
+
+An optimizer a push names in ``advance`` takes the same path with an empty gradient
+list: a step without gradients (a sharded client's tick), whose update only counts
+the step, as Keras's ``apply_gradients`` does for variables without gradients.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Pusher:
         request_id: str = "",
         worker: str = "",
         step: int | None = None,
+        advance: Sequence[str] = (),
     ) -> dict[str, OptimizerResult]:
         """Hands gradients to the aggregation policy of each optimizer they touch.
 
@@ -57,14 +62,18 @@ class Pusher:
             request_id: makes retries of the same push safe; empty disables that.
             worker: id of the pushing worker (required by sync optimizers).
             step: the iterations the gradients were computed from; None means current.
+            advance: optimizers that no gradient touches, each pushed an empty gradient
+                list: their ``iterations`` grow by one as a push's would (in sync mode,
+                the worker's contribution to the step has no gradient).
 
         Returns:
-            Outcome and ``iterations`` after the push, per optimizer touched.
+            Outcome and ``iterations`` after the push, per optimizer touched or advanced.
 
         Raises:
-            NotFound: unknown variable.
+            NotFound: unknown variable, or unknown optimizer in ``advance``.
             InvalidArgument: duplicate variable, wrong shape, dtype, index, or
-                non-finite values for an optimizer that rejects them.
+                non-finite values for an optimizer that rejects them; an optimizer
+                named twice in ``advance``, or named there and touched by a gradient.
             ResourceExhausted: a request id or worker id longer than
                 ``limits.max_id_bytes``, or a variable name longer than any can be.
             FailedPrecondition: a step ahead of the optimizer, or a second
@@ -72,7 +81,7 @@ class Pusher:
             Aborted: a restore or ``set_weights`` replaced the state first.
             Unavailable: the server is shutting down while a sync step waited.
         """
-        return self._push(self._registry.current(), gradients, request_id, worker, step)
+        return self._push(self._registry.current(), gradients, request_id, worker, step, advance)
 
     def push_pull(
         self,
@@ -82,13 +91,14 @@ class Pusher:
         request_id: str = "",
         worker: str = "",
         step: int | None = None,
+        advance: Sequence[str] = (),
     ) -> tuple[dict[str, OptimizerResult], list[tuple[str, np.ndarray]]]:
         """Pushes, then pulls ``pull`` (checked before the push; none when empty) from the
         same generation."""
         generation = self._registry.current()
         for name in pull:
             generation.variable(name)
-        results = self._push(generation, gradients, request_id, worker, step)
+        results = self._push(generation, gradients, request_id, worker, step, advance)
         return results, self._registry.pull(pull, generation) if pull else []
 
     def _push(
@@ -98,9 +108,10 @@ class Pusher:
         request_id: str,
         worker: str,
         step: int | None,
+        advance: Sequence[str],
     ) -> dict[str, OptimizerResult]:
         def apply_missing(results: dict[str, OptimizerResult]) -> None:
-            batches = self._validate(generation, gradients)
+            batches = self._validate(generation, gradients, advance)
             self._registry.hooks.reach("push.validated")
             missing = [  # a push a checkpoint caught half-way applies only what it lacks
                 managed
@@ -130,9 +141,10 @@ class Pusher:
             check_text_bytes(f"push {field} {shown(value)}", value, "max_id_bytes", bound)
 
     def _validate(
-        self, generation: Generation, gradients: Sequence[Gradient]
+        self, generation: Generation, gradients: Sequence[Gradient], advance: Sequence[str]
     ) -> dict[ManagedOptimizer, list[Prepared]]:
-        """Checks every gradient; returns them prepared, by the optimizer they go to."""
+        """Checks every gradient and every optimizer to advance; returns the gradients
+        prepared, by the optimizer they go to (an empty list for one advanced)."""
         batches: dict[ManagedOptimizer, list[Prepared]] = {}
         seen: set[str] = set()
         for gradient in gradients:
@@ -153,6 +165,19 @@ class Pusher:
             batches.setdefault(managed.optimizer, []).append(_prepare(managed, gradient, squares))
         for prepared in batches.values():  # Keras gets them in variable-creation order
             prepared.sort(key=lambda g: g.position)
+        advanced: set[str] = set()
+        for name in advance:
+            optimizer = generation.optimizer(name)
+            if name in advanced or optimizer in batches:
+                problem = "named twice" if name in advanced else "touched by a gradient too"
+                raise InvalidArgument(
+                    f"push advance: expected each optimizer once, and only those no gradient "
+                    f"of the push touches, received optimizer {shown(name)} {problem}",
+                    Reason.INVALID_ADVANCE,
+                    {"optimizer": name},
+                )
+            advanced.add(name)
+            batches[optimizer] = []
         return batches
 
     def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:
@@ -194,8 +219,12 @@ class Pusher:
 
         Non-finite values (which only reach here under the "skip" policy, or when
         aggregation overflows) skip the update; ``iterations`` still grows by one,
-        as with Keras's LossScaleOptimizer.
+        as with Keras's LossScaleOptimizer. No gradient at all (an advanced optimizer, or a
+        sync step whose contributions held none) is a step of its own: see :meth:`_tick`.
         """
+        if not gradients:
+            self._tick(managed)
+            return Outcome.APPLIED
         squares = [sum_of_squares(g.values) if g.squares is None else g.squares for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
@@ -216,6 +245,22 @@ class Pusher:
             )
         self._metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
         return Outcome.APPLIED
+
+    def _tick(self, managed: ManagedOptimizer) -> None:
+        """A step without gradients; the caller holds the optimizer's lock.
+
+        What ``apply_gradients`` does besides updating the variables it is given, for the
+        variables bound to the optimizer here: Keras's per-step preparation (``_prepare``,
+        which advances Nadam's ``momentum_cache``, as every step with a gradient on any
+        shard does on a single server; for the other classes it computes coefficients
+        only; skipped without variables, whose weights Keras has not created), then
+        ``iterations`` + 1. Values and slots do not change.
+        """
+        optimizer = managed.optimizer
+        with tf.device(self._device):
+            if managed.bound:
+                optimizer._prepare(list(managed.bound.values()))
+            optimizer.iterations.assign_add(1)
 
     def _count_clipping(
         self,

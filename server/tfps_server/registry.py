@@ -21,7 +21,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import numpy as np
 import tensorflow as tf
 
-from tfps_client.types import OptimizerOptions, VariableInfo
+from tfps_client.types import OptimizerOptions, Placement, ShardIdentity, VariableInfo
 from tfps_client.wire.reasons import Reason
 from tfps_server import optimizers
 from tfps_server.aggregation import checked, make_policy
@@ -51,11 +51,15 @@ from tfps_server.validation import (
     check_declarations,
     check_name,
     check_name_length,
+    check_placements,
     check_rows,
     check_rows_bytes,
     check_same_declaration,
     check_same_optimizer,
+    check_same_shard,
+    check_shard,
     check_state_quota,
+    shard_text,
     state_bytes,
 )
 from tfps_server.weights import assign_weights
@@ -225,9 +229,15 @@ class Registry:
         return ManagedOptimizer(name, optimizer, spec, config, options, lock, policy, slot_names)
 
     def new_variables(
-        self, owner: ManagedOptimizer, declarations: Sequence[tuple[str, np.ndarray]], batch: int
+        self,
+        owner: ManagedOptimizer,
+        declarations: Sequence[tuple[str, np.ndarray]],
+        batch: int,
+        placements: Mapping[str, Placement],
     ) -> list[ManagedVariable]:
         """Builds checked declarations' variables and their slots; the caller holds the lock.
+
+        ``placements`` holds the checked placement of each declaration that has one.
 
         Slots are created in one Keras call for the whole batch, so they are
         ordered as a local ``apply_gradients`` over the same variable list orders them.
@@ -250,7 +260,7 @@ class Registry:
             variables = [tf.Variable(value, trainable=True) for _, value in declarations]
             owner.optimizer._create_all_weights(variables)
         return [
-            ManagedVariable(name, variable, owner, batch)
+            ManagedVariable(name, variable, owner, batch, placements.get(name))
             for (name, _), variable in zip(declarations, variables, strict=True)
         ]
 
@@ -300,30 +310,44 @@ class Registry:
         return True
 
     def create_variables(
-        self, optimizer: str, declarations: Sequence[tuple[str, np.ndarray]]
+        self,
+        optimizer: str,
+        declarations: Sequence[tuple[str, np.ndarray]],
+        placements: Mapping[str, Placement] | None = None,
     ) -> tuple[list[str], list[str]]:
         """Creates variables and their slots; returns (created, existing) names.
 
+        ``placements`` gives the placement of every declaration, or of none. Their shard
+        becomes the server's, with the variables, when the server has none yet.
+
         Raises:
             NotFound: unknown optimizer.
-            InvalidArgument: bad name, duplicate name, non-finite value, or a
-                dtype the optimizer cannot update.
-            AlreadyExists: a name exists with a different shape, dtype or optimizer.
+            InvalidArgument: bad name, duplicate name, non-finite value, a dtype the
+                optimizer cannot update, or placements that differ in shard, are out of
+                range or do not fit their variables.
+            FailedPrecondition: the placements' shard is not the server's.
+            AlreadyExists: a name exists with a different shape, dtype, optimizer or placement.
             ResourceExhausted: a name past ``limits.max_name_bytes``, more variables in all
                 than ``limits.max_variables``, or more bytes of state than
                 ``limits.state_quota_bytes``; checked before anything is built.
         """
         limits = self.limits
+        placements = placements or {}
         check_declarations(declarations, limits.max_name_bytes)
+        shard = check_placements(declarations, placements, limits.max_name_bytes)
         with self._structure:
             generation = self._current
+            if shard is not None:
+                check_same_shard(generation.shard, shard)
             owner = generation.optimizer(optimizer)
             self.hooks.reach("create_variables.locked")
             existing = [name for name, _ in declarations if name in generation.variables]
             for name, value in declarations:
                 if name in generation.variables:
                     declared = generation.variables[name]
-                    check_same_declaration(declared, declared.optimizer.name, optimizer, value)
+                    check_same_declaration(
+                        declared, declared.optimizer.name, optimizer, value, placements.get(name)
+                    )
             fresh = [(n, v) for n, v in declarations if n not in generation.variables]
             if fresh:
                 where = f"optimizer {shown(optimizer)}: create_variables"
@@ -339,8 +363,10 @@ class Registry:
                 asked = sum(state_bytes(v.shape, v.dtype.name, slots) for _, v in fresh)
                 check_state_quota(where, generation.state_bytes, asked, limits.state_quota_bytes)
                 with owner.lock:
-                    variables = self.new_variables(owner, fresh, generation.batches + 1)
+                    variables = self.new_variables(owner, fresh, generation.batches + 1, placements)
                     generation.add_variables(variables)
+            if shard is not None:
+                _claim_shard(generation, shard)
         created = [name for name, _ in fresh]
         if created:
             _log.info(
@@ -351,6 +377,17 @@ class Registry:
                 shown(created),
             )
         return created, existing
+
+    def declare_shard(self, shard: int, shards: int) -> None:
+        """Makes the server shard ``shard`` of ``shards``; nothing changes if it is already.
+
+        Raises:
+            InvalidArgument: ``shards`` < 1 or ``shard`` not in [0, shards).
+            FailedPrecondition: the server is another shard (``SHARD_MISMATCH``).
+        """
+        identity = check_shard("DeclareShard", shard, shards)
+        with self._structure:
+            _claim_shard(self._current, identity)
 
     def set_weights(self, optimizer: str, weights: Sequence[np.ndarray]) -> None:
         """Replaces every weight of an optimizer (Keras order), after checking them all.
@@ -449,6 +486,7 @@ class Registry:
                 np.dtype(m.variable.dtype.as_numpy_dtype),
                 m.optimizer.name,
                 canonical(m.variable.device),
+                m.placement,
             )
             for m in list((generation or self._current).variables.values())[start:]
         ]
@@ -598,6 +636,14 @@ class Registry:
                         name, _nbytes(variable), sum(_nbytes(slot) for slot in slots)
                     )
         return [counted[name] for name in list(generation.variables) if name in counted]
+
+
+def _claim_shard(generation: Generation, identity: ShardIdentity) -> None:
+    """Claims a shard identity for the current generation (the caller holds the structure
+    lock), logging the first."""
+    if generation.shard is None:
+        _log.info("this server is %s of a sharded client's list", shard_text(identity))
+    generation.claim_shard(identity)
 
 
 def _nbytes(variable: tf.Variable) -> int:

@@ -207,8 +207,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             declarations = [
                 (v.name, value) for v, value in zip(first.variables, values, strict=True)
             ]
+            placements = {
+                v.name: placement
+                for v in first.variables
+                if (placement := convert.placement_of(v)) is not None
+            }
             created, existing = await self._change(
-                self._registry.create_variables, first.optimizer, declarations
+                self._registry.create_variables, first.optimizer, declarations, placements
             )
         return pb.CreateVariablesResponse(created=created, existing=existing)
 
@@ -407,6 +412,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             for _, handle in handles:
                 handle.close()
 
+    @_rpc
+    async def DeclareShard(
+        self, request: pb.DeclareShardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeclareShardResponse:
+        await self._change(self._registry.declare_shard, request.shard, request.shards)
+        return pb.DeclareShardResponse()
+
 
 def _public(info: CheckpointInfo) -> pb.CheckpointInfo:
     """The wire form of a checkpoint: its path relative to the checkpoint directory, so
@@ -460,7 +472,12 @@ def _which(request: pb.RestoreCheckpointRequest | pb.DownloadCheckpointRequest) 
 def _push_context(first: pb.PushRequest | pb.PushPullRequest) -> dict[str, Any]:
     step = first.step if first.HasField("step") else None
     check_step(step)
-    return {"request_id": first.request_id, "worker": first.worker, "step": step}
+    return {
+        "request_id": first.request_id,
+        "worker": first.worker,
+        "step": step,
+        "advance": list(first.advance),
+    }
 
 
 def _options_from_proto(optimizer: str, message: pb.OptimizerOptions) -> OptimizerOptions:

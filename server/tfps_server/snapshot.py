@@ -32,6 +32,8 @@ from tfps_server.validation import (
     check_count,
     check_declarations,
     check_dtype,
+    check_placements,
+    check_shard,
     check_state_quota,
     state_bytes,
 )
@@ -97,15 +99,17 @@ def capture(registry: Registry) -> Snapshot:
             (request_id, {o: [r.outcome.value, r.iterations] for o, r in results.items()}, done)
             for request_id, results, done in generation.requests.snapshot()
         )
+        shard = generation.shard
     metadata = layout.CheckpointMetadata(
         saved_at=time.time(),
         optimizers=tuple(entries),
         variables=tuple(
-            layout.VariableEntry(v.name, v.optimizer.name, v.shape, v.dtype, v.batch)
+            layout.VariableEntry(v.name, v.optimizer.name, v.shape, v.dtype, v.batch, v.placement)
             for v in variables
         ),
         requests=requests,
         device=registry.device,
+        shard=shard,
     )
     return Snapshot(metadata, values, slots, weights)
 
@@ -122,6 +126,8 @@ def rebuild(registry: Registry, snapshot: Snapshot) -> Generation:
     limits = registry.limits
     check_limits(metadata, limits)
     generation = registry.new_generation(_request_entries(metadata))
+    if metadata.shard is not None:
+        generation.claim_shard(check_shard("restore", *metadata.shard))
     for entry in metadata.optimizers:
         try:
             spec = optimizers.parse_serialized(entry.config, limits)
@@ -149,8 +155,12 @@ def rebuild(registry: Registry, snapshot: Snapshot) -> Generation:
         previous_batch = batch
         declarations = [(v.name, _value(snapshot.variables, v.name)) for v in declared]
         check_declarations(declarations, limits.max_name_bytes, require_finite=False)
+        placements = {v.name: v.placement for v in declared if v.placement is not None}
+        shard = check_placements(declarations, placements, limits.max_name_bytes)
+        if shard is not None:
+            generation.claim_shard(shard)
         with owner.lock:
-            generation.add_variables(registry.new_variables(owner, declarations, batch))
+            generation.add_variables(registry.new_variables(owner, declarations, batch, placements))
     for managed in generation.optimizers.values():
         with managed.lock:
             values = in_keras_order(

@@ -17,14 +17,14 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfps_client.types import OptimizerOptions
+from tfps_client.types import OptimizerOptions, Placement, ShardIdentity
 from tfps_client.wire.reasons import Reason
 from tfps_server.aggregation import Policy
 from tfps_server.compiled import CompiledApply
 from tfps_server.errors import Aborted, NotFound, shown
 from tfps_server.exactly_once import RequestLog
 from tfps_server.optimizers import OptimizerSpec
-from tfps_server.validation import check_name_length, state_bytes
+from tfps_server.validation import check_name_length, check_same_shard, state_bytes
 
 MAX_ITERATIONS = 2**62
 """The largest ``iterations`` an optimizer may reach; a step beyond it is refused."""
@@ -103,6 +103,8 @@ class ManagedVariable:
     optimizer: ManagedOptimizer
     batch: int
     """Creation request the variable came in; slots were created per request."""
+    placement: Placement | None = None
+    """Where a sharded client placed it, as declared at creation (None: unsharded)."""
     position: int = -1
     """Index in its generation's creation order, set when it joins the generation."""
 
@@ -143,6 +145,8 @@ class Generation:
     """Creation requests so far."""
     state_bytes: int = 0
     """Bytes of every variable and of its optimizer slots."""
+    shard: ShardIdentity | None = None
+    """Which shard of a sharded client's list the server is; None until one is declared."""
 
     def optimizer(self, name: str) -> ManagedOptimizer:
         """Returns a named optimizer.
@@ -176,6 +180,16 @@ class Generation:
                 f"variable {shown(name)} not found", Reason.UNKNOWN_VARIABLE, {"variable": name}
             )
         return managed
+
+    def claim_shard(self, identity: ShardIdentity) -> None:
+        """Makes ``identity`` the generation's shard, or refuses another than the one it has;
+        the caller holds the structure lock (or builds the generation).
+
+        Raises:
+            FailedPrecondition: the generation is another shard (``SHARD_MISMATCH``).
+        """
+        check_same_shard(self.shard, identity)
+        self.shard = identity
 
     def add_variables(self, variables: Iterable[ManagedVariable]) -> None:
         """Appends variables of one creation request; the caller holds the structure lock."""

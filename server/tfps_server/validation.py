@@ -20,11 +20,12 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from tfps_client.types import OptimizerOptions
+from tfps_client.types import OptimizerOptions, Partition, Placement, ShardIdentity
 from tfps_client.wire.convert import DenseGradient, Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     clipped,
@@ -76,6 +77,13 @@ class Described(Protocol):
 
     @property
     def dtype(self) -> str: ...
+
+
+class Declared(Described, Protocol):
+    """A variable with the placement it was declared with, as the checks see it."""
+
+    @property
+    def placement(self) -> Placement | None: ...
 
 
 class WeightSpec(NamedTuple):
@@ -157,9 +165,14 @@ def check_dtype(variable: str, dtype: str) -> None:
 
 
 def check_same_declaration(
-    existing: Described, existing_optimizer: str, optimizer: str, value: np.ndarray
+    existing: Declared,
+    existing_optimizer: str,
+    optimizer: str,
+    value: np.ndarray,
+    placement: Placement | None,
 ) -> None:
-    """Refuses a declaration that differs from the existing variable, naming what differs."""
+    """Refuses a declaration (optimizer, initial value, placement) that differs from the
+    existing variable, naming what differs."""
     differences: list[tuple[str, object, object]] = []
     if existing.shape != value.shape:
         differences.append(("shape", list(existing.shape), list(value.shape)))
@@ -167,7 +180,144 @@ def check_same_declaration(
         differences.append(("dtype", existing.dtype, value.dtype.name))
     if existing_optimizer != optimizer:
         differences.append(("optimizer", existing_optimizer, optimizer))
+    if existing.placement != placement:
+        differences.append(
+            ("placement", placement_text(existing.placement), placement_text(placement))
+        )
     _refuse_differences("variable", existing.name, differences, Reason.VARIABLE_EXISTS)
+
+
+# Shards and placements ------------------------------------------------------------------------
+
+
+def shard_text(identity: ShardIdentity) -> str:
+    """A shard identity as messages show it: ``shard 1 of 3``."""
+    return f"shard {identity.shard} of {identity.shards}"
+
+
+def placement_text(placement: Placement | None) -> str:
+    """A placement as messages show it: ``none``, ``shard 1 of 3``, or with its partition
+    ``shard 1 of 3, part 0 of 2 of 'emb' [10, 4] from row 0``."""
+    if placement is None:
+        return "none"
+    text = shard_text(placement.identity)
+    part = placement.partition
+    if part is None:
+        return text
+    return (
+        f"{text}, part {part.index} of {part.count} of {shown(part.variable)} "
+        f"{_shape_text(part.shape)} from row {part.row_offset}"
+    )
+
+
+def check_shard(where: str, shard: int, shards: int) -> ShardIdentity:
+    """Returns the identity of shard ``shard`` of ``shards``, refusing one out of range."""
+    if shards < 1 or not 0 <= shard < shards:
+        raise InvalidArgument(
+            f"{where}: expected shards >= 1 and shard in [0, shards), received shard {shard} "
+            f"of {shards}",
+            Reason.INVALID_SHARD,
+            {"expected": "shards >= 1, 0 <= shard < shards", "received": f"{shard} of {shards}"},
+        )
+    return ShardIdentity(shard, shards)
+
+
+def check_same_shard(held: ShardIdentity | None, declared: ShardIdentity) -> None:
+    """Refuses a shard identity other than the one the server holds (none: any is taken)."""
+    if held is not None and held != declared:
+        raise FailedPrecondition(
+            f"this server is {shard_text(held)}; the client declared it {shard_text(declared)} "
+            "(a different or reordered shard list)",
+            Reason.SHARD_MISMATCH,
+            {"expected": shard_text(held), "received": shard_text(declared)},
+        )
+
+
+def check_placements(
+    declarations: Sequence[tuple[str, np.ndarray]],
+    placements: Mapping[str, Placement],
+    max_name_bytes: int,
+) -> ShardIdentity | None:
+    """Checks the placements of variables declared together; returns the shard they name.
+
+    Every declaration carries a placement of the same shard as the first declaration's, or
+    none carries one (None is returned then); each placement and partition must be in range
+    and fit its variable.
+    """
+    if not placements:
+        return None
+    first = declarations[0][0]
+    expected = _shard_of(placements.get(first))
+    for name, value in declarations:
+        placement = placements.get(name)
+        if _shard_of(placement) != expected:
+            received = placement_text(placement)
+            raise InvalidArgument(
+                f"variable {shown(name)}: expected the placement of every declaration of one "
+                f"request on one shard, that of the first ({shown(first)}: {expected}), "
+                f"received {received}",
+                Reason.INVALID_PLACEMENT,
+                {"variable": name, "expected": expected, "received": received},
+            )
+        if placement is not None:
+            check_shard(f"variable {shown(name)}: placement", placement.shard, placement.shards)
+            if placement.partition is not None:
+                check_partition(name, value.shape, placement.partition, max_name_bytes)
+    placed = placements.get(first)
+    return None if placed is None else placed.identity
+
+
+def _shard_of(placement: Placement | None) -> str:
+    return "none" if placement is None else shard_text(placement.identity)
+
+
+def check_partition(
+    name: str, shape: tuple[int, ...], partition: Partition, max_name_bytes: int
+) -> None:
+    """Checks that a variable of ``shape`` is the part of its whole that ``partition`` says."""
+    try:
+        check_name("variable", partition.variable, max_name_bytes)
+    except (InvalidArgument, ResourceExhausted) as error:
+        raise type(error)(
+            f"variable {shown(name)}: partition: whole {error.message}",
+            error.reason,
+            {**error.metadata, "variable": name},
+        ) from None
+    problem = _partition_problem(shape, partition)
+    if problem is not None:
+        field, expected, received = problem
+        raise InvalidArgument(
+            f"variable {shown(name)}: partition of {shown(partition.variable)}: expected "
+            f"{expected}, received {received}",
+            Reason.INVALID_PLACEMENT,
+            {"variable": name, "field": field, "expected": expected, "received": received},
+        )
+
+
+def _partition_problem(part: tuple[int, ...], partition: Partition) -> tuple[str, str, str] | None:
+    """The first field of a partition that does not fit its part: (field, expected, received)."""
+    whole = tuple(partition.shape)
+    if partition.count < 1 or partition.index >= partition.count:
+        return (
+            "index",
+            "count >= 1 and index < count",
+            f"index {partition.index} of count {partition.count}",
+        )
+    if not whole:
+        return "shape", "a whole shape of rank >= 1", "[]"
+    if len(part) != len(whole) or part[1:] != whole[1:]:
+        return (
+            "shape",
+            f"a part of the whole's shape {_shape_text(whole)} but for its rows",
+            _shape_text(part),
+        )
+    if not 0 <= partition.row_offset <= whole[0] - part[0]:
+        return (
+            "row_offset",
+            f"row_offset >= 0 with the part's {part[0]} rows within the whole's {whole[0]}",
+            str(partition.row_offset),
+        )
+    return None
 
 
 def check_same_optimizer(

@@ -51,9 +51,11 @@ WRITES = frozenset(
         "SetOptimizerWeights",
         "SetHyperparameter",
         "RestoreCheckpoint",
+        "DeclareShard",
     }
 )
-"""Methods that may change variables and optimizers; every other method only reads."""
+"""Methods that may change the state (variables, optimizers, the shard identity); every
+other method only reads."""
 
 STUCK = frozenset({"hang", "health", "unreadable"})
 """Kinds of failure after which the server is replaced rather than reset."""

@@ -108,6 +108,11 @@ def _get_slot(draw: Draw, state: SeedState) -> Message:
     return pb.GetSlotRequest(variable=variable.name, slot=slot)
 
 
+def _declare_shard(draw: Draw, state: SeedState) -> Message:
+    shards = draw(st.integers(1, 4))
+    return pb.DeclareShardRequest(shard=draw(st.integers(0, shards - 1)), shards=shards)
+
+
 def _of_optimizer(message: type[Message]) -> Callable[[Draw, SeedState], Message]:
     return lambda draw, state: message(optimizer=_optimizer(draw, state))
 
@@ -135,5 +140,6 @@ _VALID: dict[str, Callable[[Draw, SeedState], Message]] = {
     "ListCheckpoints": _empty(pb.ListCheckpointsRequest),
     "RestoreCheckpoint": _of_checkpoint(pb.RestoreCheckpointRequest),
     "DownloadCheckpoint": _of_checkpoint(pb.DownloadCheckpointRequest),
+    "DeclareShard": _declare_shard,
 }
 """A valid request of every unary-request method, by method name."""

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tfps_client.types import Async, OptimizerOptions, Sync
+from tfps_client.types import Async, OptimizerOptions, Partition, Placement, ShardIdentity, Sync
 
 FORMAT = "tfps-checkpoint"
 """The ``format`` field of the metadata."""
@@ -75,6 +75,9 @@ class VariableEntry:
     """Element type, for example ``"float32"``."""
     batch: int
     """The creation request it came in (slots are created per request)."""
+    placement: Placement | None = None
+    """Where a sharded client placed it (None: an unsharded client, or a checkpoint written
+    before the field existed)."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,16 @@ class CheckpointMetadata:
     device: str = ""
     """The server's device at the save, as ``/device:CPU:0`` (``""``: a checkpoint written
     before the field existed). A checkpoint restores onto any device."""
+    shard: ShardIdentity | None = None
+    """The server's shard identity at the save (None: it had none, or a checkpoint written
+    before the field existed); a restore gives the server this one."""
 
     def to_json(self) -> str:
-        """Serializes the metadata."""
+        """Serializes the metadata.
+
+        ``placement`` and ``shard`` are written only when set: the metadata of an unsharded
+        server stays readable by versions that came before them.
+        """
         return json.dumps(
             {
                 "format": FORMAT,
@@ -127,9 +137,10 @@ class CheckpointMetadata:
                     vars(o) | {"weights": list(o.weights), "slots": list(o.slots)}
                     for o in self.optimizers
                 ],
-                "variables": [vars(v) | {"shape": list(v.shape)} for v in self.variables],
+                "variables": [_variable_to_json(v) for v in self.variables],
                 "requests": [list(r) for r in self.requests],
                 "device": self.device,
+                **({} if self.shard is None else {"shard": self.shard._asdict()}),
             }
         )
 
@@ -156,16 +167,59 @@ class CheckpointMetadata:
                     )
                     for o in data["optimizers"]
                 ),
-                variables=tuple(
-                    VariableEntry(**(v | {"shape": tuple(v["shape"])})) for v in data["variables"]
-                ),
+                variables=tuple(_variable_from_json(v) for v in data["variables"]),
                 requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
                 device=str(data.get("device", "")),
+                shard=_shard_from_json(data.get("shard")),
             )
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise ValueError(
                 f"malformed {FORMAT} metadata: {type(error).__name__}: {error}"
             ) from error
+
+
+def _shard_from_json(data: Mapping[str, Any] | None) -> ShardIdentity | None:
+    return None if data is None else ShardIdentity(int(data["shard"]), int(data["shards"]))
+
+
+def _variable_to_json(entry: VariableEntry) -> dict[str, Any]:
+    """A variable entry as metadata records it; ``placement`` only when set."""
+    data = vars(entry) | {"shape": list(entry.shape)}
+    placement = data.pop("placement")
+    if placement is not None:
+        part = placement.partition
+        data["placement"] = {
+            "shard": placement.shard,
+            "shards": placement.shards,
+            "partition": None if part is None else asdict(part) | {"shape": list(part.shape)},
+        }
+    return data
+
+
+def _variable_from_json(data: Mapping[str, Any]) -> VariableEntry:
+    """Inverse of :func:`_variable_to_json`; an entry without ``placement`` has none."""
+    placement = data.get("placement")
+    return VariableEntry(
+        **{
+            **data,
+            "shape": tuple(data["shape"]),
+            "placement": None if placement is None else _placement_from_json(placement),
+        }
+    )
+
+
+def _placement_from_json(data: Mapping[str, Any]) -> Placement:
+    part = data["partition"]
+    partition = None
+    if part is not None:
+        partition = Partition(
+            str(part["variable"]),
+            int(part["index"]),
+            int(part["count"]),
+            int(part["row_offset"]),
+            tuple(int(d) for d in part["shape"]),
+        )
+    return Placement(int(data["shard"]), int(data["shards"]), partition)
 
 
 def options_to_json(options: OptimizerOptions) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from tfps_client.types import (
     IndexedSlices,
     OptimizerOptions,
     Outcome,
+    Partition,
+    Placement,
     PushResult,
     Sync,
     VariableInfo,
@@ -177,6 +179,39 @@ def options_from_message(message: pb.OptimizerOptions) -> OptimizerOptions:
 # Variables and checkpoints ---------------------------------------------------------------------
 
 
+def placement_to_message(placement: Placement) -> pb.Placement:
+    """Returns the wire form of a variable's placement."""
+    part = placement.partition
+    return pb.Placement(
+        shard=placement.shard,
+        shards=placement.shards,
+        partition=None
+        if part is None
+        else pb.Partition(
+            variable=part.variable,
+            index=part.index,
+            count=part.count,
+            row_offset=part.row_offset,
+            shape=part.shape,
+        ),
+    )
+
+
+def placement_of(message: pb.VariableDeclaration | pb.VariableInfo) -> Placement | None:
+    """Returns the placement a declaration or a variable's description carries; None when
+    it carries none."""
+    if not message.HasField("placement"):
+        return None
+    wire = message.placement
+    part = wire.partition
+    partition = (
+        Partition(part.variable, part.index, part.count, part.row_offset, tuple(part.shape))
+        if wire.HasField("partition")
+        else None
+    )
+    return Placement(wire.shard, wire.shards, partition)
+
+
 def variable_info_to_message(info: VariableInfo) -> pb.VariableInfo:
     """Returns the wire description of a variable."""
     return pb.VariableInfo(
@@ -184,6 +219,7 @@ def variable_info_to_message(info: VariableInfo) -> pb.VariableInfo:
         spec=tensor_pb2.TensorSpec(dtype=codec.wire_dtype(info.dtype), shape=info.shape),
         optimizer=info.optimizer,
         device=info.device,
+        placement=None if info.placement is None else placement_to_message(info.placement),
     )
 
 
@@ -195,6 +231,7 @@ def variable_info_from_message(message: pb.VariableInfo) -> VariableInfo:
         dtype=codec.numpy_dtype(message.spec.dtype),
         optimizer=message.optimizer,
         device=message.device,
+        placement=placement_of(message),
     )
 
 

@@ -121,6 +121,18 @@ class Reason(str, enum.Enum):
     """The server is restoring a checkpoint before serving."""
     SHUTTING_DOWN = "SHUTTING_DOWN"
     """The server is stopping; retry against its successor."""
+    INVALID_ADVANCE = "INVALID_ADVANCE"
+    """An optimizer named twice in a push's ``advance``, or named there and touched by a
+    gradient of the same push."""
+    # Shards
+    INVALID_SHARD = "INVALID_SHARD"
+    """A shard identity out of range: ``shards`` < 1, or ``shard`` >= ``shards``."""
+    SHARD_MISMATCH = "SHARD_MISMATCH"
+    """The server is another shard than the one a client declared: the client's list of
+    servers is another (reordered, shorter or longer) than the one that declared it."""
+    INVALID_PLACEMENT = "INVALID_PLACEMENT"
+    """Placements that differ in one creation request, or a partition that does not fit
+    the variable or its whole (index, count, shape or rows)."""
     # Listings
     INVALID_PAGE = "INVALID_PAGE"
     """A negative page size, or a page token that no page gave."""

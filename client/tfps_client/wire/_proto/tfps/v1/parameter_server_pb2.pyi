@@ -99,12 +99,38 @@ class CreateOptimizerResponse(_message.Message):
     def __init__(self, created: _Optional[bool] = ...) -> None: ...
 
 class VariableDeclaration(_message.Message):
-    __slots__ = ("name", "spec")
+    __slots__ = ("name", "spec", "placement")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: _tensor_pb2.TensorSpec
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ...) -> None: ...
+    placement: Placement
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ...) -> None: ...
+
+class Placement(_message.Message):
+    __slots__ = ("shard", "shards", "partition")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    shards: int
+    partition: Partition
+    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ...) -> None: ...
+
+class Partition(_message.Message):
+    __slots__ = ("variable", "index", "count", "row_offset", "shape")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    variable: str
+    index: int
+    count: int
+    row_offset: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, variable: _Optional[str] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., row_offset: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateVariablesRequest(_message.Message):
     __slots__ = ("optimizer", "variables", "chunks")
@@ -133,16 +159,18 @@ class ListVariablesRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class VariableInfo(_message.Message):
-    __slots__ = ("name", "spec", "optimizer", "device")
+    __slots__ = ("name", "spec", "optimizer", "device", "placement")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: _tensor_pb2.TensorSpec
     optimizer: str
     device: str
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., optimizer: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    placement: Placement
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., optimizer: _Optional[str] = ..., device: _Optional[str] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ...) -> None: ...
 
 class ListVariablesResponse(_message.Message):
     __slots__ = ("variables", "next_page_token")
@@ -163,18 +191,20 @@ class GradientHeader(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., dense: _Optional[_Union[_tensor_pb2.DenseSpec, _Mapping]] = ..., sparse: _Optional[_Union[_tensor_pb2.IndexedSlicesSpec, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
     worker: str
     step: int
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+    advance: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OptimizerPushResult(_message.Message):
     __slots__ = ("outcome", "iterations")
@@ -198,20 +228,22 @@ class PushResponse(_message.Message):
     def __init__(self, results: _Optional[_Mapping[str, OptimizerPushResult]] = ...) -> None: ...
 
 class PushPullRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
     worker: str
     step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ...) -> None: ...
+    advance: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushPullResponse(_message.Message):
     __slots__ = ("push", "tensors", "chunks")
@@ -455,3 +487,15 @@ class CheckpointManifest(_message.Message):
     checkpoint: CheckpointInfo
     files: _containers.RepeatedCompositeFieldContainer[FileDigest]
     def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ...) -> None: ...
+
+class DeclareShardRequest(_message.Message):
+    __slots__ = ("shard", "shards")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    shards: int
+    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
+
+class DeclareShardResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -137,6 +137,11 @@ class ParameterServerStub:
                 request_serializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.SerializeToString,
                 response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.FromString,
                 _registered_method=True)
+        self.DeclareShard = channel.unary_unary(
+                '/tfps.v1.ParameterServer/DeclareShard',
+                request_serializer=tfps_dot_v1_dot_parameter__server__pb2.DeclareShardRequest.SerializeToString,
+                response_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DeclareShardResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -281,6 +286,13 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclareShard(self, request, context):
+        """Tells the server which shard of a sharded client's list it is. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -373,6 +385,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.DownloadCheckpoint,
                     request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.FromString,
                     response_serializer=tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.SerializeToString,
+            ),
+            'DeclareShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareShard,
+                    request_deserializer=tfps_dot_v1_dot_parameter__server__pb2.DeclareShardRequest.FromString,
+                    response_serializer=tfps_dot_v1_dot_parameter__server__pb2.DeclareShardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -874,6 +891,33 @@ class ParameterServer:
             '/tfps.v1.ParameterServer/DownloadCheckpoint',
             tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointRequest.SerializeToString,
             tfps_dot_v1_dot_parameter__server__pb2.DownloadCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tfps.v1.ParameterServer/DeclareShard',
+            tfps_dot_v1_dot_parameter__server__pb2.DeclareShardRequest.SerializeToString,
+            tfps_dot_v1_dot_parameter__server__pb2.DeclareShardResponse.FromString,
             options,
             channel_credentials,
             insecure,
