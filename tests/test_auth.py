@@ -141,7 +141,7 @@ METHODS = sorted(method.name for method in SERVICE.methods)
 def _declare_shard(client: Client) -> None:
     """DeclareShard(0 of 1) with the client's channel and token: the client has no method
     for it (a sharded client declares its shards)."""
-    stub = pb_grpc.ParameterServerStub(client._channel)
+    stub = pb_grpc.ParameterServerStub(client._channels[0])
     request = pb.DeclareShardRequest(shard=0, shards=1)
     try:
         stub.DeclareShard(request, metadata=client._settings.metadata, timeout=60)

@@ -2,7 +2,7 @@
 corpus replayed, a bounded smoke run, and the long run of ``make fuzz``.
 
 The smoke run is seeded (batch seeds 0, 1, 2, ...), so it makes the same cases in the
-same order on every machine; it stops after about 40 seconds, once it has run at least
+same order on every machine; it stops after about 20 seconds, once it has run at least
 :data:`SMOKE_MIN_CASES`. ``make fuzz`` runs for ``FUZZ_SECONDS`` (default 30 minutes)
 from random seeds and saves every new fault it finds into the corpus.
 """
@@ -22,7 +22,7 @@ from fuzz.oracle import Finding, check
 from fuzz.run import fuzz, rescue_inflight
 from fuzz.target import Target
 
-SMOKE_SECONDS = 40.0
+SMOKE_SECONDS = 20.0
 """Wall time of the smoke run, give or take a batch."""
 
 SMOKE_MIN_CASES = 300

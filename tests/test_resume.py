@@ -119,7 +119,7 @@ def test_kill_9_then_restart_resumes_bitwise(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_kill_9_during_saves_always_leaves_a_loadable_latest(tmp_path: Path) -> None:
     rng = random.Random(5)
-    for round_number in range(4):
+    for round_number in range(3):
         process, client = start_with_checkpoints(
             tmp_path, "--checkpoint-every-seconds", "0.01", "--keep-checkpoints", "3"
         )

@@ -73,7 +73,7 @@ KEEP = 3
 TIMEOUT = 120.0
 """Seconds a concurrent call may take before the test fails instead of hanging."""
 
-EXAMPLES = int(os.environ.get("TFPS_STATE_MODEL_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("TFPS_STATE_MODEL_EXAMPLES", "20"))
 """Runs of random steps, each on fresh servers (raise it for a longer search)."""
 
 SHRINK = os.environ.get("TFPS_STATE_MODEL_SHRINK") == "1"

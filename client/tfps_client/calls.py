@@ -15,7 +15,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, BinaryIO, Generic, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 from google.protobuf.message import Message
@@ -277,8 +277,24 @@ class FileReceiver:
             handle.close()
 
 
-Steps = Generator[Call, Any, _T]
-"""A client method's body: yields its calls, receives their results, returns its own."""
+class Fanout(NamedTuple):
+    """Steps run on several shards at once, each on its own shard's channel: one round
+    trip for all of them. Its result is each one's, by shard index; when any raised, the
+    first error (in shard order) is thrown in once all of them ended."""
+
+    steps: Mapping[int, Steps[Any]]
+    """The steps each shard runs, by its index in the client's address list; their
+    calls are :class:`Call` s (a fan-out does not nest)."""
+
+
+def one(call: Call) -> Steps[Any]:
+    """Steps that make ``call`` and return its result, for a :class:`Fanout`."""
+    return (yield call)
+
+
+Steps = Generator["Call | Fanout", Any, _T]
+"""A client method's body: yields its calls (or fan-outs of other steps over the shards),
+receives their results, returns its own."""
 
 
 class Run(Generic[_T]):
@@ -292,20 +308,21 @@ class Run(Generic[_T]):
 
     Args:
         steps: the method's body, not started.
-        timeout: seconds the method may take, all its calls together; None: no limit.
+        deadline: the deadline all the method's calls share (a fan-out's steps share
+            the method's).
     """
 
-    def __init__(self, steps: Steps[_T], timeout: float | None) -> None:
+    def __init__(self, steps: Steps[_T], deadline: Deadline) -> None:
         self._steps = steps
-        self.deadline = Deadline(timeout)
+        self.deadline = deadline
         """The deadline all the method's calls share."""
-        self._call: Call | None = None
+        self._call: Call | Fanout | None = None
         self._outcome: Any = None
         self._error: TfpsError | None = None
         self.result: _T
         """The method's result, once :meth:`next_call` returned None."""
 
-    def next_call(self) -> Call | None:
+    def next_call(self) -> Call | Fanout | None:
         """Runs the steps up to their next call and returns it; None once they returned.
 
         Raises:
@@ -326,7 +343,7 @@ class Run(Generic[_T]):
         except ValueError as error:
             if made is None:
                 raise
-            raise undecodable(made.method, error) from error
+            raise undecodable(_method_of(made), error) from error
         finally:
             self._outcome = None
         return self._call
@@ -338,3 +355,17 @@ class Run(Generic[_T]):
     def fail(self, error: TfpsError) -> None:
         """Takes the error of the call :meth:`next_call` returned."""
         self._error = error
+
+
+def _method_of(made: Call | Fanout) -> str:
+    """The RPC a response that could not be decoded came from."""
+    return made.method if isinstance(made, Call) else "fan-out"
+
+
+def first_error(outcomes: Mapping[int, object]) -> TfpsError | None:
+    """The error of a :class:`Fanout`'s lowest shard that failed, if any; the outcomes are
+    its steps' results or errors, by shard."""
+    for shard in sorted(outcomes):
+        if isinstance(outcomes[shard], TfpsError):
+            return cast(TfpsError, outcomes[shard])
+    return None

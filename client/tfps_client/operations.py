@@ -28,9 +28,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client import calls, checkpoint_files
+from tfps_client import calls, checkpoint_files, sharding
 from tfps_client.calls import Steps
-from tfps_client.errors import AbortedError
+from tfps_client.errors import AbortedError, TfpsError, UnimplementedError
+from tfps_client.tf_config import ps_addresses
 from tfps_client.transport import MAX_MESSAGE_BYTES, TlsCredentials, bearer_metadata
 from tfps_client.types import (
     Aggregation,
@@ -38,6 +39,7 @@ from tfps_client.types import (
     CheckpointInfo,
     CreateVariablesResult,
     OptimizerOptions,
+    Outcome,
     PushResult,
     RetryPolicy,
     Sync,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+_Client = TypeVar("_Client", bound="Operations")
 
 LISTING_RESTARTS = 3
 """Times ``list_variables`` starts again when the state is replaced between its pages,
@@ -65,8 +68,10 @@ imported a ``tf.Tensor``, ``tf.Variable`` or ``tf.IndexedSlices``."""
 class Settings:
     """A client's configuration: what its constructor was given, and what a pickle keeps."""
 
-    address: str
+    addresses: tuple[str, ...]
+    """The servers, one per shard, in shard order."""
     timeout: float | None
+    max_shard_bytes: int | None
     chunk_bytes: int
     max_message_bytes: int
     credentials: grpc.ChannelCredentials | None
@@ -118,9 +123,10 @@ class Operations:
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         timeout: float | None = 60.0,
         *,
+        max_shard_bytes: int | None = None,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
@@ -128,24 +134,56 @@ class Operations:
         token: str | None = None,
     ) -> None:
         self._settings = Settings(
-            address,
+            _checked_addresses(address),
             _checked_timeout(timeout),
+            _checked_max_shard_bytes(max_shard_bytes),
             chunk_bytes,
             max_message_bytes,
             credentials,
             retry or RetryPolicy(),
             bearer_metadata(token),
         )
+        self._start()
+
+    @classmethod
+    def from_tf_config(
+        cls: type[_Client], tf_config: str | Mapping[str, Any] | None = None, **options: Any
+    ) -> _Client:
+        """A client of the ``ps`` tasks of ``TF_CONFIG``, one shard each in task order.
+
+        Args:
+            tf_config: the JSON or its mapping; None reads the ``TF_CONFIG`` variable.
+            **options: the constructor's other arguments.
+
+        Raises:
+            ValueError: ``TF_CONFIG`` is unset, malformed, or has no ``ps`` task.
+        """
+        return cls(ps_addresses(tf_config), **options)
+
+    def _start(self) -> None:
+        """Opens the channels of :attr:`_settings`, knowing nothing of the shards yet."""
+        self._layout: sharding.Layout | None = None
+        self._shards_declared = False
         self._connect()
 
     def _connect(self) -> None:
-        """Prepares the channel of :attr:`_settings`."""
+        """Prepares the channels of :attr:`_settings`."""
         raise NotImplementedError
 
     @property
     def address(self) -> str:
-        """``host:port`` of the server."""
-        return self._settings.address
+        """``host:port`` of the server; of a sharded client, the shards' joined by commas."""
+        return ",".join(self._settings.addresses)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """``host:port`` of each shard, in shard order (one for an unsharded client)."""
+        return self._settings.addresses
+
+    @property
+    def max_shard_bytes(self) -> int | None:
+        """Bytes above which a new variable is split by rows over the shards."""
+        return self._settings.max_shard_bytes
 
     @property
     def timeout(self) -> float | None:
@@ -175,7 +213,94 @@ class Operations:
 
     def __setstate__(self, settings: Settings) -> None:
         self._settings = settings
-        self._connect()
+        self._start()
+
+    # Shards -----------------------------------------------------------------------------------
+
+    @property
+    def _shards(self) -> int:
+        return len(self._settings.addresses)
+
+    def _everywhere(self, call: calls.Call) -> calls.Fanout:
+        """``call`` made on every shard at once."""
+        return calls.Fanout({shard: calls.one(call) for shard in range(self._shards)})
+
+    def _known_layout(
+        self, names: Iterable[str] = (), *, refresh: bool = False
+    ) -> Steps[sharding.Layout]:
+        """The layout of a sharded client's variables, listed from the shards on first use,
+        and again when ``names`` holds one it does not know (created since by another
+        client) or ``refresh`` says so. The first use also declares each server's shard
+        index, so that a server given at another index than before refuses
+        (``SHARD_MISMATCH``)."""
+        if not self._shards_declared:
+            yield calls.Fanout(
+                {
+                    shard: calls.one(
+                        calls.unary(
+                            "DeclareShard",
+                            pb.DeclareShardRequest(shard=shard, shards=self._shards),
+                        )
+                    )
+                    for shard in range(self._shards)
+                }
+            )
+            self._shards_declared = True
+        layout = self._layout
+        if refresh or layout is None or any(name not in layout.variables for name in names):
+            listings = yield calls.Fanout({shard: _list_all() for shard in range(self._shards)})
+            layout = self._layout = sharding.layout_from_listings(
+                [listings[shard] for shard in range(self._shards)]
+            )
+        return layout
+
+    def _not_sharded(self, method: str) -> None:
+        """Refuses a method a sharded client does not have yet.
+
+        Raises:
+            UnimplementedError: the client has several shards.
+        """
+        if self._shards > 1:
+            raise UnimplementedError(
+                f"{method}: not available on a sharded client yet (its weights and "
+                f"checkpoints span {self._shards} servers); call it on a client of each shard"
+            )
+
+    def _home(self, optimizer: str) -> Steps[int]:
+        """The first shard holding variables of ``optimizer`` (which has created its slots
+        and counts its pushes), or shard 0 when none does."""
+        if self._shards == 1:
+            return 0
+        layout = yield from self._known_layout()
+        return next(iter(layout.optimizer_shards(optimizer)), 0)
+
+    def _split_push(
+        self, gradients: Mapping[str, Gradient], header: Mapping[str, Any]
+    ) -> Steps[dict[int, tuple[dict[str, Any], list[np.ndarray]]]]:
+        """The header and tensors of each shard's part of a push (``header`` is the whole
+        push's): the gradients of the parts it holds, and ``advance`` naming the pushed
+        optimizers whose variables it holds but none of whose gradients it gets, so that
+        every shard's ``iterations`` grow together."""
+        names = [name for name, gradient in gradients.items() if gradient is not None]
+        layout = yield from self._known_layout(names)
+        pushes = {}
+        for shard, parts in sharding.split_gradients(layout, gradients).items():
+            shard_header = _shard_header(header)
+            shard_header["gradients"], arrays = convert.gradients_to_wire(parts)
+            pushes[shard] = (shard_header, arrays)
+        for optimizer in sorted({layout.get(name).optimizer for name in names}):
+            fed = {
+                s
+                for name in names
+                if layout.get(name).optimizer == optimizer
+                for s in layout.get(name).shards
+            }
+            for shard in layout.optimizer_shards(optimizer):
+                if shard not in fed:
+                    pushes.setdefault(shard, (_shard_header(header), []))[0]["advance"].append(
+                        optimizer
+                    )
+        return pushes
 
     # Optimizers -------------------------------------------------------------------------------
 
@@ -225,8 +350,8 @@ class Operations:
                 OptimizerOptions(aggregation or Async(), on_non_finite, lazy_sparse)
             ),
         )
-        response = yield calls.unary("CreateOptimizer", request)
-        return bool(response.created)
+        responses = yield self._everywhere(calls.unary("CreateOptimizer", request))
+        return any(response.created for response in responses.values())
 
     @ClientMethod
     def get_options(self, optimizer: str) -> Steps[OptimizerOptions]:
@@ -260,7 +385,8 @@ class Operations:
             TypeError: ``optimizer`` is not a string.
         """
         request = codec.build_message(pb.GetIterationsRequest, optimizer=optimizer)
-        response = yield calls.unary("GetIterations", request)
+        shard = yield from self._home(optimizer)
+        response = yield from _on(shard, calls.unary("GetIterations", request))
         return int(response.iterations)
 
     @ClientMethod
@@ -271,7 +397,8 @@ class Operations:
             TypeError: ``optimizer`` is not a string.
         """
         request = codec.build_message(pb.GetSlotNamesRequest, optimizer=optimizer)
-        response = yield calls.unary("GetSlotNames", request)
+        shard = yield from self._home(optimizer)
+        response = yield from _on(shard, calls.unary("GetSlotNames", request))
         return list(response.slot_names)
 
     @ClientMethod
@@ -282,8 +409,24 @@ class Operations:
             TypeError: ``variable`` or ``slot`` is not a string.
         """
         request = codec.build_message(pb.GetSlotRequest, variable=variable, slot=slot)
-        _, (value,) = yield calls.download("GetSlot", request, lambda first: [first.slot])
-        return value
+        if self._shards == 1:
+            _, (value,) = yield calls.download("GetSlot", request, lambda first: [first.slot])
+            return value
+        placed = (yield from self._known_layout([variable])).get(variable)
+        answers = yield calls.Fanout(
+            {
+                part.shard: calls.one(
+                    calls.download(
+                        "GetSlot",
+                        pb.GetSlotRequest(variable=part.name, slot=slot),
+                        lambda first: [first.slot],
+                    )
+                )
+                for part in placed.parts
+            }
+        )
+        values = {part.name: answers[part.shard][1][0] for part in placed.parts}
+        return sharding.join_parts(placed, values)
 
     @ClientMethod
     def get_weights(self, optimizer: str) -> Steps[list[np.ndarray]]:
@@ -292,6 +435,7 @@ class Operations:
         Raises:
             TypeError: ``optimizer`` is not a string.
         """
+        self._not_sharded("get_weights")
         request = codec.build_message(pb.GetOptimizerWeightsRequest, optimizer=optimizer)
         _, weights = yield calls.download(
             "GetOptimizerWeights", request, lambda first: first.weights
@@ -306,6 +450,7 @@ class Operations:
             TypeError: ``optimizer`` is not a string or ``weights`` not a sequence.
             ValueError: a weight is not an array of a dtype the wire carries.
         """
+        self._not_sharded("set_weights")
         arrays = [np.asarray(w) for w in weights]
         header = {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in arrays]}
         yield calls.upload("SetOptimizerWeights", header, arrays)
@@ -331,7 +476,7 @@ class Operations:
             request.schedule_json = json.dumps(value)
         else:
             request.number = float(value)
-        yield calls.unary("SetHyperparameter", request)
+        yield self._everywhere(calls.unary("SetHyperparameter", request))
 
     # Variables --------------------------------------------------------------------------------
 
@@ -343,6 +488,15 @@ class Operations:
 
         Idempotent: the first creator's values win, and an identical declaration
         (name, shape, dtype, optimizer) succeeds without changing anything.
+
+        A sharded client places each new variable on the shard holding the fewest bytes
+        (in declaration order), split by rows over several when it has more than
+        ``max_shard_bytes``, and records the placement on the shards. Clipping stays
+        exactly a single server's: the variables of an optimizer with ``clipnorm`` (a
+        norm per variable) are never split, and those of one with ``global_clipnorm``
+        (one norm over all its gradients) all go to one shard. Clients creating the same
+        variables at once must declare them alike (same names, order and calls), as the
+        workers of one model do, so that they place them alike.
 
         Raises:
             TypeError: ``variables`` is not a mapping, or a name is not a string.
@@ -358,8 +512,49 @@ class Operations:
                 for name, array in zip(names, arrays, strict=True)
             ],
         }
-        response = yield calls.upload("CreateVariables", header, arrays)
-        return CreateVariablesResult(tuple(response.created), tuple(response.existing))
+        if self._shards == 1:
+            response = yield calls.upload("CreateVariables", header, arrays)
+            return CreateVariablesResult(tuple(response.created), tuple(response.existing))
+        config_request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+        layout = yield from self._known_layout(names)
+        response = yield from _on(0, calls.unary("GetOptimizerConfig", config_request))
+        clipping = json.loads(response.config_json).get("config", {})
+        layout.place(
+            [
+                sharding.Declared(name, array.shape, array.dtype, optimizer)
+                for name, array in zip(names, arrays, strict=True)
+            ],
+            None if clipping.get("clipnorm") is not None else self.max_shard_bytes,
+            together=clipping.get("global_clipnorm") is not None,
+        )
+        uploads: dict[int, tuple[list[pb.VariableDeclaration], list[np.ndarray]]] = {}
+        for name, array in zip(names, arrays, strict=True):
+            placed = layout.get(name)
+            for part, value in zip(placed.parts, sharding.split_dense(placed, array), strict=True):
+                declarations, values = uploads.setdefault(part.shard, ([], []))
+                declarations.append(sharding.declaration(layout, placed, part, value))
+                values.append(value)
+        try:
+            responses = yield calls.Fanout(
+                {
+                    shard: calls.one(
+                        calls.upload(
+                            "CreateVariables",
+                            {"optimizer": optimizer, "variables": declarations},
+                            values,
+                        )
+                    )
+                    for shard, (declarations, values) in sorted(uploads.items())
+                }
+            )
+        except TfpsError:
+            self._layout = None  # what was placed may not exist: list again next time
+            raise
+        created = {name for r in responses.values() for name in r.created}
+        return CreateVariablesResult(
+            tuple(name for name in names if created & set(layout.get(name).part_names)),
+            tuple(name for name in names if not created & set(layout.get(name).part_names)),
+        )
 
     @ClientMethod
     def list_variables(self) -> Steps[list[VariableInfo]]:
@@ -375,10 +570,10 @@ class Operations:
         Raises:
             AbortedError: the state was replaced during every attempt (``STATE_REPLACED``).
         """
-        for _ in range(LISTING_RESTARTS):
-            with contextlib.suppress(AbortedError):
-                return (yield from _list_pages())
-        return (yield from _list_pages())
+        if self._shards == 1:
+            return (yield from _list_all())
+        layout = yield from self._known_layout(refresh=True)
+        return [placed.info() for placed in layout.ordered()]
 
     @ClientMethod
     def push(
@@ -416,8 +611,14 @@ class Operations:
         """
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
-        response = yield calls.upload("Push", header, arrays)
-        return convert.push_result(response, request_id)
+        if self._shards == 1:
+            response = yield calls.upload("Push", header, arrays)
+            return convert.push_result(response, request_id)
+        pushes = yield from self._split_push(gradients, header)
+        responses = yield calls.Fanout(
+            {shard: calls.one(calls.upload("Push", h, a)) for shard, (h, a) in pushes.items()}
+        )
+        return _merged_results(responses.values(), request_id)
 
     @ClientMethod
     def push_pull(
@@ -441,11 +642,33 @@ class Operations:
         request_id = request_id or uuid.uuid4().hex
         header, arrays = _push_header(gradients, worker, step, request_id)
         header["pull"] = _variable_names("pull", pull)
-        first, values = yield calls.exchange(
-            "PushPull", header, arrays, lambda first: [t.spec for t in first.tensors]
+        if self._shards == 1:
+            first, values = yield calls.exchange(
+                "PushPull", header, arrays, lambda first: [t.spec for t in first.tensors]
+            )
+            return convert.push_result(first.push, request_id), _named(first.tensors, values)
+        pushes = yield from self._split_push(gradients, header)
+        layout = yield from self._known_layout(header["pull"])
+        wanted = [layout.get(name) for name in header["pull"]]
+        for placed in wanted:
+            for part in placed.parts:
+                shard_header, _ = pushes.setdefault(part.shard, (_shard_header(header), []))
+                shard_header["pull"].append(part.name)
+        answers = yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.exchange("PushPull", h, a, lambda first: [t.spec for t in first.tensors])
+                )
+                for shard, (h, a) in pushes.items()
+            }
         )
-        pulled = {t.name: value for t, value in zip(first.tensors, values, strict=True)}
-        return convert.push_result(first.push, request_id), pulled
+        values = {
+            name: value
+            for first, tensors in answers.values()
+            for name, value in _named(first.tensors, tensors).items()
+        }
+        result = _merged_results([first.push for first, _ in answers.values()], request_id)
+        return result, {placed.name: sharding.join_parts(placed, values) for placed in wanted}
 
     @ClientMethod
     def pull(self, names: Iterable[str] | None = None) -> Steps[dict[str, np.ndarray]]:
@@ -457,11 +680,36 @@ class Operations:
         wanted = None if names is None else _variable_names("names", names)
         if wanted == []:
             return {}
-        request = codec.build_message(pb.PullRequest, names=wanted or ())
-        first, values = yield calls.download(
-            "Pull", request, lambda first: [t.spec for t in first.tensors]
+        if self._shards == 1:
+            request = codec.build_message(pb.PullRequest, names=wanted or ())
+            first, values = yield calls.download(
+                "Pull", request, lambda first: [t.spec for t in first.tensors]
+            )
+            return _named(first.tensors, values)
+        layout = yield from self._known_layout(wanted or (), refresh=wanted is None)
+        placed = layout.ordered() if wanted is None else [layout.get(name) for name in wanted]
+        asked: dict[int, list[str]] = {}
+        for variable in placed:
+            for part in variable.parts:
+                asked.setdefault(part.shard, []).append(part.name)
+        answers = yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.download(
+                        "Pull",
+                        pb.PullRequest(names=part_names),
+                        lambda first: [t.spec for t in first.tensors],
+                    )
+                )
+                for shard, part_names in sorted(asked.items())
+            }
         )
-        return {t.name: value for t, value in zip(first.tensors, values, strict=True)}
+        values = {
+            name: value
+            for first, tensors in answers.values()
+            for name, value in _named(first.tensors, tensors).items()
+        }
+        return {variable.name: sharding.join_parts(variable, values) for variable in placed}
 
     @ClientMethod
     def pull_rows(self, name: str, ids: npt.ArrayLike) -> Steps[np.ndarray]:
@@ -480,7 +728,26 @@ class Operations:
         request = codec.build_message(
             pb.PullRowsRequest, variable=name, indices=indices.astype(np.int64).tolist()
         )
-        _, (rows,) = yield calls.download("PullRows", request, lambda first: [first.rows])
+        if self._shards == 1:
+            _, (rows,) = yield calls.download("PullRows", request, lambda first: [first.rows])
+            return rows.reshape(shape + rows.shape[1:])
+        placed = (yield from self._known_layout([name])).get(name)
+        asked = sharding.split_rows(placed, indices.astype(np.int64))
+        answers = yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.download(
+                        "PullRows",
+                        pb.PullRowsRequest(variable=part.name, indices=ids.tolist()),
+                        lambda first: [first.rows],
+                    )
+                )
+                for shard, (part, ids) in sorted(asked.items())
+            }
+        )
+        rows = sharding.join_rows(
+            placed, indices, {shard: answer[1][0] for shard, answer in answers.items()}
+        )
         return rows.reshape(shape + rows.shape[1:])
 
     # Checkpoints ------------------------------------------------------------------------------
@@ -488,12 +755,14 @@ class Operations:
     @ClientMethod
     def save_checkpoint(self) -> Steps[CheckpointInfo]:
         """Makes the server write a checkpoint of its whole state now."""
+        self._not_sharded("save_checkpoint")
         response = yield calls.unary("SaveCheckpoint", pb.SaveCheckpointRequest())
         return convert.checkpoint_info_from_message(response.checkpoint)
 
     @ClientMethod
     def list_checkpoints(self) -> Steps[list[CheckpointInfo]]:
         """Returns the checkpoints the server retains, oldest first."""
+        self._not_sharded("list_checkpoints")
         response = yield calls.unary("ListCheckpoints", pb.ListCheckpointsRequest())
         return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
 
@@ -504,6 +773,7 @@ class Operations:
         Raises:
             TypeError: ``checkpoint_id`` is not an integer.
         """
+        self._not_sharded("restore_checkpoint")
         request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id)
         response = yield calls.unary("RestoreCheckpoint", request)
         return convert.checkpoint_info_from_message(response.checkpoint)
@@ -531,11 +801,31 @@ class Operations:
             TypeError: ``checkpoint_id`` is not an integer.
             OSError: ``dest_dir`` cannot be created or written.
         """
+        self._not_sharded("download_checkpoint")
         request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id)
         manifest = yield calls.download_files("DownloadCheckpoint", request, Path(dest_dir))
         name = Path(manifest.checkpoint.path).name
         checkpoint_files.record_latest(dest_dir, name)
         return str(Path(dest_dir) / name)
+
+
+def _on(shard: int, call: calls.Call) -> Steps[Any]:
+    """Makes ``call`` on ``shard`` and returns its result."""
+    answers = yield calls.Fanout({shard: calls.one(call)})
+    return answers[shard]
+
+
+def _named(specs: Sequence[pb.NamedTensorSpec], values: Sequence[np.ndarray]) -> dict[str, Any]:
+    return {spec.name: value for spec, value in zip(specs, values, strict=True)}
+
+
+def _list_all() -> Steps[list[VariableInfo]]:
+    """Lists every variable of one server, starting again when its state is replaced
+    between two pages, at most :data:`LISTING_RESTARTS` times."""
+    for _ in range(LISTING_RESTARTS):
+        with contextlib.suppress(AbortedError):
+            return (yield from _list_pages())
+    return (yield from _list_pages())
 
 
 def _list_pages() -> Steps[list[VariableInfo]]:
@@ -568,6 +858,46 @@ def _checked_timeout(timeout: float | None) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
+def _checked_addresses(address: str | Sequence[str]) -> tuple[str, ...]:
+    """Returns the shards' addresses: one for a string, else each in order.
+
+    Raises:
+        TypeError: ``address`` is neither a string nor a sequence of strings.
+        ValueError: no address, or one given twice.
+    """
+    addresses = (address,) if isinstance(address, str) else tuple(address)
+    for one in addresses:
+        if not isinstance(one, str):
+            raise TypeError(
+                f"address: expected host:port strings, received {one!r} ({type(one).__name__})"
+            )
+    if not addresses:
+        raise ValueError("address: expected at least one host:port, received none")
+    repeated = sorted({one for one in addresses if addresses.count(one) > 1})
+    if repeated:
+        raise ValueError(f"address: expected each shard once, received {repeated} twice")
+    return addresses
+
+
+def _checked_max_shard_bytes(max_shard_bytes: int | None) -> int | None:
+    """Returns ``max_shard_bytes``: None, or a positive integer.
+
+    Raises:
+        TypeError: it is not an integer.
+        ValueError: it is zero or negative.
+    """
+    if max_shard_bytes is None:
+        return None
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, (int, np.integer)):
+        raise TypeError(
+            f"max_shard_bytes: expected an integer or None, received "
+            f"{type(max_shard_bytes).__name__}"
+        )
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes: expected bytes above 0, received {max_shard_bytes}")
+    return int(max_shard_bytes)
+
+
 def _expect_mapping(method: str, argument: str, value: object) -> None:
     if not isinstance(value, Mapping):
         raise TypeError(
@@ -592,6 +922,28 @@ def _variable_names(argument: str, names: Iterable[str]) -> list[str]:
                 f"({type(name).__name__})"
             )
     return listed
+
+
+def _shard_header(header: Mapping[str, Any]) -> dict[str, Any]:
+    """A shard's copy of a push's header, without gradients (nor variables to pull)."""
+    shard_header = {**header, "gradients": [], "advance": []}
+    if "pull" in header:
+        shard_header["pull"] = []
+    return shard_header
+
+
+def _merged_results(responses: Iterable[pb.PushResponse], request_id: str) -> PushResult:
+    """One push's result from its shards' results: an optimizer's ``iterations`` are its
+    highest, and its outcome is a shard's that did not apply or aggregate the push, if any."""
+    outcomes: dict[str, Outcome] = {}
+    iterations: dict[str, int] = {}
+    for response in responses:
+        result = convert.push_result(response, request_id)
+        for optimizer, outcome in result.outcomes.items():
+            iterations[optimizer] = max(iterations.get(optimizer, 0), result.iterations[optimizer])
+            if outcomes.get(optimizer, Outcome.APPLIED) in (Outcome.APPLIED, Outcome.AGGREGATED):
+                outcomes[optimizer] = outcome
+    return PushResult(outcomes, iterations, request_id)
 
 
 def _push_header(

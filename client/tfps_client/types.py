@@ -63,6 +63,8 @@ class Placement:
     """Number of servers in the client's list."""
     partition: Partition | None = None
     """Set when the variable is one row range of a bigger one."""
+    order: int = 0
+    """Position of the variable in the sharded client's creation order over all shards."""
 
     @property
     def identity(self) -> ShardIdentity:

@@ -194,6 +194,7 @@ def placement_to_message(placement: Placement) -> pb.Placement:
             row_offset=part.row_offset,
             shape=part.shape,
         ),
+        order=placement.order,
     )
 
 
@@ -209,7 +210,7 @@ def placement_of(message: pb.VariableDeclaration | pb.VariableInfo) -> Placement
         if wire.HasField("partition")
         else None
     )
-    return Placement(wire.shard, wire.shards, partition)
+    return Placement(wire.shard, wire.shards, partition, wire.order)
 
 
 def variable_info_to_message(info: VariableInfo) -> pb.VariableInfo:

@@ -1,0 +1,444 @@
+"""Where a sharded client's variables live, and how a call's data splits over the shards.
+
+No I/O here: :class:`Layout` is what the shards' listings say, :func:`place` decides where
+new variables go, and the ``split_*``/``join_*`` functions cut a call's tensors into the
+parts each shard holds and put the answers back together.
+
+Placement follows TensorFlow's greedy load-balancing strategy for parameter servers: each
+variable, in declaration order, goes to the shard holding the fewest bytes so far (ties go
+to the lowest index). A variable of more than ``max_shard_bytes`` is split by rows into
+parts named ``<name>/part_<i>``, as ``tf.distribute``'s ``ShardedVariable`` names them, on
+distinct shards, cut as evenly as TensorFlow's fixed partitioner cuts them but only at
+multiples of :data:`ALIGNMENT_BYTES` of the whole, so that each part is updated bitwise as
+the whole variable would be.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfps_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from tfps_client.types import IndexedSlices, Partition, Placement, VariableInfo
+from tfps_client.wire import codec, convert
+from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire.reasons import Reason
+
+
+@dataclass(frozen=True)
+class Part:
+    """One shard's piece of a variable: the whole variable, or a range of its rows."""
+
+    name: str
+    """The name the shard knows it by: the variable's, or ``<name>/part_<i>``."""
+    shard: int
+    """Index of the shard in the client's address list."""
+    row_offset: int
+    """First row of the variable the piece holds (0 for a whole variable)."""
+    rows: int
+    """Rows the piece holds (the variable's first dimension, or 1 for a scalar)."""
+    device: str = ""
+    """The device its shard keeps it on, once listed."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A variable as a sharded client sees it: its declaration and its parts."""
+
+    name: str
+    """The variable's name."""
+    shape: tuple[int, ...]
+    """The whole variable's shape."""
+    dtype: np.dtype
+    """Element type."""
+    optimizer: str
+    """The optimizer the variable is bound to."""
+    parts: tuple[Part, ...]
+    """Its pieces in row order; one part named as the variable when it is not split."""
+    order: int
+    """Its position in creation order over all shards."""
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the variable is split by rows over several shards."""
+        return self.parts[0].name != self.name
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        """The shards holding its parts."""
+        return tuple(part.shard for part in self.parts)
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The names its shards know its parts by."""
+        return tuple(part.name for part in self.parts)
+
+    def info(self) -> VariableInfo:
+        """The variable as an unsharded server would list it (on its first part's device)."""
+        return VariableInfo(self.name, self.shape, self.dtype, self.optimizer, self.parts[0].device)
+
+    def placement(self, part: Part, shards: int) -> Placement:
+        """Where ``part`` is, as its shard records it."""
+        partition = None
+        if self.partitioned:
+            partition = Partition(
+                self.name, self.parts.index(part), len(self.parts), part.row_offset, self.shape
+            )
+        return Placement(part.shard, shards, partition, self.order)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A variable a ``create_variables`` call declares."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    optimizer: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its value."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+ALIGNMENT_BYTES = 64
+"""Parts of a split variable start at multiples of this many bytes of the whole: TensorFlow's
+CPU kernels update a tensor's elements a SIMD register (up to 64 bytes) at a time and the
+rest one by one, which can round an element differently, so a part cut elsewhere would
+not be updated bitwise as the whole variable is."""
+
+
+def part_name(name: str, index: int) -> str:
+    """The name of part ``index`` of variable ``name``."""
+    return f"{name}/part_{index}"
+
+
+def row_ranges(rows: int, parts: int, unit: int = 1) -> list[tuple[int, int]]:
+    """``(offset, rows)`` of each of ``parts`` pieces of ``rows`` rows, cut at multiples of
+    ``unit`` rows: the units are shared out evenly, the first ``units % parts`` pieces
+    getting one more, and the last piece ends at ``rows``."""
+    units = math.ceil(rows / unit)
+    base, extra = divmod(units, parts)
+    ranges, offset = [], 0
+    for index in range(parts):
+        size = min((base + (index < extra)) * unit, rows - offset)
+        ranges.append((offset, size))
+        offset += size
+    return ranges
+
+
+def alignment_rows(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The fewest rows of a variable whose bytes are a multiple of :data:`ALIGNMENT_BYTES`:
+    the unit parts are cut at."""
+    row_bytes = _row_bytes(shape, dtype)
+    return ALIGNMENT_BYTES // math.gcd(ALIGNMENT_BYTES, row_bytes) if row_bytes else 1
+
+
+class Layout:
+    """The variables of a set of shards, by name.
+
+    Args:
+        shards: how many shards the client talks to.
+        variables: the variables known so far.
+    """
+
+    def __init__(self, shards: int, variables: Iterable[Placed] = ()) -> None:
+        self.shards = shards
+        self.variables: dict[str, Placed] = {v.name: v for v in variables}
+
+    def loads(self) -> list[int]:
+        """Bytes each shard holds."""
+        loads = [0] * self.shards
+        for variable in self.variables.values():
+            row_bytes = _row_bytes(variable.shape, variable.dtype)
+            for part in variable.parts:
+                loads[part.shard] += part.rows * row_bytes
+        return loads
+
+    def get(self, name: str) -> Placed:
+        """The variable ``name``.
+
+        Raises:
+            NotFoundError: no shard holds it.
+        """
+        try:
+            return self.variables[name]
+        except KeyError:
+            raise NotFoundError(
+                f"variable {name!r} not found on any of the {self.shards} shards",
+                Reason.UNKNOWN_VARIABLE.name,
+                {"variable": name},
+            ) from None
+
+    def optimizer_shards(self, optimizer: str) -> list[int]:
+        """The shards holding a variable (or a part of one) of ``optimizer``, in order."""
+        return sorted(
+            {s for v in self.variables.values() if v.optimizer == optimizer for s in v.shards}
+        )
+
+    def ordered(self) -> list[Placed]:
+        """The variables in creation order."""
+        return sorted(self.variables.values(), key=lambda v: v.order)
+
+    def place(
+        self,
+        declared: Sequence[Declared],
+        max_shard_bytes: int | None,
+        *,
+        together: bool = False,
+    ) -> list[Placed]:
+        """Places the variables of ``declared`` this layout does not hold, and adds them.
+
+        Args:
+            declared: the variables of one ``create_variables`` call.
+            max_shard_bytes: bytes above which a variable is split; None: never.
+            together: puts them all, whole, on one shard: the one holding their optimizer's
+                other variables, else the least loaded (an optimizer with
+                ``global_clipnorm`` needs all its gradients in one place for its norm).
+
+        Returns:
+            The new variables, in declaration order.
+        """
+        loads = self.loads()
+        order = max((v.order for v in self.variables.values()), default=-1) + 1
+        placed = []
+        for one in declared:
+            if one.name in self.variables:
+                continue
+            shards = range(self.shards)
+            if together:
+                held = self.optimizer_shards(one.optimizer)
+                shards = range(held[0], held[0] + 1) if held else shards
+                max_shard_bytes = None
+            variable = _place_one(one, loads, shards, max_shard_bytes, order)
+            order += 1
+            self.variables[variable.name] = variable
+            placed.append(variable)
+        return placed
+
+
+def _place_one(
+    declared: Declared,
+    loads: list[int],
+    shards: Sequence[int],
+    max_shard_bytes: int | None,
+    order: int,
+) -> Placed:
+    """Places one variable greedily on ``shards``, adding its bytes to ``loads``."""
+    rows = declared.shape[0] if declared.shape else 1
+    unit = alignment_rows(declared.shape, declared.dtype)
+    count = 1
+    if max_shard_bytes is not None and declared.shape and declared.nbytes > max_shard_bytes:
+        count = min(
+            math.ceil(declared.nbytes / max_shard_bytes), len(shards), math.ceil(rows / unit)
+        )
+    row_bytes = _row_bytes(declared.shape, declared.dtype)
+    parts, used = [], set()
+    for index, (offset, size) in enumerate(row_ranges(rows, count, unit)):
+        shard = min((s for s in shards if s not in used), key=loads.__getitem__)
+        used.add(shard)
+        loads[shard] += size * row_bytes
+        name = declared.name if count == 1 else part_name(declared.name, index)
+        parts.append(Part(name, shard, offset, size))
+    return Placed(
+        declared.name,
+        declared.shape,
+        declared.dtype,
+        declared.optimizer,
+        tuple(parts),
+        order,
+    )
+
+
+def _row_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape[1:]) * dtype.itemsize
+
+
+def layout_from_listings(listings: Sequence[Sequence[VariableInfo]]) -> Layout:
+    """The layout the listings of every shard (in address order) describe.
+
+    Raises:
+        FailedPreconditionError: a variable is on two shards, a partitioned one lacks a
+            part, or a shard holds a variable placed for another shard.
+    """
+    shards = len(listings)
+    whole: dict[str, Placed] = {}
+    pieces: dict[str, list[tuple[int, VariableInfo]]] = {}
+    for shard, infos in enumerate(listings):
+        for info in infos:
+            placement = info.placement
+            if placement is not None and (placement.shard, placement.shards) != (shard, shards):
+                raise _inconsistent(
+                    f"variable {info.name!r} on shard {shard} of {shards} was placed as shard "
+                    f"{placement.shard} of {placement.shards}"
+                )
+            if placement is not None and placement.partition is not None:
+                pieces.setdefault(placement.partition.variable, []).append((shard, info))
+                continue
+            if info.name in whole:
+                raise _inconsistent(
+                    f"variable {info.name!r} is on shards {whole[info.name].parts[0].shard} "
+                    f"and {shard}"
+                )
+            rows = info.shape[0] if info.shape else 1
+            order = placement.order if placement is not None else len(whole)
+            whole[info.name] = Placed(
+                info.name,
+                info.shape,
+                info.dtype,
+                info.optimizer,
+                (Part(info.name, shard, 0, rows, info.device),),
+                order,
+            )
+    for name, found in pieces.items():
+        whole[name] = _assembled(name, found)
+    return Layout(shards, whole.values())
+
+
+def _assembled(name: str, found: list[tuple[int, VariableInfo]]) -> Placed:
+    """The partitioned variable ``name`` from the parts the shards listed."""
+    found.sort(key=lambda item: _partition(item[1]).index)
+    first = _partition(found[0][1])
+    indices = [_partition(info).index for _, info in found]
+    if indices != list(range(first.count)):
+        raise _inconsistent(
+            f"variable {name!r}: expected parts 0..{first.count - 1} on the shards, "
+            f"found parts {indices}"
+        )
+    parts = tuple(
+        Part(info.name, shard, _partition(info).row_offset, info.shape[0], info.device)
+        for shard, info in found
+    )
+    info = found[0][1]
+    placement = info.placement
+    assert placement is not None
+    return Placed(name, tuple(first.shape), info.dtype, info.optimizer, parts, placement.order)
+
+
+def _partition(info: VariableInfo) -> Partition:
+    assert info.placement is not None and info.placement.partition is not None
+    return info.placement.partition
+
+
+def declaration(
+    layout: Layout, variable: Placed, part: Part, value: np.ndarray
+) -> pb.VariableDeclaration:
+    """The declaration of ``part`` of ``variable``, with ``value`` its initial value."""
+    return codec.build_message(
+        pb.VariableDeclaration,
+        name=part.name,
+        spec=codec.spec_of(value),
+        placement=convert.placement_to_message(variable.placement(part, layout.shards)),
+    )
+
+
+def _inconsistent(message: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"the shards disagree on placement: {message} (a different or reordered shard list?)",
+        Reason.SHARD_MISMATCH.name,
+    )
+
+
+# Splitting calls ----------------------------------------------------------------------------
+
+
+def split_gradients(
+    layout: Layout, gradients: Mapping[str, object]
+) -> dict[int, dict[str, object]]:
+    """The gradients each shard gets, by the names it knows its parts by.
+
+    A dense gradient of a partitioned variable is cut by rows; a sparse one gives each part
+    the rows it holds, renumbered, and none to a part holding none of them (still a sparse
+    gradient: Keras's Adam, Adamax and Nadam update every row of a variable given one).
+
+    Raises:
+        NotFoundError: a gradient names a variable no shard holds.
+        InvalidArgumentError: a sparse gradient of a partitioned variable names a row out of
+            range (checked here, as each part only knows its own rows).
+    """
+    by_shard: dict[int, dict[str, object]] = {}
+    for name, gradient in gradients.items():
+        if gradient is None:
+            continue
+        variable = layout.get(name)
+        if not variable.partitioned:
+            by_shard.setdefault(variable.parts[0].shard, {})[name] = gradient
+            continue
+        slices = convert.as_indexed_slices(gradient)
+        if slices is None:
+            dense = convert.to_numpy(gradient)
+            for part, rows in zip(variable.parts, split_dense(variable, dense), strict=True):
+                by_shard.setdefault(part.shard, {})[part.name] = rows
+            continue
+        indices = np.asarray(slices.indices).reshape(-1)
+        values = np.asarray(slices.values)
+        check_rows(variable, indices)
+        for part in variable.parts:  # every part, rows or none: Adam's updates all rows
+            held = (indices >= part.row_offset) & (indices < part.row_offset + part.rows)
+            by_shard.setdefault(part.shard, {})[part.name] = IndexedSlices(
+                values[held],
+                (indices[held] - part.row_offset).astype(indices.dtype),
+                (part.rows, *variable.shape[1:]),
+            )
+    return by_shard
+
+
+def split_dense(variable: Placed, value: np.ndarray) -> list[np.ndarray]:
+    """``value`` cut into the rows of each part of ``variable`` (whole when not split)."""
+    if not variable.partitioned or value.ndim == 0:
+        return [value]
+    return [value[part.row_offset : part.row_offset + part.rows] for part in variable.parts]
+
+
+def check_rows(variable: Placed, indices: np.ndarray) -> None:
+    """Refuses row indices of ``variable`` out of ``[0, rows)``, as a server does.
+
+    Raises:
+        InvalidArgumentError: an index is out of range.
+    """
+    rows = variable.shape[0]
+    bad = indices[(indices < 0) | (indices >= rows)]
+    if bad.size:
+        raise InvalidArgumentError(
+            f"variable {variable.name!r}: expected row indices in [0, {rows}), "
+            f"received {int(bad[0])}",
+            Reason.INDEX_OUT_OF_RANGE.name,
+            {"variable": variable.name, "expected": f"[0, {rows})", "received": str(bad[0])},
+        )
+
+
+def split_rows(variable: Placed, ids: np.ndarray) -> dict[int, tuple[Part, np.ndarray]]:
+    """For ``pull_rows``: the part and local row ids each shard is asked for (only the
+    shards holding some of ``ids``)."""
+    if not variable.partitioned:
+        return {variable.parts[0].shard: (variable.parts[0], ids)}
+    check_rows(variable, ids)
+    asked = {}
+    for part in variable.parts:
+        held = (ids >= part.row_offset) & (ids < part.row_offset + part.rows)
+        if held.any():
+            asked[part.shard] = (part, ids[held] - part.row_offset)
+    return asked
+
+
+def join_rows(variable: Placed, ids: np.ndarray, answers: Mapping[int, np.ndarray]) -> np.ndarray:
+    """The rows of ``ids`` in their order, from each shard's answer to :func:`split_rows`."""
+    if not variable.partitioned:
+        return answers[variable.parts[0].shard]
+    rows = np.empty((ids.size, *variable.shape[1:]), variable.dtype)
+    for part in variable.parts:
+        held = (ids >= part.row_offset) & (ids < part.row_offset + part.rows)
+        if held.any():
+            rows[held] = answers[part.shard]
+    return rows
+
+
+def join_parts(variable: Placed, values: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The whole value of ``variable`` from its parts' values, by part name."""
+    if not variable.partitioned:
+        return values[variable.name]
+    return np.concatenate([values[part.name] for part in variable.parts])

@@ -1,0 +1,252 @@
+"""Sharded servers behind one client: three tfps-server processes on localhost, compared
+bitwise with one server given the same calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tfps_client.aio
+from tfps_client import Client, IndexedSlices
+from tfps_client.errors import FailedPreconditionError, UnimplementedError
+from tfps_server import Registry, RunningServer, create_server
+
+from helpers import LISTENING, ServerProcess, assert_all_bitwise_equal, free_port
+
+SHARDS = 3
+MAX_SHARD_BYTES = 48
+"""Splits the 80-byte embedding of :func:`initial` in two; the others stay whole."""
+
+CLASSES = {
+    "sgd": {"class_name": "SGD", "config": {"learning_rate": 0.1, "momentum": 0.9}},
+    "adam": {"class_name": "Adam", "config": {"learning_rate": 0.01}},
+    "adamax": {"class_name": "Adamax", "config": {"learning_rate": 0.01}},
+    "nadam": {"class_name": "Nadam", "config": {"learning_rate": 0.01}},
+    "rmsprop": {"class_name": "RMSprop", "config": {"learning_rate": 0.01, "momentum": 0.5}},
+    "adagrad": {"class_name": "Adagrad", "config": {"learning_rate": 0.1}},
+    "adadelta": {"class_name": "Adadelta", "config": {"learning_rate": 1.0}},
+    "ftrl": {"class_name": "Ftrl", "config": {"learning_rate": 0.1}},
+}
+CLIPPING = {
+    "none": {},
+    "clipnorm": {"clipnorm": 0.5},
+    "clipvalue": {"clipvalue": 0.05},
+    "global_clipnorm": {"global_clipnorm": 0.5},
+}
+SCHEDULE = {
+    "class_name": "ExponentialDecay",
+    "config": {"initial_learning_rate": 0.05, "decay_steps": 1, "decay_rate": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def shard_ports() -> Iterator[list[int]]:
+    """Three tfps-server processes, started together; their ports in shard order."""
+    ports = [free_port() for _ in range(SHARDS)]
+    processes = [ServerProcess(["--port", str(port)]) for port in ports]
+    try:
+        for process in processes:
+            process.wait_for(LISTENING)
+        yield ports
+    finally:
+        for process in processes:
+            process.__exit__()
+
+
+@pytest.fixture(scope="module")
+def reference() -> Iterator[Client]:
+    """One server, in this process: what the shards together must equal."""
+    running: RunningServer = create_server(Registry(), "127.0.0.1:0")
+    with Client(f"127.0.0.1:{running.port}", timeout=120) as client:
+        yield client
+    running.stop(None)
+
+
+def addresses(ports: list[int]) -> list[str]:
+    return [f"127.0.0.1:{port}" for port in ports]
+
+
+@pytest.fixture(scope="module")
+def sharded(shard_ports: list[int]) -> Iterator[Client]:
+    with Client(addresses(shard_ports), timeout=120, max_shard_bytes=MAX_SHARD_BYTES) as client:
+        yield client
+
+
+def initial(prefix: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return {
+        f"{prefix}/kernel": rng.normal(size=(4, 3)).astype(np.float32),
+        f"{prefix}/bias": rng.normal(size=3).astype(np.float32),
+        f"{prefix}/emb": rng.normal(size=(10, 2)).astype(np.float32),
+    }
+
+
+def pushes(prefix: str) -> list[dict[str, Any]]:
+    """Pushes touching all variables, some, one part of the embedding only, and a dense
+    gradient of the embedding."""
+    rng = np.random.default_rng(11)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.normal(size=shape).astype(np.float32)
+
+    kernel, bias, emb = (f"{prefix}/{name}" for name in ("kernel", "bias", "emb"))
+    return [
+        {kernel: normal(4, 3), bias: normal(3), emb: IndexedSlices(normal(3, 2), [1, 7, 1])},
+        {emb: IndexedSlices(normal(1, 2), [0])},
+        {kernel: normal(4, 3)},
+        {emb: normal(10, 2), bias: normal(3)},
+        {emb: IndexedSlices(normal(2, 2), [9, 8])},
+    ]
+
+
+def trained(client: Client, prefix: str, config: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Creates, pushes and reads back everything a single server and the shards must agree
+    on: values, rows, every slot (arrays), iterations and the pushes' results."""
+    client.create_optimizer(prefix, config)
+    client.create_variables(initial(prefix), optimizer=prefix)
+    results = [client.push(gradients).iterations for gradients in pushes(prefix)]
+    names = list(initial(prefix))
+    arrays = {
+        **client.pull(names),
+        "rows": client.pull_rows(f"{prefix}/emb", [[9, 0], [4, 5]]),
+        **{
+            f"{name}:{slot}": client.get_slot(name, slot)
+            for name in names
+            for slot in client.slot_names(prefix)
+        },
+    }
+    return arrays, {"iterations": client.iterations(prefix), "results": results}
+
+
+def assert_trained_alike(sharded: Client, reference: Client, prefix: str, config: Any) -> None:
+    arrays, counts = trained(sharded, prefix, config)
+    expected_arrays, expected_counts = trained(reference, prefix, config)
+    assert_all_bitwise_equal(arrays, expected_arrays)
+    assert counts == expected_counts
+
+
+@pytest.mark.parametrize("clipping", list(CLIPPING))
+@pytest.mark.parametrize("optimizer", list(CLASSES))
+def test_shards_train_bitwise_as_one_server(
+    sharded: Client, reference: Client, optimizer: str, clipping: str
+) -> None:
+    prefix = f"{optimizer}-{clipping}"
+    config = {
+        "class_name": CLASSES[optimizer]["class_name"],
+        "config": {**CLASSES[optimizer]["config"], **CLIPPING[clipping]},
+    }
+    assert_trained_alike(sharded, reference, prefix, config)
+    emb = {info.name: info for info in sharded.list_variables()}[f"{prefix}/emb"]
+    assert emb.shape == (10, 2)
+
+
+def test_a_schedule_follows_the_same_iterations_on_every_shard(
+    sharded: Client, reference: Client
+) -> None:
+    config = {"class_name": "Adam", "config": {"learning_rate": SCHEDULE}}
+    assert_trained_alike(sharded, reference, "schedule", config)
+
+
+def test_each_new_variable_goes_to_the_least_loaded_shard(
+    sharded: Client, shard_ports: list[int]
+) -> None:
+    def loads() -> list[int]:
+        held = []
+        for port in shard_ports:
+            with Client(f"127.0.0.1:{port}") as one:
+                infos = one.list_variables()
+            held.append(sum(int(np.prod(i.shape)) * i.dtype.itemsize for i in infos))
+        return held
+
+    before = loads()
+    sharded.create_optimizer("balance", {"class_name": "SGD"})
+    sizes = [48, 8, 8, 32, 40, 4]  # none split (MAX_SHARD_BYTES)
+    sharded.create_variables(
+        {f"balance/v{i}": np.zeros(size // 4, np.float32) for i, size in enumerate(sizes)},
+        optimizer="balance",
+    )
+    expected = list(before)
+    for size in sizes:
+        expected[expected.index(min(expected))] += size
+    assert loads() == expected
+    with Client(f"127.0.0.1:{shard_ports[0]}") as one:
+        placements = [i.placement for i in one.list_variables()]
+    assert all(p is not None and p.shard == 0 and p.shards == SHARDS for p in placements)
+
+
+def test_a_reordered_or_different_shard_list_is_refused(
+    sharded: Client, shard_ports: list[int]
+) -> None:
+    sharded.list_variables()  # the shards know their places once a sharded client used them
+    reordered = addresses([shard_ports[1], shard_ports[0], shard_ports[2]])
+    with Client(reordered, timeout=30) as wrong, pytest.raises(FailedPreconditionError) as error:
+        wrong.pull()
+    assert error.value.reason == "SHARD_MISMATCH"
+    assert "shard 0 of 3" in error.value.message
+    with (
+        Client(addresses(shard_ports[:2]), timeout=30) as fewer,
+        pytest.raises(FailedPreconditionError, match="of 2"),
+    ):
+        fewer.pull()
+
+
+@pytest.fixture(scope="module")
+def table(sharded: Client) -> str:
+    """A split embedding of the sharded client's, for the tests that read it."""
+    sharded.create_optimizer("table", {"class_name": "SGD"})
+    sharded.create_variables({"table/emb": np.arange(20, dtype=np.float32).reshape(10, 2)}, "table")
+    return "table/emb"
+
+
+def test_tf_config_with_several_ps_tasks(shard_ports: list[int], table: str) -> None:
+    tf_config = json.dumps(
+        {
+            "cluster": {"ps": addresses(shard_ports), "worker": ["w:1"]},
+            "task": {"type": "worker", "index": 0},
+        }
+    )
+    with Client.from_tf_config(tf_config, timeout=30) as client:
+        assert client.addresses == tuple(addresses(shard_ports))
+        assert_all_bitwise_equal(
+            client.pull([table]), {table: np.arange(20, dtype=np.float32).reshape(10, 2)}
+        )
+
+
+def test_the_asyncio_client_shards_the_same_way(
+    shard_ports: list[int], sharded: Client, table: str
+) -> None:
+    async def used() -> tuple[dict[str, np.ndarray], np.ndarray]:
+        async with tfps_client.aio.Client(addresses(shard_ports), timeout=30) as client:
+            await client.push({table: IndexedSlices(np.ones((2, 2), np.float32), [9, 0])})
+            return await client.pull([table]), await client.pull_rows(table, [9, 0, 3])
+
+    pulled, rows = asyncio.run(used())
+    assert_all_bitwise_equal(pulled, sharded.pull([table]))
+    assert_all_bitwise_equal(rows, sharded.pull_rows(table, [9, 0, 3]))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.get_weights("default"),
+        lambda c: c.set_weights("default", []),
+        lambda c: c.save_checkpoint(),
+        lambda c: c.list_checkpoints(),
+        lambda c: c.restore_checkpoint(1),
+        lambda c: c.download_checkpoint(None, "unused"),
+    ],
+    ids=["get_weights", "set_weights", "save", "list", "restore", "download"],
+)
+def test_what_a_sharded_client_lacks_yet_is_refused_before_any_call(
+    shard_ports: list[int], call: Any
+) -> None:
+    with (
+        Client(addresses(shard_ports), timeout=30) as client,
+        pytest.raises(UnimplementedError, match="not available on a sharded client yet"),
+    ):
+        call(client)
