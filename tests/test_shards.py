@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import tfps_client.aio
-from tfps_client import Client, IndexedSlices
+from tfps_client import Client, IndexedSlices, RetryPolicy, VariableInfo
 from tfps_client.errors import FailedPreconditionError, UnimplementedError
 from tfps_server import Registry, RunningServer, create_server
 
 from helpers import LISTENING, ServerProcess, assert_all_bitwise_equal, free_port
+from interleave import in_background
 
 SHARDS = 3
 MAX_SHARD_BYTES = 48
@@ -44,18 +46,50 @@ SCHEDULE = {
 }
 
 
-@pytest.fixture(scope="module")
-def shard_ports() -> Iterator[list[int]]:
-    """Three tfps-server processes, started together; their ports in shard order."""
-    ports = [free_port() for _ in range(SHARDS)]
-    processes = [ServerProcess(["--port", str(port)]) for port in ports]
-    try:
-        for process in processes:
+class Cluster:
+    """Three tfps-server processes, each checkpointing into its own directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.ports = [free_port() for _ in range(SHARDS)]
+        self.directories = [root / f"shard-{shard}" for shard in range(SHARDS)]
+        self.processes = [self._start(shard) for shard in range(SHARDS)]
+        for process in self.processes:
             process.wait_for(LISTENING)
-        yield ports
-    finally:
-        for process in processes:
+
+    def _start(self, shard: int) -> ServerProcess:
+        return ServerProcess(
+            [
+                "--port",
+                str(self.ports[shard]),
+                "--checkpoint-dir",
+                str(self.directories[shard]),
+                "--checkpoint-every-seconds",
+                "0",
+            ]
+        )
+
+    def restart(self, shard: int) -> ServerProcess:
+        """Starts shard ``shard`` again, from its latest checkpoint; returns it listening."""
+        self.processes[shard] = self._start(shard)
+        self.processes[shard].wait_for(LISTENING)
+        return self.processes[shard]
+
+    def stop(self) -> None:
+        for process in self.processes:
             process.__exit__()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    started = Cluster(tmp_path_factory.mktemp("shards"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def shard_ports(cluster: Cluster) -> list[int]:
+    """The shards' ports, in shard order."""
+    return cluster.ports
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +284,54 @@ def test_what_a_sharded_client_lacks_yet_is_refused_before_any_call(
         pytest.raises(UnimplementedError, match="not available on a sharded client yet"),
     ):
         call(client)
+
+
+def test_a_shard_killed_and_restarted_from_its_checkpoint_rejoins(
+    cluster: Cluster, sharded: Client
+) -> None:
+    """kill -9 of one shard: calls that need it retry until it is back from its checkpoint,
+    the others go on meanwhile; then training goes on."""
+    patient = Client(
+        addresses(cluster.ports),
+        timeout=120,
+        max_shard_bytes=MAX_SHARD_BYTES,
+        retry=RetryPolicy(max_attempts=1000, max_backoff=0.5),
+    )
+    patient.create_optimizer("revive", {"class_name": "Adam", "config": {"learning_rate": 0.1}})
+    patient.create_variables(initial("revive"), optimizer="revive")
+    for gradients in pushes("revive")[:2]:
+        patient.push(gradients)
+    for port in cluster.ports:
+        with Client(f"127.0.0.1:{port}") as one:
+            one.save_checkpoint()
+    saved = patient.pull(list(initial("revive")))
+    placed = {info.name: info for info in _shard_infos(cluster.ports[1])}
+    victim = next(iter(placed))  # a variable (or part) shard 1 holds
+    others = [
+        n
+        for n in initial("revive")
+        if all(p not in placed for p in (n, f"{n}/part_0", f"{n}/part_1"))
+    ]
+
+    cluster.processes[1].process.kill()
+    cluster.processes[1].wait_exit()
+    assert patient.pull(others).keys() == set(others)  # the other shards are unaffected
+    pushing = in_background(lambda: patient.push(pushes("revive")[2]))
+    cluster.restart(1)
+    result = pushing.result()
+    assert "restored checkpoint" in cluster.processes[1].output
+    assert result.applied
+    after = patient.pull(list(initial("revive")))
+    assert any(not np.array_equal(after[n], saved[n]) for n in after)
+    with Client(f"127.0.0.1:{cluster.ports[1]}") as one:
+        assert {info.name for info in one.list_variables()} >= {victim}
+    patient.push(pushes("revive")[3])  # and training goes on
+    reordered = addresses([cluster.ports[1], cluster.ports[0], cluster.ports[2]])
+    with Client(reordered, timeout=30) as wrong, pytest.raises(FailedPreconditionError):
+        wrong.pull()  # the restarted shard kept its index
+    patient.close()
+
+
+def _shard_infos(port: int) -> list[VariableInfo]:
+    with Client(f"127.0.0.1:{port}") as one:
+        return [info for info in one.list_variables() if info.name.startswith("revive/")]
