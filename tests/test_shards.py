@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tfps_client.aio
-from tfps_client import Client, IndexedSlices, RetryPolicy, VariableInfo
+from tfps_client import Client, IndexedSlices, RetryPolicy, Sync, VariableInfo
 from tfps_client.errors import FailedPreconditionError, UnimplementedError
 from tfps_server import Registry, RunningServer, create_server
 
@@ -335,3 +335,33 @@ def test_a_shard_killed_and_restarted_from_its_checkpoint_rejoins(
 def _shard_infos(port: int) -> list[VariableInfo]:
     with Client(f"127.0.0.1:{port}") as one:
         return [info for info in one.list_variables() if info.name.startswith("revive/")]
+
+
+def test_sync_with_backup_workers_is_refused_on_a_sharded_client(sharded: Client) -> None:
+    with pytest.raises(UnimplementedError, match="backup workers"):
+        sharded.create_optimizer(
+            "backups", {"class_name": "SGD"}, Sync(replicas_to_aggregate=2, total_num_replicas=3)
+        )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_sync_steps_close_on_every_shard_as_on_one_server(
+    sharded: Client, reference: Client, reduction: str
+) -> None:
+    """Two workers, each step from both; one worker leaves variables out of a step."""
+    prefix = f"sync-{reduction}"
+    config = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
+    sync = Sync(replicas_to_aggregate=2, reduction=reduction)
+
+    def steps(client: Client) -> dict[str, np.ndarray]:
+        client.create_optimizer(prefix, config, sync)
+        client.create_variables(initial(prefix), optimizer=prefix)
+        given = pushes(prefix)
+        for first, second in ((given[0], given[1]), (given[2], given[3])):
+            other = in_background(lambda g=second: client.push(g, worker="w1"))
+            client.push(first, worker="w0")
+            other.result()
+        return client.pull(list(initial(prefix)))
+
+    assert_all_bitwise_equal(steps(sharded), steps(reference))
+    assert sharded.iterations(prefix) == reference.iterations(prefix) == 2

@@ -335,11 +335,23 @@ class Operations:
             TypeError: ``config`` is not JSON-serializable, ``aggregation`` is neither
                 :class:`Async` nor :class:`Sync`, or an argument has a wrong type.
             ValueError: ``on_non_finite`` or a :class:`Sync` choice is not one of its values.
+            UnimplementedError: a sharded client was given :class:`Sync` with backup workers.
         """
         if aggregation is not None and not isinstance(aggregation, (Async, Sync)):
             raise TypeError(
                 f"create_optimizer: expected aggregation Async(...) or Sync(...), received "
                 f"{type(aggregation).__name__}"
+            )
+        if (
+            self._shards > 1
+            and isinstance(aggregation, Sync)
+            and aggregation.total_num_replicas not in (None, aggregation.replicas_to_aggregate)
+        ):
+            raise UnimplementedError(
+                f"create_optimizer {name!r}: Sync with backup workers "
+                f"(total_num_replicas {aggregation.total_num_replicas} > replicas_to_aggregate "
+                f"{aggregation.replicas_to_aggregate}) is not available on a sharded client yet: "
+                "each shard could close a step with other workers' gradients"
             )
         config_json = config if isinstance(config, str) else json.dumps(config)
         request = codec.build_message(
