@@ -17,7 +17,7 @@ from bench.scale import FULL, QUICK
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any suite loads TensorFlow
 
-SUITES = ("dense", "latency", "concurrency", "sparse", "training", "memory")
+SUITES = ("dense", "latency", "concurrency", "shards", "sparse", "training", "memory")
 """Modules of this package with ``run(scale) -> list[Figure]``, in report order."""
 
 

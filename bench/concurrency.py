@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
-from pathlib import Path
 
 import numpy as np
 
 from bench.figures import Figure
 from bench.references import echo_server
 from bench.scale import KIB, Scale
-from bench.server import BenchServer
+from bench.server import BenchServer, cpu_seconds
 from bench.workers import DensePush, Echo, Window, Workers
 from tfps_client import Client
 
@@ -78,12 +76,6 @@ def _measure(push: DensePush, workers: int, seconds: float, server_pid: int) -> 
         before = cpu_seconds(server_pid)
         window = started.run(seconds)
         return Level(window, cpu_seconds(server_pid) - before)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _label(workers: int) -> str:

@@ -22,6 +22,11 @@ class Scale:
         sparse_ids: ids per sparse push.
         training_steps: steps timed per training run.
         memory_pushes: pushes of the memory run.
+        shard_counts: numbers of shards (server processes) the shards suite compares.
+        shard_variable_bytes: size of each of the shards suite's dense variables.
+        shard_workers: worker processes pushing at each number of shards.
+        shard_seconds: how long they push at each number of shards.
+        shard_latency_calls: pushes timed per variant of the one-push latency.
     """
 
     name: str
@@ -34,6 +39,11 @@ class Scale:
     sparse_ids: int
     training_steps: int
     memory_pushes: int
+    shard_counts: tuple[int, ...]
+    shard_variable_bytes: int
+    shard_workers: int
+    shard_seconds: float
+    shard_latency_calls: int
 
 
 FULL = Scale(
@@ -47,6 +57,11 @@ FULL = Scale(
     sparse_ids=4096,
     training_steps=60,
     memory_pushes=10_000,
+    shard_counts=(1, 2, 3),
+    shard_variable_bytes=2 * MIB,
+    shard_workers=4,
+    shard_seconds=8.0,
+    shard_latency_calls=60,
 )
 
 QUICK = Scale(
@@ -60,4 +75,9 @@ QUICK = Scale(
     sparse_ids=256,
     training_steps=3,
     memory_pushes=200,
+    shard_counts=(1, 2, 3),
+    shard_variable_bytes=256 * KIB,
+    shard_workers=2,
+    shard_seconds=0.5,
+    shard_latency_calls=5,
 )

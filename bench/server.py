@@ -96,3 +96,18 @@ def process_memory(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) * 1024
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all of the machine's cores have spent busy so far (every process's, not
+    only the benchmark's), from /proc/stat: all time but idle and iowait."""
+    first = Path("/proc/stat").read_text().split("\n")[0].split()  # "cpu user nice system idle ..."
+    fields = [int(field) for field in first[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")

@@ -33,3 +33,18 @@ def percentile(samples: Sequence[float], q: float) -> float:
 def ms(seconds: float) -> float:
     """Seconds in milliseconds."""
     return seconds * 1e3
+
+
+def interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds each call took, ``repeats`` times, the calls taking turns (after ``warmup``
+    untimed rounds), so that a machine whose load drifts weighs on each alike."""
+    taken: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_ >= warmup:
+                taken[name].append(time.perf_counter() - start)
+    return taken

@@ -66,6 +66,34 @@ class DensePush:
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardedPush:
+    """Pushes one dense float32 gradient to each of several variables in one call, through a
+    client of one server or of several as shards (which fans the push out to them at once).
+
+    Attributes:
+        addresses: ``host:port`` of each server; one: a plain, unsharded client.
+        variables: the variables' names.
+        size: each gradient's number of float32 elements.
+    """
+
+    addresses: tuple[str, ...]
+    variables: tuple[str, ...]
+    size: int
+
+    def __call__(self, worker: int) -> Callable[[], object]:
+        """Connects worker number ``worker``; returns its push."""
+        one = len(self.addresses) == 1
+        client = Client(self.addresses[0] if one else list(self.addresses))
+        client.wait_for_ready()
+        rng = np.random.default_rng(worker)
+        gradients = {
+            name: rng.standard_normal(self.size, dtype=np.float32) * 1e-3 for name in self.variables
+        }
+        name = f"worker-{worker}"
+        return lambda: client.push(gradients, worker=name)
+
+
+@dataclasses.dataclass(frozen=True)
 class Echo:
     """Sends bytes to a bare grpcio unary echo method (:func:`bench.references.echo_server`)
     and gets them back.
@@ -137,6 +165,11 @@ class Workers:
             )
             for worker in range(count)
         ]
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, once started."""
+        return [process.pid for process in self._processes if process.pid is not None]
 
     def __enter__(self) -> Workers:
         for process in self._processes:
