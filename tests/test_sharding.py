@@ -127,7 +127,9 @@ def test_rows_out_of_range_of_a_partitioned_variable_are_refused_before_any_call
     layout.place([declared("emb", 10, 2)], max_shard_bytes=16)
     for bad in (10, -1):
         with pytest.raises(InvalidArgumentError, match=r"expected row indices in \[0, 10\)"):
-            split_gradients(layout, {"emb": IndexedSlices(np.ones((1, 2)), np.array([bad]))})
+            split_gradients(
+                layout, {"emb": IndexedSlices(np.ones((1, 2), np.float32), np.array([bad]))}
+            )
         with pytest.raises(InvalidArgumentError, match=r"expected row indices in \[0, 10\)"):
             split_rows(layout.get("emb"), np.array([bad]))
     with pytest.raises(NotFoundError, match="'nope' not found on any of the 2 shards"):

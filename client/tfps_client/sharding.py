@@ -21,7 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfps_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from tfps_client.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from tfps_client.types import IndexedSlices, Partition, Placement, VariableInfo
 from tfps_client.wire import codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
@@ -174,6 +179,14 @@ class Layout:
                 {"variable": name},
             ) from None
 
+    def held(self) -> list[set[str]]:
+        """The names each shard knows its variables and parts by."""
+        held: list[set[str]] = [set() for _ in range(self.shards)]
+        for variable in self.variables.values():
+            for part in variable.parts:
+                held[part.shard].add(part.name)
+        return held
+
     def optimizer_shards(self, optimizer: str) -> list[int]:
         """The shards holding a variable (or a part of one) of ``optimizer``, in order."""
         return sorted(
@@ -203,6 +216,9 @@ class Layout:
         Returns:
             The new variables, in declaration order.
         """
+        for one in declared:  # before anything is placed: a refused call places nothing
+            if one.name in self.variables:
+                _check_same_declaration(self.variables[one.name], one)
         loads = self.loads()
         order = max((v.order for v in self.variables.values()), default=-1) + 1
         placed = []
@@ -214,7 +230,7 @@ class Layout:
                 held = self.optimizer_shards(one.optimizer)
                 shards = range(held[0], held[0] + 1) if held else shards
                 max_shard_bytes = None
-            variable = _place_one(one, loads, shards, max_shard_bytes, order)
+            variable = _place_one(one, loads, shards, max_shard_bytes, order, self.held())
             order += 1
             self.variables[variable.name] = variable
             placed.append(variable)
@@ -227,8 +243,11 @@ def _place_one(
     shards: Sequence[int],
     max_shard_bytes: int | None,
     order: int,
+    held: Sequence[set[str]] = (),
 ) -> Placed:
-    """Places one variable greedily on ``shards``, adding its bytes to ``loads``."""
+    """Places one variable greedily on ``shards``, adding its bytes to ``loads``; a piece
+    avoids a shard that already holds a variable or part of its name (``x/part_0`` and a
+    part of ``x``), which would refuse it, when another shard can take it."""
     rows = declared.shape[0] if declared.shape else 1
     unit = alignment_rows(declared.shape, declared.dtype)
     count = 1
@@ -239,10 +258,12 @@ def _place_one(
     row_bytes = _row_bytes(declared.shape, declared.dtype)
     parts, used = [], set()
     for index, (offset, size) in enumerate(row_ranges(rows, count, unit)):
-        shard = min((s for s in shards if s not in used), key=loads.__getitem__)
+        name = declared.name if count == 1 else part_name(declared.name, index)
+        free = [s for s in shards if s not in used]
+        free = [s for s in free if not held or name not in held[s]] or free
+        shard = min(free, key=loads.__getitem__)
         used.add(shard)
         loads[shard] += size * row_bytes
-        name = declared.name if count == 1 else part_name(declared.name, index)
         parts.append(Part(name, shard, offset, size))
     return Placed(
         declared.name,
@@ -355,11 +376,17 @@ def split_gradients(
     the rows it holds, renumbered, and none to a part holding none of them (still a sparse
     gradient: Keras's Adam, Adamax and Nadam update every row of a variable given one).
 
+    Every gradient is checked first, as one server checks a push before anything changes,
+    so that no shard applies a push another one refuses.
+
     Raises:
         NotFoundError: a gradient names a variable no shard holds.
-        InvalidArgumentError: a sparse gradient of a partitioned variable names a row out of
-            range (checked here, as each part only knows its own rows).
+        InvalidArgumentError: a gradient does not fit its variable (dtype, shape,
+            ``dense_shape``, indices), with a server's reason and message.
     """
+    for name, gradient in gradients.items():
+        if gradient is not None:
+            check_gradient(layout.get(name), gradient)
     by_shard: dict[int, dict[str, object]] = {}
     for name, gradient in gradients.items():
         if gradient is None:
@@ -387,6 +414,117 @@ def split_gradients(
     return by_shard
 
 
+UPCASTS = {
+    "float16": ("float16", "float32", "float64"),
+    "bfloat16": ("bfloat16", "float32", "float64"),
+    "float32": ("float32", "float64"),
+    "float64": ("float64",),
+}
+"""Gradient dtype -> variable dtypes it may go into, as a server accepts them."""
+
+ECHO_CHARACTERS = 200
+"""Most characters of a name a server's message repeats."""
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` as a server's message shows it: ASCII, cut to
+    :data:`ECHO_CHARACTERS`."""
+    text = repr(value).encode("ascii", "backslashreplace").decode("ascii")
+    if len(text) <= ECHO_CHARACTERS:
+        return text
+    return f"{text[:ECHO_CHARACTERS]}... ({len(text)} characters)"
+
+
+def check_gradient(variable: Placed, gradient: object) -> None:
+    """Refuses a gradient that does not fit ``variable`` (the whole variable, split or
+    not), with the reason and message of a server's check.
+
+    Raises:
+        InvalidArgumentError: a wrong dtype, shape, ``dense_shape`` or indices.
+    """
+    name = variable.name
+    slices = convert.as_indexed_slices(gradient)
+    values = convert.to_numpy(gradient) if slices is None else np.asarray(slices.values)
+    dtype, target = values.dtype.name, variable.dtype.name
+    if target not in UPCASTS.get(dtype, ()):
+        allowed = [d for d, targets in UPCASTS.items() if target in targets]
+        raise _invalid(
+            f"variable {_shown(name)}: expected a gradient dtype in {allowed}, received {dtype}",
+            Reason.DTYPE_MISMATCH,
+            {"variable": name, "expected": str(allowed), "received": dtype},
+        )
+    if slices is None:
+        _check_shape(name, "gradient shape", variable.shape, values.shape)
+        return
+    if not variable.shape:
+        raise _invalid(
+            f"variable {_shown(name)}: a scalar cannot take a sparse gradient",
+            Reason.SPARSE_SCALAR,
+            {"variable": name},
+        )
+    if slices.dense_shape:
+        _check_shape(name, "dense_shape", variable.shape, tuple(slices.dense_shape))
+    if 0 in variable.shape[1:]:
+        raise _invalid(
+            f"variable {_shown(name)}: expected a dense gradient, as rows of shape "
+            f"{list(variable.shape[1:])} hold no elements, received a sparse one",
+            Reason.SHAPE_MISMATCH,
+            {"variable": name, "expected": "a dense gradient", "received": "a sparse gradient"},
+        )
+    indices = np.asarray(slices.indices)
+    if indices.ndim != 1 or indices.dtype.name not in ("int32", "int64"):
+        raise _invalid(
+            f"variable {_shown(name)}: expected int32 or int64 indices of rank 1, received "
+            f"{indices.dtype.name} of shape {list(indices.shape)}",
+            Reason.INVALID_INDICES,
+            {"variable": name},
+        )
+    expected = (len(indices), *variable.shape[1:])
+    _check_shape(name, "sparse values shape", expected, values.shape)
+    check_rows(variable, indices)
+
+
+def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
+    if tuple(expected) != tuple(received):
+        shape = f"{len(received)} dimensions" if len(received) > 32 else str(list(received))
+        raise _invalid(
+            f"variable {_shown(name)}: expected {what} {list(expected)}, received {shape}",
+            Reason.SHAPE_MISMATCH,
+            {"variable": name, "expected": str(list(expected)), "received": shape},
+        )
+
+
+def _invalid(message: str, reason: Reason, metadata: Mapping[str, str]) -> InvalidArgumentError:
+    return InvalidArgumentError(message, reason.name, metadata)
+
+
+def _check_same_declaration(existing: Placed, declared: Declared) -> None:
+    """Refuses a declaration of an existing variable that differs from it, naming what
+    differs, as a server does (before any shard is asked to create anything).
+
+    Raises:
+        AlreadyExistsError: its shape, dtype or optimizer differs.
+    """
+    differences = [
+        (what, old, new)
+        for what, old, new in (
+            ("shape", list(existing.shape), list(declared.shape)),
+            ("dtype", existing.dtype.name, declared.dtype.name),
+            ("optimizer", existing.optimizer, declared.optimizer),
+        )
+        if old != new
+    ]
+    if not differences:
+        return
+    text = "; ".join(f"{what}: exists with {old}, received {new}" for what, old, new in differences)
+    what, old, new = differences[0]
+    raise AlreadyExistsError(
+        f"variable {_shown(existing.name)}: {text}",
+        Reason.VARIABLE_EXISTS.name,
+        {"variable": existing.name, "field": what, "expected": str(old), "received": str(new)},
+    )
+
+
 def split_dense(variable: Placed, value: np.ndarray) -> list[np.ndarray]:
     """``value`` cut into the rows of each part of ``variable`` (whole when not split)."""
     if not variable.partitioned or value.ndim == 0:
@@ -401,14 +539,16 @@ def check_rows(variable: Placed, indices: np.ndarray) -> None:
         InvalidArgumentError: an index is out of range.
     """
     rows = variable.shape[0]
-    bad = indices[(indices < 0) | (indices >= rows)]
-    if bad.size:
-        raise InvalidArgumentError(
-            f"variable {variable.name!r}: expected row indices in [0, {rows}), "
-            f"received {int(bad[0])}",
-            Reason.INDEX_OUT_OF_RANGE.name,
-            {"variable": variable.name, "expected": f"[0, {rows})", "received": str(bad[0])},
-        )
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= rows:
+            bad = low if low < 0 else high  # as a server names it
+            raise InvalidArgumentError(
+                f"variable {_shown(variable.name)}: expected row indices in [0, {rows}), "
+                f"received {bad}",
+                Reason.INDEX_OUT_OF_RANGE.name,
+                {"variable": variable.name, "expected": f"[0, {rows})", "received": str(bad)},
+            )
 
 
 def split_rows(variable: Placed, ids: np.ndarray) -> dict[int, tuple[Part, np.ndarray]]:
@@ -422,6 +562,8 @@ def split_rows(variable: Placed, ids: np.ndarray) -> dict[int, tuple[Part, np.nd
         held = (ids >= part.row_offset) & (ids < part.row_offset + part.rows)
         if held.any():
             asked[part.shard] = (part, ids[held] - part.row_offset)
+    if not asked:  # no ids: the first part answers none, as a server does
+        asked[variable.parts[0].shard] = (variable.parts[0], ids[:0])
     return asked
 
 
