@@ -15,8 +15,9 @@ the whole variable would be.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ from tfps_client.errors import (
     NotFoundError,
 )
 from tfps_client.types import IndexedSlices, Partition, Placement, VariableInfo
-from tfps_client.wire import codec, convert
+from tfps_client.wire import checks, codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_client.wire.reasons import Reason
 
@@ -414,88 +415,50 @@ def split_gradients(
     return by_shard
 
 
-UPCASTS = {
-    "float16": ("float16", "float32", "float64"),
-    "bfloat16": ("bfloat16", "float32", "float64"),
-    "float32": ("float32", "float64"),
-    "float64": ("float64",),
-}
-"""Gradient dtype -> variable dtypes it may go into, as a server accepts them."""
-
-ECHO_CHARACTERS = 200
-"""Most characters of a name a server's message repeats."""
-
-
-def _shown(value: object) -> str:
-    """``repr(value)`` as a server's message shows it: ASCII, cut to
-    :data:`ECHO_CHARACTERS`."""
-    text = repr(value).encode("ascii", "backslashreplace").decode("ascii")
-    if len(text) <= ECHO_CHARACTERS:
-        return text
-    return f"{text[:ECHO_CHARACTERS]}... ({len(text)} characters)"
-
-
 def check_gradient(variable: Placed, gradient: object) -> None:
     """Refuses a gradient that does not fit ``variable`` (the whole variable, split or
-    not), with the reason and message of a server's check.
+    not), with the reason and message of a server's check
+    (:func:`tfps_client.wire.checks.check_gradient`, which servers run).
 
     Raises:
         InvalidArgumentError: a wrong dtype, shape, ``dense_shape`` or indices.
     """
-    name = variable.name
     slices = convert.as_indexed_slices(gradient)
-    values = convert.to_numpy(gradient) if slices is None else np.asarray(slices.values)
-    dtype, target = values.dtype.name, variable.dtype.name
-    if target not in UPCASTS.get(dtype, ()):
-        allowed = [d for d, targets in UPCASTS.items() if target in targets]
-        raise _invalid(
-            f"variable {_shown(name)}: expected a gradient dtype in {allowed}, received {dtype}",
-            Reason.DTYPE_MISMATCH,
-            {"variable": name, "expected": str(allowed), "received": dtype},
-        )
     if slices is None:
-        _check_shape(name, "gradient shape", variable.shape, values.shape)
-        return
-    if not variable.shape:
-        raise _invalid(
-            f"variable {_shown(name)}: a scalar cannot take a sparse gradient",
-            Reason.SPARSE_SCALAR,
-            {"variable": name},
+        wire: convert.Gradient = convert.DenseGradient(variable.name, convert.to_numpy(gradient))
+    else:
+        wire = convert.SparseGradient(
+            variable.name,
+            np.asarray(slices.values),
+            np.asarray(slices.indices),
+            tuple(slices.dense_shape or ()),
         )
-    if slices.dense_shape:
-        _check_shape(name, "dense_shape", variable.shape, tuple(slices.dense_shape))
-    if 0 in variable.shape[1:]:
-        raise _invalid(
-            f"variable {_shown(name)}: expected a dense gradient, as rows of shape "
-            f"{list(variable.shape[1:])} hold no elements, received a sparse one",
-            Reason.SHAPE_MISMATCH,
-            {"variable": name, "expected": "a dense gradient", "received": "a sparse gradient"},
-        )
-    indices = np.asarray(slices.indices)
-    if indices.ndim != 1 or indices.dtype.name not in ("int32", "int64"):
-        raise _invalid(
-            f"variable {_shown(name)}: expected int32 or int64 indices of rank 1, received "
-            f"{indices.dtype.name} of shape {list(indices.shape)}",
-            Reason.INVALID_INDICES,
-            {"variable": name},
-        )
-    expected = (len(indices), *variable.shape[1:])
-    _check_shape(name, "sparse values shape", expected, values.shape)
-    check_rows(variable, indices)
+    with refused_as_invalid():
+        checks.check_gradient(variable, wire)
 
 
-def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
-    if tuple(expected) != tuple(received):
-        shape = f"{len(received)} dimensions" if len(received) > 32 else str(list(received))
-        raise _invalid(
-            f"variable {_shown(name)}: expected {what} {list(expected)}, received {shape}",
-            Reason.SHAPE_MISMATCH,
-            {"variable": name, "expected": str(list(expected)), "received": shape},
-        )
+def check_rows(variable: Placed, indices: np.ndarray) -> None:
+    """Refuses row indices of ``variable`` out of ``[0, rows)``, as a server does.
+
+    Raises:
+        InvalidArgumentError: an index is out of range.
+    """
+    with refused_as_invalid():
+        checks.check_rows(variable, indices)
 
 
-def _invalid(message: str, reason: Reason, metadata: Mapping[str, str]) -> InvalidArgumentError:
-    return InvalidArgumentError(message, reason.name, metadata)
+@contextlib.contextmanager
+def refused_as_invalid() -> Iterator[None]:
+    """Raises a :class:`~tfps_client.wire.checks.Refusal` as the
+    :class:`InvalidArgumentError` a server's would be."""
+    try:
+        yield
+    except checks.Refusal as refusal:
+        raise InvalidArgumentError(
+            refusal.message,
+            refusal.reason.value,
+            {key: checks.fact(value) for key, value in refusal.metadata.items()},
+        ) from None
 
 
 def _check_same_declaration(existing: Placed, declared: Declared) -> None:
@@ -519,7 +482,7 @@ def _check_same_declaration(existing: Placed, declared: Declared) -> None:
     text = "; ".join(f"{what}: exists with {old}, received {new}" for what, old, new in differences)
     what, old, new = differences[0]
     raise AlreadyExistsError(
-        f"variable {_shown(existing.name)}: {text}",
+        f"variable {checks.shown(existing.name)}: {text}",
         Reason.VARIABLE_EXISTS.name,
         {"variable": existing.name, "field": what, "expected": str(old), "received": str(new)},
     )
@@ -530,25 +493,6 @@ def split_dense(variable: Placed, value: np.ndarray) -> list[np.ndarray]:
     if not variable.partitioned or value.ndim == 0:
         return [value]
     return [value[part.row_offset : part.row_offset + part.rows] for part in variable.parts]
-
-
-def check_rows(variable: Placed, indices: np.ndarray) -> None:
-    """Refuses row indices of ``variable`` out of ``[0, rows)``, as a server does.
-
-    Raises:
-        InvalidArgumentError: an index is out of range.
-    """
-    rows = variable.shape[0]
-    if indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= rows:
-            bad = low if low < 0 else high  # as a server names it
-            raise InvalidArgumentError(
-                f"variable {_shown(variable.name)}: expected row indices in [0, {rows}), "
-                f"received {bad}",
-                Reason.INDEX_OUT_OF_RANGE.name,
-                {"variable": variable.name, "expected": f"[0, {rows})", "received": str(bad)},
-            )
 
 
 def split_rows(variable: Placed, ids: np.ndarray) -> dict[int, tuple[Part, np.ndarray]]:

@@ -8,40 +8,15 @@ from typing import NoReturn
 import grpc
 from grpc_status import rpc_status
 
+from tfps_client.wire.checks import ECHO_CHARACTERS as ECHO_CHARACTERS  # the server's too
+from tfps_client.wire.checks import clipped as clipped
+from tfps_client.wire.checks import fact
+from tfps_client.wire.checks import shown as shown
 from tfps_client.wire.reasons import Reason, error_status
-
-ECHO_CHARACTERS = 200
-"""Most characters of client input that a message repeats."""
 
 STATUS_MESSAGE_CHARACTERS = 1024
 """Most characters of a status message (ASCII): with its details it stays far below gRPC's
 8 KiB of metadata, whatever the client sent."""
-
-
-def shown(value: object, limit: int = ECHO_CHARACTERS) -> str:
-    """Returns ``repr(value)`` cut to ``limit`` characters, for messages that echo client input.
-
-    A status message must fit gRPC's metadata limit, and a name of megabytes must
-    not make one; ``repr`` also escapes what cannot be encoded, such as a lone surrogate.
-    """
-    return clipped(repr(value), limit)
-
-
-def clipped(text: str, limit: int = ECHO_CHARACTERS) -> str:
-    """Returns ``text`` in ASCII (other characters escaped), cut to ``limit`` characters."""
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def fact(value: object, limit: int = ECHO_CHARACTERS) -> str:
-    """Returns ``str(value)`` as the value of an ``ErrorInfo`` fact: as it is (a name that is
-    not ASCII too, so that a program can compare it with the one it sent) up to ``limit``
-    UTF-8 bytes, else cut there; what UTF-8 cannot encode (a lone surrogate) escaped."""
-    text = str(value)
-    data = text.encode("utf-8", "backslashreplace")
-    if len(data) <= limit:
-        return data.decode("utf-8")
-    return f"{data[:limit].decode('utf-8', 'ignore')}... ({len(text)} characters)"
 
 
 class ServerError(Exception):

@@ -12,16 +12,19 @@ quota, config sizes) are checked here too, by arithmetic, before anything is bui
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from tfps_client.types import OptimizerOptions, Partition, Placement, ShardIdentity
-from tfps_client.wire.convert import DenseGradient, Gradient
+from tfps_client.wire import checks
+from tfps_client.wire.checks import UPCASTS, shape_text
+from tfps_client.wire.convert import Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
     AlreadyExists,
@@ -42,9 +45,6 @@ MAX_DIMENSION = 2**31 - 1
 ``tf.fill``, whose dimensions are int32: a larger one wraps around, giving a slot of another
 shape, or fails when the variable is created."""
 
-MAX_SHAPE_ECHO = 32
-"""Most dimensions of a shape that a message repeats."""
-
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects in a config."""
 
@@ -56,14 +56,6 @@ DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
 VARIABLE_DTYPES = tuple(DTYPE_BYTES)
 """Element types a variable may have."""
-
-UPCASTS = {
-    "float16": ("float16", "float32", "float64"),
-    "bfloat16": ("bfloat16", "float32", "float64"),
-    "float32": ("float32", "float64"),
-    "float64": ("float64",),
-}
-"""Value dtype -> variable dtypes it may go into (cast up exactly, never down)."""
 
 
 class Described(Protocol):
@@ -206,7 +198,7 @@ def placement_text(placement: Placement | None) -> str:
         return text
     return (
         f"{text}, part {part.index} of {part.count} of {shown(part.variable)} "
-        f"{_shape_text(part.shape)} from row {part.row_offset}"
+        f"{shape_text(part.shape)} from row {part.row_offset}"
     )
 
 
@@ -308,8 +300,8 @@ def _partition_problem(part: tuple[int, ...], partition: Partition) -> tuple[str
     if len(part) != len(whole) or part[1:] != whole[1:]:
         return (
             "shape",
-            f"a part of the whole's shape {_shape_text(whole)} but for its rows",
-            _shape_text(part),
+            f"a part of the whole's shape {shape_text(whole)} but for its rows",
+            shape_text(part),
         )
     if not 0 <= partition.row_offset <= whole[0] - part[0]:
         return (
@@ -471,14 +463,8 @@ def check_finite(
     """Refuses NaN and Inf anywhere in ``values``."""
     if values.dtype.kind == "f" and math.isfinite(sum_of_squares(values)):
         return
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = int(finite.size - np.count_nonzero(finite))
-        raise InvalidArgument(
-            f"{where}: expected finite {what}, received {bad} non-finite",
-            reason,
-            {**metadata, "received": bad},
-        )
+    with refused_as_invalid():
+        checks.check_finite(where, what, values, metadata, reason)
 
 
 def check_iterations(where: str, value: np.ndarray) -> int:
@@ -547,62 +533,20 @@ def check_weights(
 
 
 def check_gradient(managed: Described, gradient: Gradient) -> None:
-    """Checks a gradient's dtype, shape and indices against its variable."""
-    name = managed.name
-    dtype = gradient.values.dtype.name
-    if managed.dtype not in UPCASTS.get(dtype, ()):
-        allowed = [d for d, targets in UPCASTS.items() if managed.dtype in targets]
-        raise InvalidArgument(
-            f"variable {shown(name)}: expected a gradient dtype in {allowed}, received {dtype}",
-            Reason.DTYPE_MISMATCH,
-            {"variable": name, "expected": allowed, "received": dtype},
-        )
-    if isinstance(gradient, DenseGradient):
-        _check_shape(name, "gradient shape", managed.shape, gradient.values.shape)
-        return
-    if not managed.shape:
-        raise InvalidArgument(
-            f"variable {shown(name)}: a scalar cannot take a sparse gradient",
-            Reason.SPARSE_SCALAR,
-            {"variable": name},
-        )
-    if gradient.dense_shape:
-        _check_shape(name, "dense_shape", managed.shape, gradient.dense_shape)
-    if 0 in managed.shape[1:]:
-        raise InvalidArgument(
-            f"variable {shown(name)}: expected a dense gradient, as rows of shape "
-            f"{list(managed.shape[1:])} hold no elements, received a sparse one",
-            Reason.SHAPE_MISMATCH,
-            {"variable": name, "expected": "a dense gradient", "received": "a sparse gradient"},
-        )
-    if gradient.indices.ndim != 1 or gradient.indices.dtype.name not in ("int32", "int64"):
-        raise InvalidArgument(
-            f"variable {shown(name)}: expected int32 or int64 indices of rank 1, received "
-            f"{gradient.indices.dtype.name} of shape {list(gradient.indices.shape)}",
-            Reason.INVALID_INDICES,
-            {"variable": name},
-        )
-    expected_values = (len(gradient.indices), *managed.shape[1:])
-    _check_shape(name, "sparse values shape", expected_values, gradient.values.shape)
-    check_rows(managed, gradient.indices)
+    """Checks a gradient's dtype, shape and indices against its variable (the checks a
+    sharded client runs too: :func:`tfps_client.wire.checks.check_gradient`)."""
+    with refused_as_invalid():
+        checks.check_gradient(managed, gradient)
 
 
-def _check_shape(name: str, what: str, expected: Sequence[int], received: Sequence[int]) -> None:
-    if tuple(expected) != tuple(received):
-        shape = _shape_text(received)
-        raise InvalidArgument(
-            f"variable {shown(name)}: expected {what} {list(expected)}, received {shape}",
-            Reason.SHAPE_MISMATCH,
-            {"variable": name, "expected": list(expected), "received": shape},
-        )
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    """A shape as messages show it; one of more dimensions than any tensor (a client's
-    dense_shape) by their number only."""
-    if len(shape) > MAX_SHAPE_ECHO:
-        return f"{len(shape)} dimensions"
-    return str(list(shape))
+@contextlib.contextmanager
+def refused_as_invalid() -> Iterator[None]:
+    """Raises a :class:`~tfps_client.wire.checks.Refusal` of the shared checks as
+    INVALID_ARGUMENT."""
+    try:
+        yield
+    except checks.Refusal as refusal:
+        raise InvalidArgument(refusal.message, refusal.reason, refusal.metadata) from None
 
 
 def check_rows_bytes(managed: Described, rows: int, max_bytes: int | None) -> None:
@@ -636,23 +580,8 @@ def check_step(step: int | None) -> None:
 
 def check_rows(managed: Described, indices: np.ndarray) -> None:
     """Checks that every index names a row of the variable."""
-    if not managed.shape:
-        raise InvalidArgument(
-            f"variable {shown(managed.name)}: a scalar has no rows",
-            Reason.SPARSE_SCALAR,
-            {"variable": managed.name},
-        )
-    rows = managed.shape[0]
-    if indices.size:
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= rows:
-            bad = low if low < 0 else high
-            raise InvalidArgument(
-                f"variable {shown(managed.name)}: expected row indices in [0, {rows}), "
-                f"received {bad}",
-                Reason.INDEX_OUT_OF_RANGE,
-                {"variable": managed.name, "expected": f"[0, {rows})", "received": bad},
-            )
+    with refused_as_invalid():
+        checks.check_rows(managed, indices)
 
 
 # JSON ------------------------------------------------------------------------------------------
