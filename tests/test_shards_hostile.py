@@ -197,11 +197,6 @@ def test_a_bad_push_is_refused_as_one_server_refuses_it_and_changes_no_shard(
         assert refused == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="non-finite gradients are checked by each shard on its own part: the shards "
-    "without the NaN apply the push (operations._split_push must check finiteness first)",
-)
 def test_a_non_finite_gradient_on_one_shard_is_refused_by_every_shard(
     reference: Client, sharded: Client, each_shard: list[Client]
 ) -> None:
@@ -240,11 +235,6 @@ def test_a_non_finite_gradient_on_one_shard_skips_the_update_on_every_shard(
     assert_all_bitwise_equal(sharded.pull(names), reference.pull(names))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a shard holding none of an optimizer's variables is never advanced, so a "
-    "variable created on it later starts from iterations 0 (Adam's bias correction differs)",
-)
 def test_a_variable_created_after_pushes_on_a_new_shard_follows_the_iterations(
     reference: Client, fresh_shards: Client
 ) -> None:
@@ -277,11 +267,6 @@ def test_redeclaring_a_variable_with_another_shape_creates_nothing(
     assert f"{prefix}/new" not in listed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_variables sends each shard its declarations at once: a shard creates "
-    "its new variables while another refuses a non-finite initial value",
-)
 def test_a_create_refused_on_one_shard_creates_nothing_on_the_others(
     reference: Client, sharded: Client, each_shard: list[Client]
 ) -> None:
@@ -309,11 +294,6 @@ def test_a_variable_named_as_a_part_of_another_is_created_as_on_one_server(
     assert fresh_shards.list_variables()[-1].shape == (2, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pull and push_pull merge the shards' answers by part name: x's part x/part_1 "
-    "and the variable x/part_1 (on another shard) overwrite each other",
-)
 def test_pulling_a_variable_named_as_a_part_of_another(
     reference: Client, fresh_shards: Client
 ) -> None:
@@ -334,11 +314,6 @@ def test_pull_rows_of_no_ids_of_a_split_variable(reference: Client, sharded: Cli
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a push of no gradients, or pull() of no variables, fans out to no shard, and "
-    "the blocking client's _fan_out unpacks an empty mapping (ValueError)",
-)
 @pytest.mark.parametrize("call", ["push({})", "push(None gradient)", "pull() of none"])
 def test_calls_that_need_no_shard(fresh_shards: Client, call: str) -> None:
     fresh_shards.create_optimizer("default", SGD)
@@ -349,10 +324,6 @@ def test_calls_that_need_no_shard(fresh_shards: Client, call: str) -> None:
     assert fresh_shards.push(gradients, request_id="r").outcomes == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_slot's error names the part the shard knows ('e/part_0'), not the variable",
-)
 def test_an_unknown_slot_of_a_split_variable(reference: Client, sharded: Client) -> None:
     _setup([reference, sharded], "slot")
     expected = _refusal(lambda: reference.get_slot("slot/e", "nope"))

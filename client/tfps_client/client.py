@@ -142,6 +142,8 @@ class Client(Operations):
     def _fan_out(self, fanout: Fanout, deadline: Deadline) -> dict[int, Any]:
         """Runs each shard's steps at once (the first in this thread); returns their results
         once all ended, or raises the first shard's error."""
+        if not fanout.steps:
+            return {}
         (first, first_steps), *others = fanout.steps.items()
         futures: dict[int, Future[Any]] = {
             shard: self._pool.submit(self._outcome, shard, steps, deadline)

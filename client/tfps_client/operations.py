@@ -164,6 +164,7 @@ class Operations:
         """Opens the channels of :attr:`_settings`, knowing nothing of the shards yet."""
         self._layout: sharding.Layout | None = None
         self._shards_declared = False
+        self._known_options: dict[str, OptimizerOptions] = {}
         self._connect()
 
     def _connect(self) -> None:
@@ -279,28 +280,57 @@ class Operations:
     ) -> Steps[dict[int, tuple[dict[str, Any], list[np.ndarray]]]]:
         """The header and tensors of each shard's part of a push (``header`` is the whole
         push's): the gradients of the parts it holds, and ``advance`` naming the pushed
-        optimizers whose variables it holds but none of whose gradients it gets, so that
-        every shard's ``iterations`` grow together."""
+        optimizers none of whose gradients it gets, so that every shard's ``iterations``
+        grow together (also on a shard that holds none of an optimizer's variables yet:
+        one created there later starts from the same count).
+
+        The whole push is checked first, as one server checks it: gradients that do not
+        fit their variables, and non-finite ones for an optimizer that rejects them, are
+        refused before any shard is asked.
+
+        Raises:
+            InvalidArgumentError, NotFoundError: as a server refuses the push.
+        """
         names = [name for name, gradient in gradients.items() if gradient is not None]
         layout = yield from self._known_layout(names)
+        split = sharding.split_gradients(layout, gradients)
+        optimizers = sorted({layout.get(name).optimizer for name in names})
+        for optimizer in optimizers:
+            options = yield from self._options(optimizer)
+            if options.on_non_finite == "reject":
+                sharding.check_finite_gradients(
+                    [
+                        (name, gradients[name])
+                        for name in names
+                        if layout.get(name).optimizer == optimizer
+                    ]
+                )
         pushes = {}
-        for shard, parts in sharding.split_gradients(layout, gradients).items():
+        for shard, parts in split.items():
             shard_header = _shard_header(header)
             shard_header["gradients"], arrays = convert.gradients_to_wire(parts)
             pushes[shard] = (shard_header, arrays)
-        for optimizer in sorted({layout.get(name).optimizer for name in names}):
+        for optimizer in optimizers:
             fed = {
                 s
                 for name in names
                 if layout.get(name).optimizer == optimizer
                 for s in layout.get(name).shards
             }
-            for shard in layout.optimizer_shards(optimizer):
+            for shard in range(layout.shards):
                 if shard not in fed:
                     pushes.setdefault(shard, (_shard_header(header), []))[0]["advance"].append(
                         optimizer
                     )
         return pushes
+
+    def _options(self, optimizer: str) -> Steps[OptimizerOptions]:
+        """The options ``optimizer`` was created with (they never change), asked once."""
+        if optimizer not in self._known_options:
+            request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+            response = yield from _on(0, calls.unary("GetOptimizerConfig", request))
+            self._known_options[optimizer] = convert.options_from_message(response.options)
+        return self._known_options[optimizer]
 
     # Optimizers -------------------------------------------------------------------------------
 
@@ -425,19 +455,22 @@ class Operations:
             _, (value,) = yield calls.download("GetSlot", request, lambda first: [first.slot])
             return value
         placed = (yield from self._known_layout([variable])).get(variable)
-        answers = yield calls.Fanout(
-            {
-                part.shard: calls.one(
-                    calls.download(
-                        "GetSlot",
-                        pb.GetSlotRequest(variable=part.name, slot=slot),
-                        lambda first: [first.slot],
+        answers = yield from sharding.as_whole(
+            placed,
+            calls.Fanout(
+                {
+                    part.shard: calls.one(
+                        calls.download(
+                            "GetSlot",
+                            pb.GetSlotRequest(variable=part.name, slot=slot),
+                            lambda first: [first.slot],
+                        )
                     )
-                )
-                for part in placed.parts
-            }
+                    for part in placed.parts
+                }
+            ),
         )
-        values = {part.name: answers[part.shard][1][0] for part in placed.parts}
+        values = {(part.shard, part.name): answers[part.shard][1][0] for part in placed.parts}
         return sharding.join_parts(placed, values)
 
     @ClientMethod
@@ -528,6 +561,8 @@ class Operations:
             response = yield calls.upload("CreateVariables", header, arrays)
             return CreateVariablesResult(tuple(response.created), tuple(response.existing))
         config_request = pb.GetOptimizerConfigRequest(optimizer=optimizer)
+        for name, array in zip(names, arrays, strict=True):  # as every shard would
+            sharding.check_initial_value(name, array)
         layout = yield from self._known_layout(names)
         response = yield from _on(0, calls.unary("GetOptimizerConfig", config_request))
         clipping = json.loads(response.config_json).get("config", {})
@@ -674,11 +709,7 @@ class Operations:
                 for shard, (h, a) in pushes.items()
             }
         )
-        values = {
-            name: value
-            for first, tensors in answers.values()
-            for name, value in _named(first.tensors, tensors).items()
-        }
+        values = _by_part(answers)
         result = _merged_results([first.push for first, _ in answers.values()], request_id)
         return result, {placed.name: sharding.join_parts(placed, values) for placed in wanted}
 
@@ -716,11 +747,7 @@ class Operations:
                 for shard, part_names in sorted(asked.items())
             }
         )
-        values = {
-            name: value
-            for first, tensors in answers.values()
-            for name, value in _named(first.tensors, tensors).items()
-        }
+        values = _by_part(answers)
         return {variable.name: sharding.join_parts(variable, values) for variable in placed}
 
     @ClientMethod
@@ -825,6 +852,15 @@ def _on(shard: int, call: calls.Call) -> Steps[Any]:
     """Makes ``call`` on ``shard`` and returns its result."""
     answers = yield calls.Fanout({shard: calls.one(call)})
     return answers[shard]
+
+
+def _by_part(answers: Mapping[int, tuple[Any, list[np.ndarray]]]) -> dict[tuple[int, str], Any]:
+    """The tensors of each shard's answer to a pull, by (shard, the name it sent)."""
+    return {
+        (shard, name): value
+        for shard, (first, tensors) in answers.items()
+        for name, value in _named(first.tensors, tensors).items()
+    }
 
 
 def _named(specs: Sequence[pb.NamedTensorSpec], values: Sequence[np.ndarray]) -> dict[str, Any]:

@@ -19,14 +19,18 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from tfps_client import calls
+from tfps_client.calls import Steps
 from tfps_client.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    TfpsError,
 )
 from tfps_client.types import IndexedSlices, Partition, Placement, VariableInfo
 from tfps_client.wire import checks, codec, convert
@@ -437,6 +441,26 @@ def check_gradient(variable: Placed, gradient: object) -> None:
         checks.check_gradient(variable, wire)
 
 
+def check_finite_gradients(gradients: Sequence[tuple[str, object]]) -> None:
+    """Refuses NaN and Inf in the values of ``gradients`` (name, gradient), as a server
+    refuses them for an optimizer created with ``on_non_finite="reject"``.
+
+    Raises:
+        InvalidArgumentError: a gradient holds some (reason ``NON_FINITE_GRADIENT``).
+    """
+    for name, gradient in gradients:
+        slices = convert.as_indexed_slices(gradient)
+        values = convert.to_numpy(gradient) if slices is None else np.asarray(slices.values)
+        with refused_as_invalid():
+            checks.check_finite(
+                f"variable {checks.shown(name)}",
+                "gradient values",
+                values,
+                {"variable": name},
+                Reason.NON_FINITE_GRADIENT,
+            )
+
+
 def check_rows(variable: Placed, indices: np.ndarray) -> None:
     """Refuses row indices of ``variable`` out of ``[0, rows)``, as a server does.
 
@@ -523,8 +547,41 @@ def join_rows(variable: Placed, ids: np.ndarray, answers: Mapping[int, np.ndarra
     return rows
 
 
-def join_parts(variable: Placed, values: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The whole value of ``variable`` from its parts' values, by part name."""
+def join_parts(variable: Placed, values: Mapping[tuple[int, str], np.ndarray]) -> np.ndarray:
+    """The whole value of ``variable`` from its parts' values, by (shard, part name): a
+    part's name may be another variable's on another shard."""
     if not variable.partitioned:
-        return values[variable.name]
-    return np.concatenate([values[part.name] for part in variable.parts])
+        return values[(variable.parts[0].shard, variable.name)]
+    return np.concatenate([values[(part.shard, part.name)] for part in variable.parts])
+
+
+def check_initial_value(name: str, value: np.ndarray) -> None:
+    """Refuses an initial value a server would refuse (dtype, dimensions, NaN or Inf), before
+    any shard creates anything.
+
+    Raises:
+        InvalidArgumentError: as a server's.
+    """
+    with refused_as_invalid():
+        checks.check_initial_value(name, value)
+
+
+def as_whole(variable: Placed, fanout: calls.Fanout) -> Steps[Any]:
+    """Makes ``fanout`` over the parts of ``variable``; an error naming a part is raised
+    naming the variable, as one server would.
+
+    Raises:
+        TfpsError: the fan-out's, its part names replaced by the variable's.
+    """
+    try:
+        return (yield fanout)
+    except TfpsError as error:
+        part = error.metadata.get("variable")
+        if part not in variable.part_names or part == variable.name:
+            raise
+        renamed = type(error)(
+            error.message.replace(checks.shown(part), checks.shown(variable.name)),
+            error.reason,
+            {**error.metadata, "variable": variable.name},
+        )
+        raise renamed from None

@@ -23,7 +23,7 @@ import numpy as np
 
 from tfps_client.types import OptimizerOptions, Partition, Placement, ShardIdentity
 from tfps_client.wire import checks
-from tfps_client.wire.checks import UPCASTS, shape_text
+from tfps_client.wire.checks import UPCASTS, VARIABLE_DTYPES, shape_text
 from tfps_client.wire.convert import Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
@@ -40,11 +40,6 @@ from tfps_server.numerics import sum_of_squares
 MAX_ITERATIONS = 2**62
 """The largest ``iterations`` an optimizer may hold; a step beyond it is refused."""
 
-MAX_DIMENSION = 2**31 - 1
-"""The largest dimension of a variable. Keras fills some slots (Adagrad's, Ftrl's) with
-``tf.fill``, whose dimensions are int32: a larger one wraps around, giving a slot of another
-shape, or fails when the variable is created."""
-
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects in a config."""
 
@@ -53,9 +48,6 @@ MAX_JSON_INTEGER_DIGITS = 19
 
 DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 """Element types a variable may have, and the bytes of one element."""
-
-VARIABLE_DTYPES = tuple(DTYPE_BYTES)
-"""Element types a variable may have."""
 
 
 class Described(Protocol):
@@ -129,20 +121,9 @@ def check_declarations(
                 {"variable": name},
             )
         seen.add(name)
-        check_dtype(name, value.dtype.name)
-        if any(d > MAX_DIMENSION for d in value.shape):
-            raise InvalidArgument(
-                f"variable {shown(name)}: expected dimensions of at most 2**31 - 1, "
-                f"received shape {list(value.shape)}",
-                Reason.SHAPE_MISMATCH,
-                {
-                    "variable": name,
-                    "expected": "dimensions <= 2**31 - 1",
-                    "received": list(value.shape),
-                },
-            )
-        if require_finite:
-            check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
+        finite = value.dtype.kind == "f" and math.isfinite(sum_of_squares(value))  # one pass
+        with refused_as_invalid():
+            checks.check_initial_value(name, value, require_finite and not finite)
 
 
 def check_dtype(variable: str, dtype: str) -> None:

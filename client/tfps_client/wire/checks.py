@@ -86,6 +86,44 @@ class Described(Protocol):
     def dtype(self) -> np.dtype | str: ...
 
 
+VARIABLE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""Element types a variable may have."""
+
+MAX_DIMENSION = 2**31 - 1
+"""Largest dimension of a variable."""
+
+
+def check_initial_value(name: str, value: np.ndarray, require_finite: bool = True) -> None:
+    """Checks a declared variable's initial value: its dtype, dimensions and (unless a
+    restore reads values training made non-finite) that every element is finite.
+
+    Raises:
+        Refusal: a dtype no variable may have, a dimension of more than 2**31 - 1, or a
+            NaN or Inf.
+    """
+    dtype = value.dtype.name
+    if dtype not in VARIABLE_DTYPES:
+        raise Refusal(
+            f"variable {shown(name)}: expected dtype in {list(VARIABLE_DTYPES)}, "
+            f"received {clipped(dtype)}",
+            Reason.INVALID_DTYPE,
+            {"variable": name, "expected": VARIABLE_DTYPES, "received": dtype},
+        )
+    if any(d > MAX_DIMENSION for d in value.shape):
+        raise Refusal(
+            f"variable {shown(name)}: expected dimensions of at most 2**31 - 1, "
+            f"received shape {list(value.shape)}",
+            Reason.SHAPE_MISMATCH,
+            {
+                "variable": name,
+                "expected": "dimensions <= 2**31 - 1",
+                "received": list(value.shape),
+            },
+        )
+    if require_finite:
+        check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
+
+
 def check_gradient(variable: Described, gradient: DenseGradient | SparseGradient) -> None:
     """Checks a gradient's dtype, shape and indices against its variable.
 
