@@ -23,7 +23,7 @@ import numpy as np
 
 from tfps_client.types import OptimizerOptions, Partition, Placement, ShardIdentity
 from tfps_client.wire import checks
-from tfps_client.wire.checks import UPCASTS, VARIABLE_DTYPES, shape_text
+from tfps_client.wire.checks import UPCASTS, VARIABLE_DTYPES, Described, shape_text
 from tfps_client.wire.convert import Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
@@ -48,19 +48,6 @@ MAX_JSON_INTEGER_DIGITS = 19
 
 DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 """Element types a variable may have, and the bytes of one element."""
-
-
-class Described(Protocol):
-    """A variable as the checks see it."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    @property
-    def dtype(self) -> str: ...
 
 
 class Declared(Described, Protocol):
