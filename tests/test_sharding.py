@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tfps_client import IndexedSlices
+from tfps_client.checkpoint_groups import complete_groups, find_group
 from tfps_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from tfps_client.sharding import (
     Declared,
@@ -18,7 +19,7 @@ from tfps_client.sharding import (
     split_gradients,
     split_rows,
 )
-from tfps_client.types import Partition, Placement, VariableInfo
+from tfps_client.types import CheckpointInfo, Partition, Placement, VariableInfo
 
 F32 = np.dtype(np.float32)
 
@@ -184,3 +185,26 @@ def test_listings_that_disagree_are_refused(
 ) -> None:
     with pytest.raises(FailedPreconditionError, match=message):
         layout_from_listings(listings)
+
+
+def checkpoint(checkpoint_id: int, group: str = "") -> CheckpointInfo:
+    return CheckpointInfo(checkpoint_id, f"ckpt-{checkpoint_id}", 0.0, 1, {}, (), group)
+
+
+def test_logical_checkpoints_are_the_groups_every_shard_holds() -> None:
+    listings = [
+        [checkpoint(1, "a"), checkpoint(2), checkpoint(3, "b"), checkpoint(4, "c")],
+        [checkpoint(7, "a"), checkpoint(8, "b")],
+        [checkpoint(1, "b"), checkpoint(2, "a"), checkpoint(3, "c")],
+    ]
+    groups = complete_groups(listings)
+    assert [[info.id for info in group] for group in groups] == [[1, 7, 2], [3, 8, 1]]
+    assert [info.id for info in find_group(listings, None)] == [3, 8, 1]
+    assert [info.id for info in find_group(listings, 1)] == [1, 7, 2]
+    with pytest.raises(FailedPreconditionError, match=r"shards \[1\] hold no part of it"):
+        find_group(listings, 4)
+    for unknown in (2, 99):
+        with pytest.raises(NotFoundError, match="expected a checkpoint saved on all 3 shards"):
+            find_group(listings, unknown)
+    with pytest.raises(NotFoundError, match="no checkpoint saved on all 2 shards together"):
+        find_group([[checkpoint(1)], []], None)

@@ -11,10 +11,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tf_keras
 
 import tfps_client.aio
 from tfps_client import Client, IndexedSlices, RetryPolicy, Sync, VariableInfo
-from tfps_client.errors import FailedPreconditionError, UnimplementedError
+from tfps_client.checkpoint_reader import open_checkpoint
+from tfps_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnimplementedError,
+)
+from tfps_client.keras import load_into
 from tfps_server import Registry, RunningServer, create_server
 
 from helpers import LISTENING, ServerProcess, assert_all_bitwise_equal, free_port
@@ -264,28 +272,6 @@ def test_the_asyncio_client_shards_the_same_way(
     assert_all_bitwise_equal(rows, sharded.pull_rows(table, [9, 0, 3]))
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda c: c.get_weights("default"),
-        lambda c: c.set_weights("default", []),
-        lambda c: c.save_checkpoint(),
-        lambda c: c.list_checkpoints(),
-        lambda c: c.restore_checkpoint(1),
-        lambda c: c.download_checkpoint(None, "unused"),
-    ],
-    ids=["get_weights", "set_weights", "save", "list", "restore", "download"],
-)
-def test_what_a_sharded_client_lacks_yet_is_refused_before_any_call(
-    shard_ports: list[int], call: Any
-) -> None:
-    with (
-        Client(addresses(shard_ports), timeout=30) as client,
-        pytest.raises(UnimplementedError, match="not available on a sharded client yet"),
-    ):
-        call(client)
-
-
 def test_a_shard_killed_and_restarted_from_its_checkpoint_rejoins(
     cluster: Cluster, sharded: Client
 ) -> None:
@@ -365,3 +351,91 @@ def test_sync_steps_close_on_every_shard_as_on_one_server(
 
     assert_all_bitwise_equal(steps(sharded), steps(reference))
     assert sharded.iterations(prefix) == reference.iterations(prefix) == 2
+
+
+def test_one_logical_checkpoint_saved_and_restored_across_shards(
+    cluster: Cluster, sharded: Client, tmp_path: Path
+) -> None:
+    prefix = "logical"
+    sharded.create_optimizer(prefix, {"class_name": "Adam", "config": {"learning_rate": 0.1}})
+    sharded.create_variables(initial(prefix), optimizer=prefix)
+    names = list(initial(prefix))
+    given = pushes(prefix)
+    for gradients in given[:2]:
+        sharded.push(gradients)
+    info = sharded.save_checkpoint()
+    assert info.group and info.iterations[prefix] == 2
+    assert {v.name: v.shape for v in info.variables}[f"{prefix}/emb"] == (10, 2)
+    saved = {**sharded.pull(names), **{f"{n}:m": sharded.get_slot(n, "m") for n in names}}
+    for gradients in given[2:]:
+        sharded.push(gradients)
+    assert info.id in [listed.id for listed in sharded.list_checkpoints()]
+
+    restored = sharded.restore_checkpoint(info.id)
+    assert (restored.id, restored.group) == (info.id, info.group)
+    assert_all_bitwise_equal(
+        {**sharded.pull(names), **{f"{n}:m": sharded.get_slot(n, "m") for n in names}}, saved
+    )
+    for port in cluster.ports:  # every shard is back at the same step
+        with Client(f"127.0.0.1:{port}") as one:
+            assert one.iterations(prefix) == 2
+
+    assert sharded.download_checkpoint(info.id, tmp_path) == str(tmp_path)
+    for shard in range(SHARDS):
+        assert (tmp_path / f"shard-{shard}-of-{SHARDS}" / "checkpoint").is_file()
+    opened = open_checkpoint(tmp_path)  # what load_into and tfps-ckpt inspect read
+    assert_all_bitwise_equal(
+        {**{n: opened.value(n) for n in names}, **{f"{n}:m": opened.slot(n, "m") for n in names}},
+        saved,
+    )
+    entries = {entry.name: entry for entry in opened.metadata.variables}
+    assert entries[f"{prefix}/emb"].shape == (10, 2)
+    (optimizer,) = [o for o in opened.metadata.optimizers if o.name == prefix]
+    assert optimizer.iterations == 2
+    assert opened.optimizer_weight(prefix, "iter") == 2
+    embedding = tf_keras.Sequential([tf_keras.layers.Embedding(10, 2, name=prefix)])
+    embedding.build((None, 1))
+    report = load_into(
+        embedding, tmp_path, name_map={f"{prefix}/embeddings": f"{prefix}/emb"}, strict=False
+    )
+    assert report.loaded == (f"{prefix}/emb",)
+    assert_all_bitwise_equal(embedding.layers[0].embeddings.numpy(), saved[f"{prefix}/emb"])
+
+    with Client(f"127.0.0.1:{cluster.ports[0]}") as first:
+        own = first.save_checkpoint()  # a shard's own save is no logical checkpoint
+    with pytest.raises(NotFoundError, match="saved on all 3 shards together"):
+        sharded.restore_checkpoint(own.id)
+
+
+@pytest.mark.parametrize("optimizer", list(CLASSES))
+def test_optimizer_weights_in_one_servers_order(
+    sharded: Client, reference: Client, optimizer: str
+) -> None:
+    """Two create calls (two batches of slots), a split embedding; get_weights is one
+    server's list bitwise, and set_weights of it, changed, reads back the same."""
+    prefix = f"weights-{optimizer}"
+    config = CLASSES[optimizer]
+
+    def weights(client: Client) -> list[np.ndarray]:
+        client.create_optimizer(prefix, config)
+        first = initial(prefix)
+        client.create_variables({n: first[n] for n in list(first)[:2]}, optimizer=prefix)
+        client.create_variables({f"{prefix}/emb": first[f"{prefix}/emb"]}, optimizer=prefix)
+        for gradients in pushes(prefix)[:3]:
+            client.push(gradients)
+        return client.get_weights(prefix)
+
+    got = weights(sharded)
+    assert_all_bitwise_equal(got, weights(reference))
+    changed = [got[0] + 1, *(np.asarray(w) * 2 for w in got[1:])]
+    sharded.set_weights(prefix, changed)
+    reference.set_weights(prefix, changed)
+    assert_all_bitwise_equal(sharded.get_weights(prefix), changed)
+    assert sharded.iterations(prefix) == int(got[0]) + 1
+    sharded.push(pushes(prefix)[3])
+    reference.push(pushes(prefix)[3])
+    assert_all_bitwise_equal(
+        sharded.pull(list(initial(prefix))), reference.pull(list(initial(prefix)))
+    )
+    with pytest.raises(InvalidArgumentError, match="set_weights: expected"):
+        sharded.set_weights(prefix, changed[:-1])

@@ -27,6 +27,28 @@ def _unquoted(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
+def shard_directory(shard: int, shards: int) -> str:
+    """The subdirectory a sharded client downloads shard ``shard``'s part of a logical
+    checkpoint into."""
+    return f"shard-{shard}-of-{shards}"
+
+
+def shard_prefixes(path: str | Path) -> list[str] | None:
+    """The checkpoint prefixes of a sharded client's logical checkpoint downloaded into the
+    directory ``path`` (its ``shard-<i>-of-<n>`` subdirectories, in shard order); None when
+    ``path`` holds none.
+
+    Raises:
+        FileNotFoundError: a shard's subdirectory is missing or holds no checkpoint.
+    """
+    given = Path(path)
+    found = sorted(given.glob("shard-*-of-*")) if given.is_dir() else []
+    if not found:
+        return None
+    shards = int(found[0].name.rsplit("-", 1)[1])
+    return [resolve(given / shard_directory(shard, shards)) for shard in range(shards)]
+
+
 def record_latest(directory: str | Path, name: str) -> None:
     """Makes checkpoint ``name`` (a prefix relative to ``directory``) the directory's latest
     in its state file, keeping the others it lists. Written to a temporary file and renamed,

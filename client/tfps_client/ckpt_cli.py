@@ -13,12 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tfps_client import __version__, checkpoint_files
+from tfps_client import __version__
+from tfps_client.checkpoint_reader import open_checkpoint
 from tfps_client.client import Client
 from tfps_client.errors import TfpsError
 from tfps_client.transport import TOKEN_ENVIRONMENT_VARIABLE, tls_credentials
 from tfps_client.types import CheckpointInfo
-from tfps_client.wire import checkpoint_layout as layout
 
 SERVER_ENVIRONMENT_VARIABLE = "TFPS_SERVER"
 """Where ``--server`` defaults from."""
@@ -73,18 +73,15 @@ def _list(client: Client, as_json: bool) -> None:
 
 def _inspect(path: str) -> None:
     try:
-        prefix = checkpoint_files.resolve(path)
+        opened = open_checkpoint(path)
     except FileNotFoundError as error:
         raise SystemExit(f"tfps-ckpt inspect: {error}") from None
-    try:
-        import tensorflow as tf
     except ImportError:
         raise SystemExit(
             "tfps-ckpt inspect reads TensorFlow checkpoints: install tensorflow"
         ) from None
-    reader = tf.train.load_checkpoint(prefix)
-    metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
-    print(f"checkpoint {prefix}, saved {_utc(metadata.saved_at)}")
+    metadata = opened.metadata
+    print(f"checkpoint {opened.description}, saved {_utc(metadata.saved_at)}")
     for optimizer in metadata.optimizers:
         print(
             f"optimizer {optimizer.name}: {json.dumps(optimizer.config)} "
@@ -95,7 +92,7 @@ def _inspect(path: str) -> None:
             f"variable {variable.name}: {variable.dtype}{list(variable.shape)} "
             f"-> {variable.optimizer}"
         )
-    for key, shape in sorted(reader.get_variable_to_shape_map().items()):
+    for key, shape in opened.stored():
         print(f"  {key} {shape}")
 
 

@@ -32,9 +32,8 @@ class Client(Operations):
     bias correction and learning-rate schedules) agree with one server's. Each server
     learns its index in the list on first use and refuses a client that gives it another
     (``FailedPreconditionError``, reason ``SHARD_MISMATCH``): keep the list in one order.
-    ``get_weights``, ``set_weights`` and the checkpoint methods are not available on a
-    sharded client yet (``UnimplementedError``); each shard checkpoints itself
-    (``--checkpoint-dir``) and restarts from its own checkpoints.
+    Checkpoints are logical: one on every shard at the same step (see
+    :meth:`save_checkpoint`); ``get_weights`` is one server's list.
 
     :class:`tfps_client.aio.Client` has the same methods, arguments and errors, as
     coroutines.

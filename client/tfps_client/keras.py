@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tfps_client import checkpoint_files
+from tfps_client.checkpoint_reader import Checkpoint, open_checkpoint
 from tfps_client.client import Client
 from tfps_client.types import CreateVariablesResult, PushResult
 from tfps_client.wire import checkpoint_layout as layout
@@ -134,11 +134,8 @@ def load_into(
             names no model variable, or the optimizer's class differs from the server
             optimizer's.
     """
-    import tensorflow as tf
-
-    prefix = checkpoint_files.resolve(checkpoint)
-    reader = tf.train.load_checkpoint(prefix)
-    metadata = layout.CheckpointMetadata.from_json(reader.get_tensor(layout.METADATA_KEY))
+    opened = open_checkpoint(checkpoint)
+    metadata = opened.metadata
     declared = {v.name: v for v in metadata.variables}
     names = dict(name_map or {})
     model_names = [variable_name(v) for v in model.trainable_variables]
@@ -171,24 +168,24 @@ def load_into(
     )
     if strict and (report.missing or report.mismatched):
         raise ValueError(
-            f"load_into {prefix}: missing {list(report.missing)}, "
+            f"load_into {opened.description}: missing {list(report.missing)}, "
             f"shape mismatches {list(report.mismatched)}, unexpected {list(report.unexpected)}"
         )
     for entry, variable in pairs:
-        variable.assign(reader.get_tensor(layout.variable_key(entry.name)))
+        variable.assign(opened.value(entry.name))
     if optimizer is not None:
-        _load_optimizer(reader, metadata, optimizer, pairs)
+        _load_optimizer(opened, optimizer, pairs)
     return report
 
 
 def _load_optimizer(
-    reader: Any,
-    metadata: layout.CheckpointMetadata,
+    opened: Checkpoint,
     optimizer: Any,
     pairs: Sequence[tuple[layout.VariableEntry, Any]],
 ) -> None:
     import tf_keras
 
+    metadata = opened.metadata
     owners = {entry.optimizer for entry, _ in pairs}
     if len(owners) != 1:
         raise ValueError(
@@ -216,14 +213,12 @@ def _load_optimizer(
     optimizer._create_all_weights([variable for _, variable in ordered])
     for entry, variable in ordered:
         for slot in saved.slots:
-            optimizer.get_slot(variable, slot).assign(
-                reader.get_tensor(layout.slot_key(entry.name, slot))
-            )
+            optimizer.get_slot(variable, slot).assign(opened.slot(entry.name, slot))
     slots = {id(optimizer.get_slot(v, s)) for _, v in ordered for s in saved.slots}
     for weight in optimizer.weights:
         if id(weight) not in slots:
             short = layout.weight_name(weight.name)
-            weight.assign(reader.get_tensor(layout.optimizer_weight_key(saved.name, short)))
+            weight.assign(opened.optimizer_weight(saved.name, short))
 
 
 def _construction_differences(optimizer: Any, saved: layout.OptimizerEntry) -> list[str]:

@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from tfps_client import calls, checkpoint_files, sharding
+from tfps_client import calls, checkpoint_files, checkpoint_groups, sharding
 from tfps_client.calls import Steps
 from tfps_client.errors import AbortedError, TfpsError, UnimplementedError
 from tfps_client.tf_config import ps_addresses
@@ -255,18 +255,6 @@ class Operations:
             )
         return layout
 
-    def _not_sharded(self, method: str) -> None:
-        """Refuses a method a sharded client does not have yet.
-
-        Raises:
-            UnimplementedError: the client has several shards.
-        """
-        if self._shards > 1:
-            raise UnimplementedError(
-                f"{method}: not available on a sharded client yet (its weights and "
-                f"checkpoints span {self._shards} servers); call it on a client of each shard"
-            )
-
     def _home(self, optimizer: str) -> Steps[int]:
         """The first shard holding variables of ``optimizer`` (which has created its slots
         and counts its pushes), or shard 0 when none does."""
@@ -477,28 +465,78 @@ class Operations:
     def get_weights(self, optimizer: str) -> Steps[list[np.ndarray]]:
         """Returns the optimizer's weights in Keras order: iterations, then slots.
 
+        A sharded client returns one server's list: the slots of split variables joined,
+        in the order one server would have created them.
+
         Raises:
             TypeError: ``optimizer`` is not a string.
         """
-        self._not_sharded("get_weights")
         request = codec.build_message(pb.GetOptimizerWeightsRequest, optimizer=optimizer)
-        _, weights = yield calls.download(
-            "GetOptimizerWeights", request, lambda first: first.weights
+        if self._shards == 1:
+            _, weights = yield calls.download(
+                "GetOptimizerWeights", request, lambda first: first.weights
+            )
+            return list(weights)
+        placed, by_shard = yield from self._weights_of(optimizer)
+        return placed.join(by_shard)
+
+    def _weights_of(
+        self, optimizer: str
+    ) -> Steps[tuple[sharding.OptimizerWeights, dict[int, list[np.ndarray]]]]:
+        """Where ``optimizer``'s weights are, and each shard's own list of them."""
+        layout = yield from self._known_layout()
+        home = yield from self._home(optimizer)
+        names = yield from _on(
+            home, calls.unary("GetSlotNames", pb.GetSlotNamesRequest(optimizer=optimizer))
         )
-        return list(weights)
+        config = yield from _on(
+            home,
+            calls.unary("GetOptimizerConfig", pb.GetOptimizerConfigRequest(optimizer=optimizer)),
+        )
+        class_name = json.loads(config.config_json)["class_name"]
+        placed = sharding.OptimizerWeights(layout, optimizer, names.slot_names, class_name)
+        request = pb.GetOptimizerWeightsRequest(optimizer=optimizer)
+        answers = yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.download("GetOptimizerWeights", request, lambda first: first.weights)
+                )
+                for shard in placed.shards or [0]
+            }
+        )
+        return placed, {shard: list(answer[1]) for shard, answer in answers.items()}
 
     @ClientMethod
     def set_weights(self, optimizer: str, weights: Sequence[npt.ArrayLike]) -> Steps[None]:
         """Replaces the optimizer's weights, with Keras's length and shape checks.
 
+        A sharded client takes one server's list (as :meth:`get_weights` returns it), checks
+        its length and slot shapes, and gives each shard its part.
+
         Raises:
             TypeError: ``optimizer`` is not a string or ``weights`` not a sequence.
             ValueError: a weight is not an array of a dtype the wire carries.
         """
-        self._not_sharded("set_weights")
         arrays = [np.asarray(w) for w in weights]
         header = {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in arrays]}
-        yield calls.upload("SetOptimizerWeights", header, arrays)
+        if self._shards == 1:
+            yield calls.upload("SetOptimizerWeights", header, arrays)
+            return
+        placed, by_shard = yield from self._weights_of(optimizer)
+        current = by_shard[placed.shards[0] if placed.shards else 0]
+        others = len(current) - 1 - len(placed.of_shard(placed.shards[0])) if placed.shards else 0
+        yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.upload(
+                        "SetOptimizerWeights",
+                        {"optimizer": optimizer, "weights": [codec.spec_of(a) for a in listed]},
+                        listed,
+                    )
+                )
+                for shard, listed in placed.split(arrays, others).items()
+            }
+        )
 
     @ClientMethod
     def set_hyperparameter(
@@ -793,29 +831,81 @@ class Operations:
 
     @ClientMethod
     def save_checkpoint(self) -> Steps[CheckpointInfo]:
-        """Makes the server write a checkpoint of its whole state now."""
-        self._not_sharded("save_checkpoint")
-        response = yield calls.unary("SaveCheckpoint", pb.SaveCheckpointRequest())
-        return convert.checkpoint_info_from_message(response.checkpoint)
+        """Makes the server write a checkpoint of its whole state now.
+
+        A sharded client saves one logical checkpoint: every shard saves when each
+        optimizer's ``iterations`` reach the highest any shard has (pushes in flight
+        arrive first; pushes past it wait for the save), under one ``group`` label. Its
+        info is the first shard's id and path, with every shard's iterations, bytes and
+        variables.
+        """
+        if self._shards == 1:
+            response = yield calls.unary("SaveCheckpoint", pb.SaveCheckpointRequest())
+            return convert.checkpoint_info_from_message(response.checkpoint)
+        layout = yield from self._known_layout(refresh=True)
+        optimizers = sorted({variable.optimizer for variable in layout.variables.values()})
+        counts = yield calls.Fanout(
+            {shard: _iterations_of(optimizers) for shard in range(self._shards)}
+        )
+        targets = {o: max(counts[shard][o] for shard in counts) for o in optimizers}
+        request = pb.SaveCheckpointRequest(at_iterations=targets, group=uuid.uuid4().hex)
+        saved = yield self._everywhere(calls.unary("SaveCheckpoint", request))
+        return checkpoint_groups.merged(
+            [convert.checkpoint_info_from_message(saved[s].checkpoint) for s in sorted(saved)]
+        )
 
     @ClientMethod
     def list_checkpoints(self) -> Steps[list[CheckpointInfo]]:
-        """Returns the checkpoints the server retains, oldest first."""
-        self._not_sharded("list_checkpoints")
-        response = yield calls.unary("ListCheckpoints", pb.ListCheckpointsRequest())
-        return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
+        """Returns the checkpoints the server retains, oldest first; a sharded client's,
+        the logical checkpoints every shard holds a part of."""
+        if self._shards == 1:
+            response = yield calls.unary("ListCheckpoints", pb.ListCheckpointsRequest())
+            return [convert.checkpoint_info_from_message(c) for c in response.checkpoints]
+        listings = yield from self._checkpoint_listings()
+        return [checkpoint_groups.merged(g) for g in checkpoint_groups.complete_groups(listings)]
 
     @ClientMethod
     def restore_checkpoint(self, checkpoint_id: int | None = None) -> Steps[CheckpointInfo]:
         """Replaces the server's whole state with a checkpoint's (the latest when None).
 
+        A sharded client restores every shard from its part of one logical checkpoint
+        (``checkpoint_id`` is the first shard's id, as its info says), or none when a shard
+        lacks its part.
+
         Raises:
             TypeError: ``checkpoint_id`` is not an integer.
+            NotFoundError: (sharded) no logical checkpoint has that id.
+            FailedPreconditionError: (sharded) a shard lacks its part of it.
         """
-        self._not_sharded("restore_checkpoint")
         request = codec.build_message(pb.RestoreCheckpointRequest, id=checkpoint_id)
-        response = yield calls.unary("RestoreCheckpoint", request)
-        return convert.checkpoint_info_from_message(response.checkpoint)
+        if self._shards == 1:
+            response = yield calls.unary("RestoreCheckpoint", request)
+            return convert.checkpoint_info_from_message(response.checkpoint)
+        listings = yield from self._checkpoint_listings()
+        group = checkpoint_groups.find_group(listings, checkpoint_id)
+        self._layout = None  # the restored state is listed again on next use
+        restored = yield calls.Fanout(
+            {
+                shard: calls.one(
+                    calls.unary("RestoreCheckpoint", pb.RestoreCheckpointRequest(id=part.id))
+                )
+                for shard, part in enumerate(group)
+            }
+        )
+        return checkpoint_groups.merged(
+            [convert.checkpoint_info_from_message(restored[s].checkpoint) for s in sorted(restored)]
+        )
+
+    def _checkpoint_listings(self) -> Steps[list[list[CheckpointInfo]]]:
+        """Each shard's own checkpoints, in shard order."""
+        yield from self._known_layout()  # the shards know their places
+        answers = yield self._everywhere(
+            calls.unary("ListCheckpoints", pb.ListCheckpointsRequest())
+        )
+        return [
+            [convert.checkpoint_info_from_message(c) for c in answers[shard].checkpoints]
+            for shard in range(self._shards)
+        ]
 
     @ClientMethod
     def download_checkpoint(self, checkpoint_id: int | None, dest_dir: str | Path) -> Steps[str]:
@@ -832,20 +922,53 @@ class Operations:
             checkpoint_id: the checkpoint; None for the latest.
             dest_dir: the local directory (created if needed).
 
+        A sharded client downloads each shard's part of one logical checkpoint
+        (``checkpoint_id`` as :meth:`restore_checkpoint` takes it) into
+        ``dest_dir/shard-<i>-of-<n>``, all at once, each its directory's latest.
+
         Returns:
-            The local path prefix, as ``tf.train.load_checkpoint`` takes it.
+            The local path prefix, as ``tf.train.load_checkpoint`` takes it; a sharded
+            client's: ``dest_dir``.
 
         Raises:
             DataLossError: a file's size or digest does not match the server's.
             TypeError: ``checkpoint_id`` is not an integer.
             OSError: ``dest_dir`` cannot be created or written.
+            NotFoundError, FailedPreconditionError: (sharded) as :meth:`restore_checkpoint`.
         """
-        self._not_sharded("download_checkpoint")
         request = codec.build_message(pb.DownloadCheckpointRequest, id=checkpoint_id)
-        manifest = yield calls.download_files("DownloadCheckpoint", request, Path(dest_dir))
-        name = Path(manifest.checkpoint.path).name
-        checkpoint_files.record_latest(dest_dir, name)
-        return str(Path(dest_dir) / name)
+        if self._shards == 1:
+            return (yield from _downloaded(request, Path(dest_dir)))
+        listings = yield from self._checkpoint_listings()
+        group = checkpoint_groups.find_group(listings, checkpoint_id)
+        yield calls.Fanout(
+            {
+                shard: _downloaded(
+                    pb.DownloadCheckpointRequest(id=part.id),
+                    Path(dest_dir) / checkpoint_files.shard_directory(shard, len(group)),
+                )
+                for shard, part in enumerate(group)
+            }
+        )
+        return str(dest_dir)
+
+
+def _downloaded(request: pb.DownloadCheckpointRequest, directory: Path) -> Steps[str]:
+    """Downloads one server's checkpoint into ``directory`` and makes it its latest;
+    returns its local prefix."""
+    manifest = yield calls.download_files("DownloadCheckpoint", request, directory)
+    name = Path(manifest.checkpoint.path).name
+    checkpoint_files.record_latest(directory, name)
+    return str(directory / name)
+
+
+def _iterations_of(optimizers: Sequence[str]) -> Steps[dict[str, int]]:
+    """One server's ``iterations`` of each optimizer."""
+    counts = {}
+    for optimizer in optimizers:
+        response = yield calls.unary("GetIterations", pb.GetIterationsRequest(optimizer=optimizer))
+        counts[optimizer] = int(response.iterations)
+    return counts
 
 
 def _on(shard: int, call: calls.Call) -> Steps[Any]:

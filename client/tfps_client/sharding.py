@@ -70,6 +70,9 @@ class Placed:
     """Its pieces in row order; one part named as the variable when it is not split."""
     order: int
     """Its position in creation order over all shards."""
+    batch: int
+    """``order`` of the first variable of the create call that declared it: the batch Keras
+    created its slots in (the optimizer's weights follow the batches)."""
 
     @property
     def partitioned(self) -> bool:
@@ -97,7 +100,7 @@ class Placed:
             partition = Partition(
                 self.name, self.parts.index(part), len(self.parts), part.row_offset, self.shape
             )
-        return Placement(part.shard, shards, partition, self.order)
+        return Placement(part.shard, shards, partition, self.order, self.batch)
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ class Layout:
             if one.name in self.variables:
                 _check_same_declaration(self.variables[one.name], one)
         loads = self.loads()
-        order = max((v.order for v in self.variables.values()), default=-1) + 1
+        order = batch = max((v.order for v in self.variables.values()), default=-1) + 1
         placed = []
         for one in declared:
             if one.name in self.variables:
@@ -235,7 +238,7 @@ class Layout:
                 held = self.optimizer_shards(one.optimizer)
                 shards = range(held[0], held[0] + 1) if held else shards
                 max_shard_bytes = None
-            variable = _place_one(one, loads, shards, max_shard_bytes, order, self.held())
+            variable = _place_one(one, loads, shards, max_shard_bytes, (order, batch), self.held())
             order += 1
             self.variables[variable.name] = variable
             placed.append(variable)
@@ -247,12 +250,13 @@ def _place_one(
     loads: list[int],
     shards: Sequence[int],
     max_shard_bytes: int | None,
-    order: int,
+    position: tuple[int, int],
     held: Sequence[set[str]] = (),
 ) -> Placed:
     """Places one variable greedily on ``shards``, adding its bytes to ``loads``; a piece
     avoids a shard that already holds a variable or part of its name (``x/part_0`` and a
-    part of ``x``), which would refuse it, when another shard can take it."""
+    part of ``x``), which would refuse it, when another shard can take it. ``position`` is
+    its ``order`` and ``batch``."""
     rows = declared.shape[0] if declared.shape else 1
     unit = alignment_rows(declared.shape, declared.dtype)
     count = 1
@@ -276,7 +280,7 @@ def _place_one(
         declared.dtype,
         declared.optimizer,
         tuple(parts),
-        order,
+        *position,
     )
 
 
@@ -319,6 +323,7 @@ def layout_from_listings(listings: Sequence[Sequence[VariableInfo]]) -> Layout:
                 info.optimizer,
                 (Part(info.name, shard, 0, rows, info.device),),
                 order,
+                placement.batch if placement is not None else order,
             )
     for name, found in pieces.items():
         whole[name] = _assembled(name, found)
@@ -342,7 +347,15 @@ def _assembled(name: str, found: list[tuple[int, VariableInfo]]) -> Placed:
     info = found[0][1]
     placement = info.placement
     assert placement is not None
-    return Placed(name, tuple(first.shape), info.dtype, info.optimizer, parts, placement.order)
+    return Placed(
+        name,
+        tuple(first.shape),
+        info.dtype,
+        info.optimizer,
+        parts,
+        placement.order,
+        placement.batch,
+    )
 
 
 def _partition(info: VariableInfo) -> Partition:
@@ -585,3 +598,113 @@ def as_whole(variable: Placed, fanout: calls.Fanout) -> Steps[Any]:
             {**error.metadata, "variable": variable.name},
         )
         raise renamed from None
+
+
+VARIABLE_MAJOR = frozenset({"ftrl"})
+"""Keras classes (lower case) whose ``_create_slots`` makes every slot of one variable
+before the next variable's; the others make one slot name for every variable at a time."""
+
+
+class OptimizerWeights:
+    """Where an optimizer's weights live over the shards, in Keras order.
+
+    One server orders them as ``iterations``, its other non-slot weights (Nadam's
+    ``momentum_cache``), then per ``create_variables`` call (a batch) the slots in the order
+    Keras's ``_create_slots`` makes them: each slot name in turn for every variable of the
+    call, except Ftrl's, every slot of one variable after the other
+    (:data:`VARIABLE_MAJOR`). Each shard orders its own the same way over the parts it
+    holds (one create request per call), so the two orders map onto each other.
+
+    Args:
+        layout: the variables.
+        optimizer: the optimizer's name.
+        slots: its slot names, in Keras's order.
+        class_name: its Keras class.
+    """
+
+    def __init__(
+        self, layout: Layout, optimizer: str, slots: Sequence[str], class_name: str
+    ) -> None:
+        self._variable_major = class_name.lower() in VARIABLE_MAJOR
+        held = [v for v in layout.ordered() if v.optimizer == optimizer]
+        batches: dict[int, list[Placed]] = {}
+        for variable in held:
+            batches.setdefault(variable.batch, []).append(variable)
+        self._batches = [batches[b] for b in sorted(batches)]
+        self._slots = list(slots)
+        self.shards = sorted({shard for variable in held for shard in variable.shards})
+        """The shards holding its variables (and so its slots)."""
+        self._count = layout.shards
+
+    def whole(self) -> list[tuple[Placed, str]]:
+        """(variable, slot) of each slot weight, in one server's order."""
+        return [pair for batch in self._batches for pair in self._created(batch)]
+
+    def of_shard(self, shard: int) -> list[tuple[Placed, Part, str]]:
+        """(variable, part, slot) of each slot weight ``shard`` holds, in its order."""
+        return [
+            (v, part, s)
+            for batch in self._batches
+            for v, s in self._created(batch)
+            for part in v.parts
+            if part.shard == shard
+        ]
+
+    def _created(self, batch: Sequence[Placed]) -> list[tuple[Placed, str]]:
+        """(variable, slot) in the order Keras creates a batch's slots."""
+        if self._variable_major:
+            return [(v, s) for v in batch for s in self._slots]
+        return [(v, s) for s in self._slots for v in batch]
+
+    def join(self, by_shard: Mapping[int, Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """One server's weights from each holding shard's ``get_weights``."""
+        if not self.shards:
+            return list(by_shard[0])
+        home = by_shard[self.shards[0]]
+        other = len(home) - 1 - len(self.of_shard(self.shards[0]))  # non-slot weights
+        parts: dict[tuple[int, str, str], np.ndarray] = {}
+        for shard in self.shards:
+            listed = self.of_shard(shard)
+            for (_, part, slot), value in zip(listed, by_shard[shard][1 + other :], strict=True):
+                parts[(part.shard, part.name, slot)] = value
+        slots = [
+            np.concatenate([parts[(p.shard, p.name, s)] for p in v.parts]) for v, s in self.whole()
+        ]
+        return [*home[: 1 + other], *slots]
+
+    def split(self, weights: Sequence[np.ndarray], others: int) -> dict[int, list[np.ndarray]]:
+        """Each shard's ``set_weights`` list from one server's ``weights``, which hold
+        ``others`` non-slot weights after ``iterations``.
+
+        Raises:
+            InvalidArgumentError: the number of weights, or a slot's shape, is not the
+                optimizer's (reason ``WEIGHTS_MISMATCH``); nothing was sent.
+        """
+        whole = self.whole()
+        expected = 1 + others + len(whole)
+        if len(weights) != expected:
+            raise InvalidArgumentError(
+                f"set_weights: expected {expected} weights (iterations, {others} others and "
+                f"{len(whole)} slots), received {len(weights)}",
+                Reason.WEIGHTS_MISMATCH.value,
+                {"expected": str(expected), "received": str(len(weights))},
+            )
+        values: dict[tuple[int, str, str], np.ndarray] = {}
+        for (variable, slot), value in zip(whole, weights[1 + others :], strict=True):
+            if np.shape(value) != variable.shape:
+                raise InvalidArgumentError(
+                    f"set_weights: expected slot {slot!r} of {variable.name!r} of shape "
+                    f"{list(variable.shape)}, received {list(np.shape(value))}",
+                    Reason.WEIGHTS_MISMATCH.value,
+                    {"variable": variable.name, "slot": slot},
+                )
+            pieces = split_dense(variable, np.asarray(value))
+            for part, piece in zip(variable.parts, pieces, strict=True):
+                values[(part.shard, part.name, slot)] = piece
+        head = list(weights[: 1 + others])
+        return {  # a shard without its variables has only iterations
+            shard: head + [values[(shard, p.name, s)] for _, p, s in self.of_shard(shard)]
+            if shard in self.shards
+            else head[:1]
+            for shard in range(self._count)
+        }

@@ -65,6 +65,9 @@ class Placement:
     """Set when the variable is one row range of a bigger one."""
     order: int = 0
     """Position of the variable in the sharded client's creation order over all shards."""
+    batch: int = 0
+    """``order`` of the first variable of the create call that declared it (the batch
+    Keras created its slots in)."""
 
     @property
     def identity(self) -> ShardIdentity:

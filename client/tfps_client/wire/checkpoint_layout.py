@@ -193,6 +193,7 @@ def _variable_to_json(entry: VariableEntry) -> dict[str, Any]:
             "shards": placement.shards,
             "partition": None if part is None else asdict(part) | {"shape": list(part.shape)},
             "order": placement.order,
+            "batch": placement.batch,
         }
     return data
 
@@ -220,7 +221,13 @@ def _placement_from_json(data: Mapping[str, Any]) -> Placement:
             int(part["row_offset"]),
             tuple(int(d) for d in part["shape"]),
         )
-    return Placement(int(data["shard"]), int(data["shards"]), partition, int(data.get("order", 0)))
+    return Placement(
+        int(data["shard"]),
+        int(data["shards"]),
+        partition,
+        int(data.get("order", 0)),
+        int(data.get("batch", 0)),
+    )
 
 
 def options_to_json(options: OptimizerOptions) -> dict[str, Any]:

@@ -195,6 +195,7 @@ def placement_to_message(placement: Placement) -> pb.Placement:
             shape=part.shape,
         ),
         order=placement.order,
+        batch=placement.batch,
     )
 
 
@@ -210,7 +211,7 @@ def placement_of(message: pb.VariableDeclaration | pb.VariableInfo) -> Placement
         if wire.HasField("partition")
         else None
     )
-    return Placement(wire.shard, wire.shards, partition, wire.order)
+    return Placement(wire.shard, wire.shards, partition, wire.order, wire.batch)
 
 
 def variable_info_to_message(info: VariableInfo) -> pb.VariableInfo:

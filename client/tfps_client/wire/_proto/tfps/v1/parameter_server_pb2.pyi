@@ -109,16 +109,18 @@ class VariableDeclaration(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("shard", "shards", "partition", "order")
+    __slots__ = ("shard", "shards", "partition", "order", "batch")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     shard: int
     shards: int
     partition: Partition
     order: int
-    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ..., order: _Optional[int] = ...) -> None: ...
+    batch: int
+    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ..., partition: _Optional[_Union[Partition, _Mapping]] = ..., order: _Optional[int] = ..., batch: _Optional[int] = ...) -> None: ...
 
 class Partition(_message.Message):
     __slots__ = ("variable", "index", "count", "row_offset", "shape")
