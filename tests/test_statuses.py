@@ -1021,7 +1021,15 @@ def _scalar(descriptor: FieldDescriptor, profile: Profile) -> Any:
 def _fill(message: Message, profile: Profile) -> Message:
     """Sets every field (the last member of a oneof wins), one element for repeated ones."""
     for descriptor in message.DESCRIPTOR.fields:
-        if descriptor.message_type is not None:
+        entry = descriptor.message_type
+        if entry is not None and entry.GetOptions().map_entry:  # one entry, key and value filled
+            key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+            target = getattr(message, descriptor.name)
+            if value.message_type is None:
+                target[_scalar(key, profile)] = _scalar(value, profile)
+            else:
+                _fill(target[_scalar(key, profile)], profile)
+        elif descriptor.message_type is not None:
             target = getattr(message, descriptor.name)
             sub = target.add() if descriptor.is_repeated else target
             sub.SetInParent()

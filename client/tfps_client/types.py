@@ -262,3 +262,9 @@ class CheckpointInfo:
     variables: tuple[VariableInfo, ...]
     """The variables it holds, in creation order; ``device`` is the server's device at the
     save (empty for checkpoints older than that record)."""
+    group: str = ""
+    """The label the save was given (a sharded client's logical checkpoint); empty: none,
+    or a checkpoint older than that record."""
+    shard: ShardIdentity | None = None
+    """The server's shard identity at the save; None: it had none, or a checkpoint older
+    than that record."""

@@ -177,6 +177,12 @@ class AsyncPolicy:
             return OptimizerResult(Outcome.STALE, current)
         return OptimizerResult(apply(gradients), current + 1)  # applied or skipped: one step
 
+    def pause(self) -> None:
+        """Nothing waits in async mode: there is no open step to hold."""
+
+    def resume(self) -> None:
+        """Nothing waits in async mode."""
+
     def abort(self, error: ServerError) -> None:
         """Nothing waits in async mode: there is no open step to abort."""
 
@@ -219,6 +225,9 @@ class SyncPolicy:
         self._timeouts = metrics.sync_timeouts.labels(optimizer)
         self._round = 0
         self._opened_at = 0.0
+        self._paused_at: float | None = None
+        """When a save holding this optimizer at its target iterations paused the open
+        step (None: not paused)."""
         self._closed_by: ServerError | None = None
         self._contributions: dict[str, Sequence[Prepared]] = {}
         self._results: OrderedDict[int, OptimizerResult | ServerError] = OrderedDict()
@@ -278,9 +287,12 @@ class SyncPolicy:
         my_round = self._round
         if len(self._contributions) >= self.options.replicas_to_aggregate:
             self._close_round(iterations, apply, timed_out=False)
-        deadline = self._opened_at + self.options.timeout
         while my_round not in self._results:
-            remaining = deadline - time.monotonic()
+            if self._paused_at is not None:  # a save holds the step: it may not close now
+                self._on_wait()
+                self._lock.wait()
+                continue
+            remaining = self._opened_at + self.options.timeout - time.monotonic()
             if remaining <= 0 and self._round == my_round:
                 self._close_round(iterations, apply, timed_out=True)
             else:
@@ -290,6 +302,24 @@ class SyncPolicy:
         if isinstance(result, ServerError):
             raise result.again()
         return result
+
+    def pause(self) -> None:
+        """Keeps the open step from closing, its timeout paused, until :meth:`resume`: a
+        save waits with the optimizer at its target iterations, which closing the step would
+        pass. Contributions that would close it are held before they join
+        (:mod:`tfps_server.barrier`). The caller holds the optimizer's lock.
+        """
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        """Lets the open step close again; the time it was paused does not count toward its
+        timeout. The caller holds the optimizer's lock and notifies the waiters."""
+        if self._paused_at is None:
+            return
+        if self._contributions:
+            self._opened_at += time.monotonic() - max(self._paused_at, self._opened_at)
+        self._paused_at = None
 
     def abort(self, error: ServerError) -> None:
         """Answers every contributor of the open step with ``error``; nothing is applied.

@@ -28,6 +28,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +41,7 @@ from tfps_client.types import CheckpointInfo, VariableInfo
 from tfps_client.wire import checkpoint_layout as layout
 from tfps_client.wire.reasons import Reason
 from tfps_server import snapshot
+from tfps_server.barrier import NotReached
 from tfps_server.errors import (
     DataLoss,
     FailedPrecondition,
@@ -51,6 +53,8 @@ from tfps_server.errors import (
 )
 from tfps_server.metrics import Metrics
 from tfps_server.registry import Registry
+from tfps_server.state import Generation
+from tfps_server.validation import check_text_bytes
 
 _log = logging.getLogger(__name__)
 
@@ -120,20 +124,79 @@ class Checkpointer:
 
     # Saving -----------------------------------------------------------------------------------
 
-    def save(self) -> CheckpointInfo:
+    def save(
+        self,
+        at_iterations: Mapping[str, int] | None = None,
+        group: str = "",
+        deadline: float | None = None,
+        ended: threading.Event | None = None,
+    ) -> CheckpointInfo:
         """Writes a checkpoint of a consistent cut of the state; training goes on meanwhile.
 
+        With ``at_iterations`` (optimizer -> iterations), the cut is taken once every named
+        optimizer's iterations equal its value: the save waits for pushes to bring them
+        there, and holds the pushes that would take one at its value past it until the cut
+        (:mod:`tfps_server.barrier`). The wait is not counted as save time.
+
+        Args:
+            at_iterations: the iterations to save at; empty or None: now.
+            group: a label stored with the checkpoint (``CheckpointInfo.group``).
+            deadline: a ``time.monotonic()`` instant at which a save at iterations gives up.
+            ended: set when the call ended (then ``registry.barrier.wake()``): a save at
+                iterations gives up.
+
         Raises:
-            ResourceExhausted: the disk is full (or a quota or file size limit is
-                reached); what this save wrote is removed, the latest checkpoint stays.
+            ResourceExhausted: a group longer than ``limits.max_id_bytes``; the disk is
+                full (or a quota or file size limit is reached): what this save wrote is
+                removed, the latest checkpoint stays.
             Internal: the file system failed otherwise, with the same clean-up.
+            NotFound, InvalidArgument, FailedPrecondition: an unknown optimizer, a value
+                out of [0, 2**62], an optimizer past its value (``ITERATIONS_PASSED``);
+                before anything waits.
+            DeadlineExceeded: the deadline passed, or the call ended, first.
+            Aborted: a restore replaced the state first.
+            Unavailable: the server is stopping.
         """
+        check_text_bytes(
+            f"save group {shown(group)}", group, "max_id_bytes", self.registry.limits.max_id_bytes
+        )
+        if not at_iterations:
+            return self._save(group)
+        barrier = self.registry.barrier
+        with barrier.target(
+            self.registry, at_iterations, deadline, ended or threading.Event()
+        ) as target:
+            while True:
+                target.wait_reached()
+                try:
+                    return self._save(group, target.check_cut, barrier.release)
+                except NotReached:  # a set_weights lowered one after the wait saw it
+                    continue
+
+    def _save(
+        self,
+        group: str,
+        check: Callable[[Generation], None] | None = None,
+        cut: Callable[[], None] = lambda: None,
+    ) -> CheckpointInfo:
+        """Cuts (after ``check``, under every lock) and writes a checkpoint; ``cut`` runs
+        once the cut is taken."""
         with self._files_lock:
             start = time.perf_counter()
             number = self._latest_id() + 1
             try:
-                captured = snapshot.capture(self.registry)
-                self.registry.hooks.reach("save.captured")
+                captured = snapshot.capture(self.registry, group, check)
+            except (ServerError, NotReached):  # refused at the cut: nothing was written
+                raise
+            except (tf.errors.OpError, OSError) as error:
+                self.metrics.checkpoint_failures.inc()
+                raise _write_error(self.directory / f"{PREFIX}-{number}", error) from None
+            except Exception:
+                self.metrics.checkpoint_failures.inc()
+                raise
+            self.registry.hooks.reach("save.captured")
+            cut()
+            try:
                 checkpoint = snapshot.to_checkpoint(captured)
                 manager = tf.train.CheckpointManager(
                     checkpoint, str(self.directory), max_to_keep=self.keep, checkpoint_name=PREFIX
@@ -293,6 +356,8 @@ class Checkpointer:
                 )
                 for v in metadata.variables
             ),
+            group=metadata.group,
+            shard=metadata.shard,
         )
         self._infos[prefix] = info
         while len(self._infos) > self.keep + 1:

@@ -118,8 +118,10 @@ class Pusher:
                 for managed in sorted(batches, key=lambda m: m.name)
                 if managed.name not in results
             ]
+            barrier = self._registry.barrier
             for managed in missing:  # every optimizer admits the push before any applies it
                 with managed.lock:
+                    barrier.wait_while_held(managed)  # a save waits at its iterations
                     managed.ensure_live()
                     managed.policy.admit(worker, step, managed.iterations())
             for managed in missing:
@@ -205,13 +207,18 @@ class Pusher:
 
         Recording under the lock is what makes a checkpoint (cut under every lock) hold
         exactly the results whose updates it holds.
+        A save waiting for the optimizer's iterations, which this step would pass, holds it
+        first (:mod:`tfps_server.barrier`).
         """
+        barrier = self._registry.barrier
         with managed.lock:
+            barrier.wait_while_held(managed)  # a save registered after the admission
             managed.ensure_live()
             result = managed.policy.submit(
                 worker, step, gradients, managed.iterations, lambda g: self._apply(managed, g)
             )
             results[managed.name] = result
+        barrier.changed()
         self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
 
     def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared]) -> Outcome:

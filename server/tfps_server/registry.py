@@ -25,6 +25,7 @@ from tfps_client.types import OptimizerOptions, Placement, ShardIdentity, Variab
 from tfps_client.wire.reasons import Reason
 from tfps_server import optimizers
 from tfps_server.aggregation import checked, make_policy
+from tfps_server.barrier import SaveBarrier
 from tfps_server.devices import canonical, resolve_device
 from tfps_server.errors import (
     Aborted,
@@ -122,6 +123,8 @@ class Registry:
         self.request_window = request_window
         self.hooks = hooks if hooks is not None else Hooks()
         self.limits = limits if limits is not None else Limits()
+        self.barrier = SaveBarrier(self.hooks)
+        """The save waiting for iterations, if any, and the pushes it holds."""
         self._structure = threading.Lock()
         self._current = self.new_generation()
         self._closed_by: ServerError | None = None
@@ -155,8 +158,10 @@ class Registry:
                 for managed in old.optimizers.values():
                     managed.retired = True
                     managed.policy.close(_replaced(managed.name, "a restore"))
+                    managed.lock.notify_all()  # pushes a save held: ABORTED
             for managed in generation.optimizers.values():
                 self._adopt(managed)
+        self.barrier.wake()  # a save waiting for iterations: ABORTED
         _log.info(
             "state replaced: generation %d, %d optimizers, %d variables",
             generation.number,
@@ -165,7 +170,9 @@ class Registry:
         )
 
     def close(self) -> None:
-        """Answers open sync steps UNAVAILABLE and refuses new ones: the server is stopping.
+        """Answers open sync steps UNAVAILABLE and refuses new ones, and makes a save waiting
+        for iterations give up (UNAVAILABLE, the pushes it held released): the server is
+        stopping.
 
         Clients retry UNAVAILABLE by themselves, against the restarted server.
         """
@@ -179,6 +186,13 @@ class Registry:
             for managed in self._current.optimizers.values():
                 with managed.lock:
                     managed.policy.close(error)
+        self.barrier.close(
+            Unavailable(
+                "save: the server is shutting down before every optimizer reached its "
+                "iterations; nothing was saved",
+                Reason.SHUTTING_DOWN,
+            )
+        )
 
     def _adopt(self, managed: ManagedOptimizer) -> None:
         """Closes a new optimizer's policy if the server is stopping; the caller holds the
@@ -407,6 +421,7 @@ class Registry:
             managed.ensure_live()
             assign_weights(managed, weights, self.device)
             managed.policy.abort(_replaced(managed.name, "set_weights"))
+        self.barrier.changed()  # a save waiting for iterations looks again
 
     def set_hyperparameter(
         self, optimizer: str, key: str, value: float | Mapping[str, Any]

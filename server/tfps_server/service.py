@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -377,7 +378,23 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def SaveCheckpoint(
         self, request: pb.SaveCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.SaveCheckpointResponse:
-        info = await self._change(require(self._checkpointer).save)
+        checkpointer = require(self._checkpointer)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + _answer_in_time(remaining)
+        ended = threading.Event()
+        try:
+            info = await self._change(
+                functools.partial(
+                    checkpointer.save,
+                    dict(request.at_iterations),
+                    request.group,
+                    deadline,
+                    ended,
+                )
+            )
+        finally:  # a call that ended (cancelled, past its deadline) holds no push any longer
+            ended.set()
+            self._registry.barrier.wake()
         return pb.SaveCheckpointResponse(checkpoint=_public(info))
 
     @_rpc
@@ -418,6 +435,17 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     ) -> pb.DeclareShardResponse:
         await self._change(self._registry.declare_shard, request.shard, request.shards)
         return pb.DeclareShardResponse()
+
+
+SAVE_ANSWER_MARGIN_SECONDS = 0.1
+"""How long before its call's deadline a save waiting for iterations gives up (at most a
+tenth of the time it has), so that its answer, naming the optimizers it waited for,
+reaches the client before the deadline does."""
+
+
+def _answer_in_time(remaining: float) -> float:
+    """Seconds a save waiting for iterations may wait, of the ``remaining`` its call has."""
+    return max(remaining - min(SAVE_ANSWER_MARGIN_SECONDS, remaining / 10), 0.0)
 
 
 def _public(info: CheckpointInfo) -> pb.CheckpointInfo:

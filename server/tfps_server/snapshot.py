@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import groupby
 from typing import Any, NamedTuple
 
@@ -58,17 +58,23 @@ class Snapshot(NamedTuple):
     """Optimizer name -> non-slot weight name (``iter``, ...) -> value."""
 
 
-def capture(registry: Registry) -> Snapshot:
-    """Captures the whole state as a consistent cut.
+def capture(
+    registry: Registry, group: str = "", check: Callable[[Generation], None] | None = None
+) -> Snapshot:
+    """Captures the whole state as a consistent cut, labelled ``group``.
 
     Holds every lock only while taking references to the values: the tensors
     read keep their values while training goes on (TensorFlow copies a
     variable's buffer before updating it in place while another reference is alive).
+    ``check`` runs first under those locks (a save at given iterations checks them there);
+    what it raises, nothing is captured.
     """
     weights: dict[str, dict[str, tf.Tensor]] = {}
     slots: dict[str, dict[str, tf.Tensor]] = {}
     entries: list[layout.OptimizerEntry] = []
     with registry.frozen() as generation:
+        if check is not None:
+            check(generation)
         for managed in generation.optimizers.values():
             optimizer = managed.optimizer
             owners = slot_owners(managed)
@@ -110,6 +116,7 @@ def capture(registry: Registry) -> Snapshot:
         requests=requests,
         device=registry.device,
         shard=shard,
+        group=group,
     )
     return Snapshot(metadata, values, slots, weights)
 

@@ -54,6 +54,11 @@ ELEMENTS: dict[str, st.SearchStrategy[Any]] = {
     "tfps.v1.SetHyperparameterRequest.optimizer": _OPTIMIZER,
     "tfps.v1.SetHyperparameterRequest.name": values.names(values.HYPERPARAMETERS),
     "tfps.v1.SetHyperparameterRequest.schedule_json": values.json_texts(values.schedules()),
+    "tfps.v1.SaveCheckpointRequest.AtIterationsEntry.key": _OPTIMIZER,
+    "tfps.v1.SaveCheckpointRequest.AtIterationsEntry.value": st.sampled_from(
+        values.SAVE_AT_ITERATIONS
+    ),
+    "tfps.v1.SaveCheckpointRequest.group": _WORKER,
     "tfps.v1.TensorSpec.dtype": values.dtypes(),
     "tfps.v1.TensorChunk.tensor_index": st.one_of(st.integers(0, 3), st.just(2**32 - 1)),
     "tfps.v1.TensorChunk.data": st.binary(max_size=64),
@@ -138,6 +143,13 @@ def _extend(message: Message, field: FieldDescriptor, items: list[Any]) -> None:
     container = getattr(message, field.name)
     if field.message_type is None:
         container.extend(items)
+        return
+    if field.message_type.GetOptions().map_entry:  # a map: its entries by key, the last wins
+        for item in items:
+            if field.message_type.fields_by_name["value"].message_type is None:
+                container[item.key] = item.value
+            else:
+                container[item.key].CopyFrom(item.value)
         return
     for item in items:
         container.add().CopyFrom(item)

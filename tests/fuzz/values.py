@@ -88,6 +88,11 @@ SYNC_TIMEOUTS = (0.0, -1.0, 0.01, seed.SYNC_TIMEOUT, math.nan, math.inf, -math.i
 """Sync-step timeouts: refused ones and short valid ones. A long valid timeout would make
 a push to a new sync optimizer wait that long, which is the design and not a hang."""
 
+SAVE_AT_ITERATIONS = (0, -1, 2**62 + 1, 2**63 - 1, -(2**63))
+"""Iterations to save at: refused ones, and 0, which every seed optimizer reached or passed.
+A value an optimizer has yet to reach makes the save wait for pushes until its deadline,
+which is the design and not a hang."""
+
 DIMENSIONS = (0, 1, 2, 3, 6, -1, 2**31 - 1, 2**31, 2**62, 2**63 - 1)
 """Tensor dimensions: the seed's, zero, negative, past int32 and past any memory."""
 

@@ -121,12 +121,16 @@ class CheckpointMetadata:
     shard: ShardIdentity | None = None
     """The server's shard identity at the save (None: it had none, or a checkpoint written
     before the field existed); a restore gives the server this one."""
+    group: str = ""
+    """The label the save was given (``SaveCheckpointRequest.group``; ``""``: none, or a
+    checkpoint written before the field existed)."""
 
     def to_json(self) -> str:
         """Serializes the metadata.
 
-        ``placement`` and ``shard`` are written only when set: the metadata of an unsharded
-        server stays readable by versions that came before them.
+        ``placement``, ``shard`` and ``group`` are written only when set: the metadata of an
+        unsharded server saved without a group stays readable by versions that came before
+        them.
         """
         return json.dumps(
             {
@@ -141,6 +145,7 @@ class CheckpointMetadata:
                 "requests": [list(r) for r in self.requests],
                 "device": self.device,
                 **({} if self.shard is None else {"shard": self.shard._asdict()}),
+                **({"group": self.group} if self.group else {}),
             }
         )
 
@@ -171,6 +176,7 @@ class CheckpointMetadata:
                 requests=tuple((r[0], r[1], bool(r[2])) for r in data["requests"]),
                 device=str(data.get("device", "")),
                 shard=_shard_from_json(data.get("shard")),
+                group=str(data.get("group", "")),
             )
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise ValueError(

@@ -23,6 +23,7 @@ from tfps_client.types import (
     Partition,
     Placement,
     PushResult,
+    ShardIdentity,
     Sync,
     VariableInfo,
 )
@@ -246,6 +247,10 @@ def checkpoint_info_to_message(info: CheckpointInfo) -> pb.CheckpointInfo:
         size_bytes=info.size_bytes,
         iterations=info.iterations,
         variables=[variable_info_to_message(v) for v in info.variables],
+        group=info.group,
+        shard=None
+        if info.shard is None
+        else pb.ShardIdentity(shard=info.shard.shard, shards=info.shard.shards),
     )
 
 
@@ -258,6 +263,10 @@ def checkpoint_info_from_message(message: pb.CheckpointInfo) -> CheckpointInfo:
         size_bytes=message.size_bytes,
         iterations=dict(message.iterations),
         variables=tuple(variable_info_from_message(v) for v in message.variables),
+        group=message.group,
+        shard=ShardIdentity(message.shard.shard, message.shard.shards)
+        if message.HasField("shard")
+        else None,
     )
 
 

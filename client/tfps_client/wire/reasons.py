@@ -149,6 +149,12 @@ class Reason(str, enum.Enum):
     """A readable checkpoint whose contents do not fit together."""
     NO_SPACE = "NO_SPACE"
     """The disk is full (or a quota reached) while writing a checkpoint."""
+    ITERATIONS_PASSED = "ITERATIONS_PASSED"
+    """A save asked to wait for an optimizer's iterations to reach a value the optimizer
+    is already past; the metadata names the optimizer, its iterations and the value."""
+    TARGET_NOT_REACHED = "TARGET_NOT_REACHED"
+    """A save waiting for optimizers to reach given iterations gave up at its call's
+    deadline (or the call ended) before they did; nothing was saved."""
     INTERNAL = "INTERNAL"
     """A fault of the server itself; its log has the details."""
 

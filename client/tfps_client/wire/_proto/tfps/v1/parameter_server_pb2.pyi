@@ -396,7 +396,7 @@ class SetHyperparameterResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckpointInfo(_message.Message):
-    __slots__ = ("id", "path", "saved_at", "size_bytes", "iterations", "variables")
+    __slots__ = ("id", "path", "saved_at", "size_bytes", "iterations", "variables", "group", "shard")
     class IterationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -410,17 +410,40 @@ class CheckpointInfo(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     id: int
     path: str
     saved_at: float
     size_bytes: int
     iterations: _containers.ScalarMap[str, int]
     variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
-    def __init__(self, id: _Optional[int] = ..., path: _Optional[str] = ..., saved_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., iterations: _Optional[_Mapping[str, int]] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
+    group: str
+    shard: ShardIdentity
+    def __init__(self, id: _Optional[int] = ..., path: _Optional[str] = ..., saved_at: _Optional[float] = ..., size_bytes: _Optional[int] = ..., iterations: _Optional[_Mapping[str, int]] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ..., group: _Optional[str] = ..., shard: _Optional[_Union[ShardIdentity, _Mapping]] = ...) -> None: ...
+
+class ShardIdentity(_message.Message):
+    __slots__ = ("shard", "shards")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    shards: int
+    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
 
 class SaveCheckpointRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("at_iterations", "group")
+    class AtIterationsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    AT_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    at_iterations: _containers.ScalarMap[str, int]
+    group: str
+    def __init__(self, at_iterations: _Optional[_Mapping[str, int]] = ..., group: _Optional[str] = ...) -> None: ...
 
 class SaveCheckpointResponse(_message.Message):
     __slots__ = ("checkpoint",)

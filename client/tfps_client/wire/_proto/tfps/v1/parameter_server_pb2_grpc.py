@@ -259,7 +259,8 @@ class ParameterServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SaveCheckpoint(self, request, context):
-        """Writes a checkpoint of the whole state now.
+        """Writes a checkpoint of the whole state now, or once named optimizers reach given
+        iterations (SaveCheckpointRequest.at_iterations).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
