@@ -4,6 +4,8 @@ bitwise with one server given the same calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import tf_keras
 
 import tfps_client.aio
-from tfps_client import Client, IndexedSlices, RetryPolicy, Sync, VariableInfo
+from tfps_client import Client, IndexedSlices, RetryPolicy, Sync, VariableInfo, ckpt_cli
 from tfps_client.checkpoint_reader import open_checkpoint
 from tfps_client.errors import (
     FailedPreconditionError,
@@ -401,6 +403,9 @@ def test_one_logical_checkpoint_saved_and_restored_across_shards(
     assert report.loaded == (f"{prefix}/emb",)
     assert_all_bitwise_equal(embedding.layers[0].embeddings.numpy(), saved[f"{prefix}/emb"])
 
+    listed = ckpt_cli_json(["ls", "--json", "--server", ",".join(addresses(cluster.ports))])
+    assert info.group in [entry["group"] for entry in listed]
+
     with Client(f"127.0.0.1:{cluster.ports[0]}") as first:
         own = first.save_checkpoint()  # a shard's own save is no logical checkpoint
     with pytest.raises(NotFoundError, match="saved on all 3 shards together"):
@@ -439,3 +444,11 @@ def test_optimizer_weights_in_one_servers_order(
     )
     with pytest.raises(InvalidArgumentError, match="set_weights: expected"):
         sharded.set_weights(prefix, changed[:-1])
+
+
+def ckpt_cli_json(argv: list[str]) -> Any:
+    """What ``tfps-ckpt ARGV`` prints, parsed as JSON."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert ckpt_cli.main(argv) == 0
+    return json.loads(printed.getvalue())

@@ -48,6 +48,7 @@ def _as_json(info: CheckpointInfo) -> dict[str, object]:
         "saved_at": _utc(info.saved_at),
         "size_bytes": info.size_bytes,
         "iterations": info.iterations,
+        "group": info.group,
         "variables": [
             {
                 "name": v.name,
@@ -100,7 +101,8 @@ def _add_connection_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--server",
         default=os.environ.get(SERVER_ENVIRONMENT_VARIABLE, DEFAULT_SERVER),
-        help=f"host:port of the server; ${SERVER_ENVIRONMENT_VARIABLE} sets the default",
+        help=f"host:port of the server, or the shards' comma-separated in shard order; "
+        f"${SERVER_ENVIRONMENT_VARIABLE} sets the default",
     )
     command.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
     command.add_argument(
@@ -126,7 +128,13 @@ def _connect(args: argparse.Namespace) -> Client:
     """Returns a client to the server the arguments name, with their token and TLS files."""
     tls = args.tls or any(path is not None for path in (args.tls_ca, args.tls_cert, args.tls_key))
     credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key) if tls else None
-    return Client(args.server, timeout=args.timeout, credentials=credentials, token=args.token)
+    shards = args.server.split(",")
+    return Client(
+        shards if len(shards) > 1 else args.server,
+        timeout=args.timeout,
+        credentials=credentials,
+        token=args.token,
+    )
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
