@@ -33,13 +33,14 @@ from tfps_client import Client, IndexedSlices, NotFoundError, Sync, TfpsError
 from tfps_client.errors import error_class, from_rpc_error
 from tfps_client.wire import codec, tensor_pb2
 from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire.checks import MAX_DIMENSION
 from tfps_server import Registry, RunningServer, create_server
 from tfps_server.aggregation import MAX_SYNC_TIMEOUT_SECONDS
 from tfps_server.checkpoints import Checkpointer
 from tfps_server.errors import ECHO_CHARACTERS, STATUS_MESSAGE_CHARACTERS
 from tfps_server.limits import Limits
 from tfps_server.service import as_server_error
-from tfps_server.validation import MAX_DIMENSION, MAX_JSON_DEPTH
+from tfps_server.validation import MAX_JSON_DEPTH
 
 from helpers import (
     LocalReference,
