@@ -34,8 +34,11 @@ deps: $(STAMP)
 	sh tools/test-deps.sh $(VENV)/bin
 	$(MAKE) --no-print-directory buf
 
+# The suite runs on a worker per core (at most 4: each holds a TensorFlow), a test file per
+# worker at a time, so module-scoped servers stay shared; PYTEST_ARGS adds to it.
+PYTEST_ARGS ?=
 test: deps lint bench-quick
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
 
 # The benchmark suite: writes BENCHMARKS.md and bench-results.json (about ten minutes on 2 cores).
 bench: $(STAMP)

@@ -405,6 +405,8 @@ def test_one_logical_checkpoint_saved_and_restored_across_shards(
 
     listed = ckpt_cli_json(["ls", "--json", "--server", ",".join(addresses(cluster.ports))])
     assert info.group in [entry["group"] for entry in listed]
+    text = ckpt_cli_text(["ls", "--server", ",".join(addresses(cluster.ports))])
+    assert f"group: {info.group}" in text
 
     with Client(f"127.0.0.1:{cluster.ports[0]}") as first:
         own = first.save_checkpoint()  # a shard's own save is no logical checkpoint
@@ -446,9 +448,14 @@ def test_optimizer_weights_in_one_servers_order(
         sharded.set_weights(prefix, changed[:-1])
 
 
-def ckpt_cli_json(argv: list[str]) -> Any:
-    """What ``tfps-ckpt ARGV`` prints, parsed as JSON."""
+def ckpt_cli_text(argv: list[str]) -> str:
+    """What ``tfps-ckpt ARGV`` prints."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert ckpt_cli.main(argv) == 0
-    return json.loads(printed.getvalue())
+    return printed.getvalue()
+
+
+def ckpt_cli_json(argv: list[str]) -> Any:
+    """What ``tfps-ckpt ARGV`` prints, parsed as JSON."""
+    return json.loads(ckpt_cli_text(argv))

@@ -34,9 +34,10 @@ def _utc(timestamp: float) -> str:
 
 def _describe(info: CheckpointInfo) -> str:
     iterations = ", ".join(f"{name}={it}" for name, it in sorted(info.iterations.items()))
+    group = f"  group: {info.group}" if info.group else ""
     return (
         f"{info.id:>6}  {_utc(info.saved_at)}  {info.size_bytes:>12}  "
-        f"{len(info.variables):>4} variables  iterations: {iterations}"
+        f"{len(info.variables):>4} variables  iterations: {iterations}{group}"
     )
 
 
