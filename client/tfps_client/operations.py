@@ -45,7 +45,7 @@ from tfps_client.types import (
     Sync,
     VariableInfo,
 )
-from tfps_client.wire import codec, convert
+from tfps_client.wire import checks, codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
 
 if TYPE_CHECKING:
@@ -581,6 +581,18 @@ class Operations:
         variables at once must declare them alike (same names, order and calls), as the
         workers of one model do, so that they place them alike.
 
+        A sharded client creates all or nothing, as one server does: every shard first
+        validates its part (``validate_only``: all its checks, its limits and state quota
+        included, and no change), and only if every one accepts are the parts created (a
+        second round trip, which uploads the values again; skipped when every variable
+        exists already). A refusal is the one a server would give; one about a part of a
+        split variable (its name's length, say) names the variable declared first. The window
+        left: another client changing a shard between the two round trips (creating one
+        of these names there with another declaration, or filling its quota) makes that
+        shard refuse while the others create their parts. The call raises that shard's
+        error; the variables created stay, and a retry of the same call creates the rest
+        once the cause is gone (it places only what no shard holds).
+
         Raises:
             TypeError: ``variables`` is not a mapping, or a name is not a string.
             ValueError: a value is not an array of a dtype the wire carries.
@@ -620,18 +632,9 @@ class Operations:
                 declarations.append(sharding.declaration(layout, placed, part, value))
                 values.append(value)
         try:
-            responses = yield calls.Fanout(
-                {
-                    shard: calls.one(
-                        calls.upload(
-                            "CreateVariables",
-                            {"optimizer": optimizer, "variables": declarations},
-                            values,
-                        )
-                    )
-                    for shard, (declarations, values) in sorted(uploads.items())
-                }
-            )
+            responses = yield _creations(optimizer, uploads, validate_only=True)
+            if any(response.created for response in responses.values()):
+                responses = yield _creations(optimizer, uploads, validate_only=False)
         except TfpsError:
             self._layout = None  # what was placed may not exist: list again next time
             raise
@@ -951,6 +954,57 @@ class Operations:
             }
         )
         return str(dest_dir)
+
+
+def _creations(
+    optimizer: str,
+    uploads: Mapping[int, tuple[list[pb.VariableDeclaration], list[np.ndarray]]],
+    *,
+    validate_only: bool,
+) -> calls.Fanout:
+    """Each shard's CreateVariables of its declarations and their values (``uploads``),
+    or of their validation only."""
+    return calls.Fanout(
+        {
+            shard: _naming_variables(
+                declarations,
+                calls.upload(
+                    "CreateVariables",
+                    {
+                        "optimizer": optimizer,
+                        "variables": declarations,
+                        "validate_only": validate_only,
+                    },
+                    values,
+                ),
+            )
+            for shard, (declarations, values) in sorted(uploads.items())
+        }
+    )
+
+
+def _naming_variables(
+    declarations: Sequence[pb.VariableDeclaration], call: calls.Call
+) -> Steps[Any]:
+    """Makes ``call``, which declares ``declarations`` on one shard. An error about a part
+    of a split variable (a fact of the part's own, such as its name's length) is raised
+    with the variable declared named first in its message, and as its ``variable``."""
+    wholes = {
+        declaration.name: declaration.placement.partition.variable
+        for declaration in declarations
+        if declaration.placement.HasField("partition")
+    }
+    try:
+        return (yield call)
+    except TfpsError as error:
+        part = error.metadata.get("variable")
+        if part not in wholes:
+            raise
+        raise type(error)(
+            f"variable {checks.shown(wholes[part])}: {error.message}",
+            error.reason,
+            {**error.metadata, "variable": wholes[part]},
+        ) from None
 
 
 def _downloaded(request: pb.DownloadCheckpointRequest, directory: Path) -> Steps[str]:

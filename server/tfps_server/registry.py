@@ -263,13 +263,7 @@ class Registry:
             InvalidArgument: the optimizer cannot update one of the dtypes, or all of its
                 variables' dtypes together.
         """
-        dtypes = owner.checked_dtypes | {value.dtype.name for _, value in declarations}
-        if dtypes != owner.checked_dtypes:
-            try:
-                optimizers.check_dtypes(owner.spec, dtypes, self.device)
-            except InvalidArgument as error:
-                raise _naming_optimizer(owner.name, error) from None
-            owner.checked_dtypes = dtypes
+        owner.checked_dtypes = self._check_dtypes(owner, declarations)
         with tf.device(self.device), tf.init_scope():
             variables = [tf.Variable(value, trainable=True) for _, value in declarations]
             owner.optimizer._create_all_weights(variables)
@@ -277,6 +271,24 @@ class Registry:
             ManagedVariable(name, variable, owner, batch, placements.get(name))
             for (name, _), variable in zip(declarations, variables, strict=True)
         ]
+
+    def _check_dtypes(
+        self, owner: ManagedOptimizer, declarations: Sequence[tuple[str, np.ndarray]]
+    ) -> set[str]:
+        """Returns the dtypes of the optimizer's variables with the declarations', refusing
+        a set it cannot update; the caller holds the optimizer's lock.
+
+        Raises:
+            InvalidArgument: the optimizer cannot update one of the dtypes, or all of them
+                together.
+        """
+        dtypes = owner.checked_dtypes | {value.dtype.name for _, value in declarations}
+        if dtypes != owner.checked_dtypes:
+            try:
+                optimizers.check_dtypes(owner.spec, dtypes, self.device)
+            except InvalidArgument as error:
+                raise _naming_optimizer(owner.name, error) from None
+        return dtypes
 
     # Changes ----------------------------------------------------------------------------------
 
@@ -328,11 +340,17 @@ class Registry:
         optimizer: str,
         declarations: Sequence[tuple[str, np.ndarray]],
         placements: Mapping[str, Placement] | None = None,
+        validate_only: bool = False,
     ) -> tuple[list[str], list[str]]:
         """Creates variables and their slots; returns (created, existing) names.
 
         ``placements`` gives the placement of every declaration, or of none. Their shard
         becomes the server's, with the variables, when the server has none yet.
+
+        ``validate_only`` runs every check below, under the same locks, and changes
+        nothing (AIP-163): no variable, no slot, no shard identity, nor the optimizer's
+        record of the dtypes it was proven to update (``set_hyperparameter`` checks a new
+        value against those). The names returned as created are those the call would create.
 
         Raises:
             NotFound: unknown optimizer.
@@ -377,8 +395,15 @@ class Registry:
                 asked = sum(state_bytes(v.shape, v.dtype.name, slots) for _, v in fresh)
                 check_state_quota(where, generation.state_bytes, asked, limits.state_quota_bytes)
                 with owner.lock:
-                    variables = self.new_variables(owner, fresh, generation.batches + 1, placements)
-                    generation.add_variables(variables)
+                    if validate_only:
+                        self._check_dtypes(owner, fresh)
+                    else:
+                        variables = self.new_variables(
+                            owner, fresh, generation.batches + 1, placements
+                        )
+                        generation.add_variables(variables)
+            if validate_only:
+                return [name for name, _ in fresh], existing
             if shard is not None:
                 _claim_shard(generation, shard)
         created = [name for name, _ in fresh]

@@ -214,7 +214,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                 if (placement := convert.placement_of(v)) is not None
             }
             created, existing = await self._change(
-                self._registry.create_variables, first.optimizer, declarations, placements
+                self._registry.create_variables,
+                first.optimizer,
+                declarations,
+                placements,
+                first.validate_only,
             )
         return pb.CreateVariablesResponse(created=created, existing=existing)
 

@@ -137,14 +137,16 @@ class Partition(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., row_offset: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateVariablesRequest(_message.Message):
-    __slots__ = ("optimizer", "variables", "chunks")
+    __slots__ = ("optimizer", "variables", "chunks", "validate_only")
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     optimizer: str
     variables: _containers.RepeatedCompositeFieldContainer[VariableDeclaration]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
-    def __init__(self, optimizer: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableDeclaration, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, optimizer: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableDeclaration, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateVariablesResponse(_message.Message):
     __slots__ = ("created", "existing")
