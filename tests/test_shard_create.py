@@ -3,7 +3,8 @@
 One shard is given a tight limit (``--max-variables``, ``--state-quota-gib``,
 ``--max-name-bytes``) that the others lack: a create it refuses must change no shard and
 raise the error one server with that limit raises. ``validate_only`` on one server runs
-every check and changes nothing.
+every check and changes nothing. A ``set_weights`` whose weight one shard would refuse
+sets none.
 """
 
 from __future__ import annotations
@@ -266,3 +267,53 @@ def test_validate_only_refuses_as_the_create_would(
     )
     assert world.reference.list_variables() == before[0]
     assert_all_bitwise_equal(world.reference.pull(), before[1])
+
+
+# set_weights -----------------------------------------------------------------------------------
+
+MODEL = {
+    "k": np.ones((4, 3), np.float32),
+    "b": np.ones(3, np.float32),
+    "e": np.ones((10, 2), np.float32),
+}
+"""Placed as "k" on shard 0, "b" on shard 1, and "e" split: rows 0-7 on shard 2, 8-9 on 1."""
+
+
+def _with_nan_in_row_9(value: np.ndarray) -> np.ndarray:
+    poisoned = value.copy()
+    poisoned[9, 0] = np.nan
+    return poisoned
+
+
+POISONS = {
+    "non_finite": _with_nan_in_row_9,
+    "dtype": lambda value: value.astype(np.float64),
+}
+"""A slot value of "e" that shard 1 refuses (and shard 2 too for the dtype)."""
+
+
+@pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS)
+def test_a_weight_one_shard_would_refuse_sets_none(
+    make_world: Callable[[Limits], World], poison: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """Shards whose own weights are fine set nothing either, and the error is one server's."""
+    world = make_world(Limits())
+    for client in (world.sharded, world.reference):
+        client.create_optimizer("m", MOMENTUM)
+        client.create_variables(MODEL, optimizer="m")
+    current = world.reference.get_weights("m")
+    weights = [np.int64(5), *(value + 1 for value in current[1:])]
+    weights[-1] = poison(weights[-1])  # the momentum of "e", the last variable
+    before = [shard.get_weights("m") for shard in world.each_shard]
+
+    refused = _refusal(lambda: world.sharded.set_weights("m", weights))
+
+    for shard, held in zip(world.each_shard, before, strict=True):
+        assert_all_bitwise_equal(shard.get_weights("m"), held)
+    expected = _refusal(lambda: world.reference.set_weights("m", weights))
+    assert (type(refused), refused.reason, refused.message, refused.metadata) == (
+        type(expected),
+        expected.reason,
+        expected.message,
+        expected.metadata,
+    )

@@ -47,6 +47,7 @@ from tfps_client.types import (
 )
 from tfps_client.wire import checks, codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire.reasons import Reason
 
 if TYPE_CHECKING:
     from tfps_client import aio
@@ -511,7 +512,9 @@ class Operations:
         """Replaces the optimizer's weights, with Keras's length and shape checks.
 
         A sharded client takes one server's list (as :meth:`get_weights` returns it), checks
-        its length and slot shapes, and gives each shard its part.
+        its length, and each weight's dtype, shape and values as a server does, before it
+        gives each shard its part: a shard checks only the weights it is given, so a weight
+        refused by one is refused before any shard sets its own.
 
         Raises:
             TypeError: ``optimizer`` is not a string or ``weights`` not a sequence.
@@ -525,6 +528,15 @@ class Operations:
         placed, by_shard = yield from self._weights_of(optimizer)
         current = by_shard[placed.shards[0] if placed.shards else 0]
         others = len(current) - 1 - len(placed.of_shard(placed.shards[0])) if placed.shards else 0
+        parts = placed.split(arrays, others)
+        expected = [
+            *(("a weight other than the slots", w.shape, w.dtype) for w in current[1 : 1 + others]),
+            *(
+                (f"slot {checks.shown(slot)} of {checks.shown(v.name)}", v.shape, v.dtype)
+                for v, slot in placed.whole()
+            ),
+        ]
+        _check_weights(optimizer, expected, arrays[1:])
         yield calls.Fanout(
             {
                 shard: calls.one(
@@ -534,7 +546,7 @@ class Operations:
                         listed,
                     )
                 )
-                for shard, listed in placed.split(arrays, others).items()
+                for shard, listed in parts.items()
             }
         )
 
@@ -954,6 +966,42 @@ class Operations:
             }
         )
         return str(dest_dir)
+
+
+def _check_weights(
+    optimizer: str,
+    expected: Sequence[tuple[str, tuple[int, ...], np.dtype]],
+    weights: Sequence[np.ndarray],
+) -> None:
+    """Refuses, as a server's ``set_weights`` does, weights after ``iterations`` of a dtype
+    that does not cast up exactly to their weight's, of another shape, or holding NaN or Inf.
+
+    Args:
+        optimizer: the optimizer's name.
+        expected: the label, shape and dtype of each weight after ``iterations``, in one
+            server's order.
+        weights: the values, in that order.
+
+    Raises:
+        InvalidArgumentError: ``WEIGHTS_MISMATCH`` or ``NON_FINITE_VALUE``.
+    """
+    for index, ((label, shape, dtype), value) in enumerate(zip(expected, weights, strict=True), 1):
+        what = f"optimizer {checks.shown(optimizer)}: weight {index} ({label})"
+        allowed = [d for d, targets in checks.UPCASTS.items() if np.dtype(dtype).name in targets]
+        with sharding.refused_as_invalid():
+            if value.dtype.name not in allowed:
+                raise checks.Refusal(
+                    f"{what}: expected dtype in {allowed}, received {value.dtype.name}",
+                    Reason.WEIGHTS_MISMATCH,
+                    {"optimizer": optimizer, "expected": allowed, "received": value.dtype.name},
+                )
+            if value.shape != tuple(shape):
+                raise checks.Refusal(
+                    f"{what}: expected shape {list(shape)}, received {list(value.shape)}",
+                    Reason.WEIGHTS_MISMATCH,
+                    {"optimizer": optimizer, "expected": list(shape), "received": value.shape},
+                )
+            checks.check_finite(what, "values", value, {"optimizer": optimizer})
 
 
 def _creations(
