@@ -53,6 +53,7 @@ from helpers import (
     raw_stub,
     start_with_checkpoints,
 )
+from interleave import BlockingHooks
 
 ADAM = {"class_name": "Adam", "config": {"learning_rate": 0.1}}
 NADAM = {"class_name": "Nadam", "config": {"learning_rate": 0.05}}
@@ -660,3 +661,154 @@ def test_a_sync_step_of_ticks_only_advances_once(world: Served) -> None:
         second = push(world.port, advance=["sync-ticks"], worker="B")
         assert first.result(timeout=60) == second == {"sync-ticks": (AGGREGATED, 1)}
     assert_all_bitwise_equal(world.client.pull(["sync-ticks/w"]), {"sync-ticks/w": X})
+
+
+# follow: the sync steps the first shard closed ------------------------------------------------
+
+
+def _closed(optimizer: str, step: int, *workers: str, outcome: int = AGGREGATED) -> pb.SyncStep:
+    return pb.SyncStep(optimizer=optimizer, outcome=outcome, step=step, contributors=workers)
+
+
+def test_followed_steps_close_in_step_order_with_the_named_workers() -> None:
+    """The first shard closed step 0 with A and B, then step 1 with C and D (B's part of
+    step 0 is late here): this shard holds C's and D's step-1 parts until step 0 closed with
+    B's, and ends as a server that ran the two steps itself."""
+    hooks = BlockingHooks()
+    served = _serve(Registry(hooks=hooks))
+    try:
+        client = served.client
+        for name in ("leader", "follower"):
+            client.create_optimizer(name, ADAM, Sync(2, timeout=60.0))
+            client.create_variables({f"{name}/x": X}, optimizer=name)
+        g = {
+            worker: np.full_like(X, v)
+            for worker, v in zip("ABCD", (0.5, -1.0, 0.25, 2.0), strict=True)
+        }
+        with ThreadPoolExecutor(4) as pool:
+            for step, workers in enumerate(("AB", "CD")):
+                done = [
+                    pool.submit(push, served.port, {"leader/x": g[w]}, worker=w) for w in workers
+                ]
+                assert [d.result(timeout=60) for d in done] == [
+                    {"leader": (AGGREGATED, step + 1)}
+                ] * 2
+            waiting = hooks.watch("sync.waiting")
+            early = [
+                pool.submit(
+                    push,
+                    served.port,
+                    {"follower/x": g[w]},
+                    worker=w,
+                    follow=[_closed("follower", step, *ws)],
+                )
+                for w, step, ws in (("A", 0, "AB"), ("C", 1, "CD"), ("D", 1, "CD"))
+            ]
+            waiting.wait_arrivals(3)
+            late = push(
+                served.port,
+                {"follower/x": g["B"]},
+                worker="B",
+                follow=[_closed("follower", 0, "A", "B")],
+            )
+            answers = [late] + [e.result(timeout=60) for e in early]
+        assert answers == [
+            {"follower": (AGGREGATED, 1)},
+            {"follower": (AGGREGATED, 1)},
+            {"follower": (AGGREGATED, 2)},
+            {"follower": (AGGREGATED, 2)},
+        ]
+        assert_bitwise_equal(
+            client.pull(["follower/x"])["follower/x"], client.pull(["leader/x"])["leader/x"]
+        )
+        assert_all_bitwise_equal(client.get_weights("follower"), client.get_weights("leader"))
+    finally:
+        hooks.release_all()
+        served.close()
+
+
+def test_a_followed_stale_or_dropped_step_changes_nothing(world: Served) -> None:
+    world.client.create_optimizer("follow-none", ADAM, Sync(2, timeout=60.0))
+    world.client.create_variables({"follow-none/x": X}, optimizer="follow-none")
+    stale = _closed("follow-none", 0, outcome=STALE)
+    dropped = _closed("follow-none", 0, "A", outcome=pb.PUSH_OUTCOME_DROPPED)
+    assert push(world.port, {"follow-none/x": X}, worker="A", follow=[stale]) == {
+        "follow-none": (STALE, 0)
+    }
+    assert push(world.port, {"follow-none/x": X}, worker="A", follow=[dropped]) == {
+        "follow-none": (pb.PUSH_OUTCOME_DROPPED, 0)
+    }
+    assert_bitwise_equal(world.client.pull(["follow-none/x"])["follow-none/x"], X)
+
+
+@pytest.mark.parametrize(
+    ("follow", "error", "reason", "fragments"),
+    [
+        ([_closed("nope", 0, "A")], NotFoundError, "UNKNOWN_OPTIMIZER", ["'nope' not found"]),
+        (
+            [_closed("fsync.a", 0, "A"), _closed("fsync.a", 0, "A")],
+            InvalidArgumentError,
+            "INVALID_FOLLOW",
+            ["optimizer 'fsync.a' named twice"],
+        ),
+        ([_closed("fasync", 0, "A")], InvalidArgumentError, "INVALID_FOLLOW", ["not in sync mode"]),
+        (
+            [_closed("fsync.b", 0, "A")],
+            InvalidArgumentError,
+            "INVALID_FOLLOW",
+            ["'fsync.b' neither touched nor advanced"],
+        ),
+        (
+            [_closed("fsync.a", 0, "B", "C")],
+            InvalidArgumentError,
+            "INVALID_FOLLOW",
+            ["closed by workers ['B', 'C'], not by the pushing worker 'A'"],
+        ),
+        (
+            [_closed("fsync.a", 0, "A", outcome=APPLIED)],
+            InvalidArgumentError,
+            "INVALID_FOLLOW",
+            ["outcome APPLIED"],
+        ),
+        (
+            [_closed("fsync.a", 0, "A", outcome=0)],
+            InvalidArgumentError,
+            "INVALID_FOLLOW",
+            ["push outcome: expected one of"],
+        ),
+        ([_closed("fsync.a", -1, "A")], InvalidArgumentError, "INVALID_ITERATIONS", ["-1"]),
+    ],
+    ids=[
+        "unknown",
+        "twice",
+        "async",
+        "untouched",
+        "not-a-contributor",
+        "applied",
+        "unspecified",
+        "negative",
+    ],
+)
+def test_a_wrong_follow_refuses_the_whole_push(
+    world: Served,
+    follow: list[pb.SyncStep],
+    error: type[TfpsError],
+    reason: str,
+    fragments: list[str],
+) -> None:
+    """Each refusal is precise, and nothing of the push changes anything."""
+    client = world.client
+    for name, aggregation in (
+        ("fsync.a", Sync(2, timeout=60.0)),
+        ("fsync.b", Sync(2)),
+        ("fasync", None),
+    ):
+        client.create_optimizer(name, ADAM, aggregation)
+    client.create_variables({"fsync.a/w": X}, optimizer="fsync.a")
+    client.create_variables({"fasync/w": X}, optimizer="fasync")
+    values = client.pull()
+    with pytest.raises(error) as refused:
+        push(world.port, {"fsync.a/w": X, "fasync/w": X}, worker="A", follow=follow)
+    assert_refused(refused.value, error, reason, fragments)
+    assert {n: client.iterations(n) for n in ("fsync.a", "fasync")} == {"fsync.a": 0, "fasync": 0}
+    assert_all_bitwise_equal(client.pull(), values)

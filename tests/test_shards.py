@@ -9,20 +9,19 @@ import io
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 import tf_keras
 
 import tfps_client.aio
-from tfps_client import Client, IndexedSlices, RetryPolicy, Sync, VariableInfo, ckpt_cli
+from tfps_client import Client, IndexedSlices, Outcome, RetryPolicy, Sync, VariableInfo, ckpt_cli
 from tfps_client.checkpoint_reader import open_checkpoint
 from tfps_client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    UnimplementedError,
 )
 from tfps_client.keras import load_into
 from tfps_server import Registry, RunningServer, create_server
@@ -325,11 +324,54 @@ def _shard_infos(port: int) -> list[VariableInfo]:
         return [info for info in one.list_variables() if info.name.startswith("revive/")]
 
 
-def test_sync_with_backup_workers_is_refused_on_a_sharded_client(sharded: Client) -> None:
-    with pytest.raises(UnimplementedError, match="backup workers"):
-        sharded.create_optimizer(
-            "backups", {"class_name": "SGD"}, Sync(replicas_to_aggregate=2, total_num_replicas=3)
-        )
+def test_sync_with_backup_workers_closes_each_step_with_the_same_workers_everywhere(
+    sharded: Client, reference: Client
+) -> None:
+    """Three workers, two per step: each step's late worker is stale on every shard, and
+    every shard applies the two contributions the first shard's step took."""
+    prefix = "backups"
+    config = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
+    sync = Sync(replicas_to_aggregate=2, total_num_replicas=3)
+
+    def steps(client: Client) -> tuple[dict[str, np.ndarray], list[dict[str, Outcome]]]:
+        client.create_optimizer(prefix, config, sync)
+        client.create_variables(initial(prefix), optimizer=prefix)
+        given, outcomes = pushes(prefix), []
+        for step, (first, second, late) in enumerate((("w0", "w1", "w2"), ("w2", "w0", "w1"))):
+            waiting = in_background(lambda w=first, g=given[step]: client.push(g, worker=w))
+            outcomes.append(client.push(given[step + 2], worker=second).outcomes)
+            outcomes.append(waiting.result().outcomes)
+            outcomes.append(client.push(given[4], worker=late, step=step).outcomes)
+        return client.pull(list(initial(prefix))), outcomes
+
+    (values, outcomes), (expected, expected_outcomes) = steps(sharded), steps(reference)
+    assert_all_bitwise_equal(values, expected)
+    assert outcomes == expected_outcomes
+    assert [o[prefix] for o in outcomes[2::3]] == [Outcome.STALE, Outcome.STALE]
+    assert sharded.iterations(prefix) == reference.iterations(prefix) == 2
+
+
+@pytest.mark.parametrize("on_timeout", ["apply", "drop"])
+def test_a_sync_step_closed_by_its_timeout_closes_alike_everywhere(
+    sharded: Client, reference: Client, on_timeout: Literal["apply", "drop"]
+) -> None:
+    """One of two workers pushes: the step times out on the first shard, and every shard
+    applies (or drops) what it took."""
+    prefix = f"timeout-{on_timeout}"
+    config = {"class_name": "Adam", "config": {"learning_rate": 0.01}}
+    sync = Sync(replicas_to_aggregate=2, timeout=0.3, on_timeout=on_timeout)
+
+    def step(client: Client) -> tuple[dict[str, np.ndarray], dict[str, Outcome]]:
+        client.create_optimizer(prefix, config, sync)
+        client.create_variables(initial(prefix), optimizer=prefix)
+        result = client.push(pushes(prefix)[0], worker="w0")
+        return client.pull(list(initial(prefix))), result.outcomes
+
+    (values, outcomes), (expected, expected_outcomes) = step(sharded), step(reference)
+    assert_all_bitwise_equal(values, expected)
+    assert outcomes == expected_outcomes
+    iterations = 1 if on_timeout == "apply" else 0
+    assert sharded.iterations(prefix) == reference.iterations(prefix) == iterations
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from tfps_client import calls, checkpoint_files, checkpoint_groups, sharding
 from tfps_client.calls import Steps
-from tfps_client.errors import AbortedError, TfpsError, UnimplementedError
+from tfps_client.errors import AbortedError, TfpsError
 from tfps_client.tf_config import ps_addresses
 from tfps_client.transport import MAX_MESSAGE_BYTES, TlsCredentials, bearer_metadata
 from tfps_client.types import (
@@ -313,6 +313,42 @@ class Operations:
                     )
         return pushes
 
+    def _fan_out_push(
+        self,
+        gradients: Mapping[str, Gradient],
+        pushes: Mapping[int, tuple[dict[str, Any], list[np.ndarray]]],
+        call: Callable[[dict[str, Any], list[np.ndarray]], calls.Call],
+        push_response: Callable[[Any], pb.PushResponse],
+    ) -> Steps[dict[int, Any]]:
+        """Makes each shard's ``call`` with its part of a push; returns the answers by shard.
+
+        All shards at once, unless the push has a sync optimizer: then the first shard
+        closes each step as one server does (enough workers, backup workers, the timeout),
+        and the others are then pushed with the step it closed (``follow``), which they
+        close with the same workers' contributions. Every pushed optimizer has a part on the
+        first shard (gradients or ``advance``).
+        """
+        names = [name for name, gradient in gradients.items() if gradient is not None]
+        layout = yield from self._known_layout(names)
+        sync = []
+        for optimizer in sorted({layout.get(name).optimizer for name in names}):
+            options = yield from self._options(optimizer)
+            if isinstance(options.aggregation, Sync):
+                sync.append(optimizer)
+        if not sync:
+            return (yield calls.Fanout({s: calls.one(call(h, a)) for s, (h, a) in pushes.items()}))
+        first = yield from _on(0, call(*pushes[0]))
+        results = push_response(first).results
+        follow = [convert.step_closed(optimizer, results[optimizer]) for optimizer in sync]
+        others = yield calls.Fanout(
+            {
+                shard: calls.one(call({**header, "follow": follow}, arrays))
+                for shard, (header, arrays) in pushes.items()
+                if shard != 0
+            }
+        )
+        return {0: first, **others}
+
     def _options(self, optimizer: str) -> Steps[OptimizerOptions]:
         """The options ``optimizer`` was created with (they never change), asked once."""
         if optimizer not in self._known_options:
@@ -354,23 +390,11 @@ class Operations:
             TypeError: ``config`` is not JSON-serializable, ``aggregation`` is neither
                 :class:`Async` nor :class:`Sync`, or an argument has a wrong type.
             ValueError: ``on_non_finite`` or a :class:`Sync` choice is not one of its values.
-            UnimplementedError: a sharded client was given :class:`Sync` with backup workers.
         """
         if aggregation is not None and not isinstance(aggregation, (Async, Sync)):
             raise TypeError(
                 f"create_optimizer: expected aggregation Async(...) or Sync(...), received "
                 f"{type(aggregation).__name__}"
-            )
-        if (
-            self._shards > 1
-            and isinstance(aggregation, Sync)
-            and aggregation.total_num_replicas not in (None, aggregation.replicas_to_aggregate)
-        ):
-            raise UnimplementedError(
-                f"create_optimizer {name!r}: Sync with backup workers "
-                f"(total_num_replicas {aggregation.total_num_replicas} > replicas_to_aggregate "
-                f"{aggregation.replicas_to_aggregate}) is not available on a sharded client yet: "
-                "each shard could close a step with other workers' gradients"
             )
         config_json = config if isinstance(config, str) else json.dumps(config)
         request = codec.build_message(
@@ -715,8 +739,8 @@ class Operations:
             response = yield calls.upload("Push", header, arrays)
             return convert.push_result(response, request_id)
         pushes = yield from self._split_push(gradients, header)
-        responses = yield calls.Fanout(
-            {shard: calls.one(calls.upload("Push", h, a)) for shard, (h, a) in pushes.items()}
+        responses = yield from self._fan_out_push(
+            gradients, pushes, lambda h, a: calls.upload("Push", h, a), lambda r: r
         )
         return _merged_results(responses.values(), request_id)
 
@@ -754,13 +778,13 @@ class Operations:
             for part in placed.parts:
                 shard_header, _ = pushes.setdefault(part.shard, (_shard_header(header), []))
                 shard_header["pull"].append(part.name)
-        answers = yield calls.Fanout(
-            {
-                shard: calls.one(
-                    calls.exchange("PushPull", h, a, lambda first: [t.spec for t in first.tensors])
-                )
-                for shard, (h, a) in pushes.items()
-            }
+        answers = yield from self._fan_out_push(
+            gradients,
+            pushes,
+            lambda h, a: calls.exchange(
+                "PushPull", h, a, lambda first: [t.spec for t in first.tensors]
+            ),
+            lambda answer: answer[0].push,
         )
         values = _by_part(answers)
         result = _merged_results([first.push for first, _ in answers.values()], request_id)

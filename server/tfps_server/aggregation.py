@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from tfps_client.types import Async, OptimizerOptions, Outcome, Sync
-from tfps_client.wire.convert import OptimizerResult
+from tfps_client.wire.convert import OptimizerResult, SyncStep
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
     FailedPrecondition,
@@ -30,6 +30,7 @@ from tfps_server.errors import (
     ServerError,
     shown,
 )
+from tfps_server.followed_steps import FollowedSteps
 from tfps_server.metrics import Metrics
 from tfps_server.validation import MAX_ITERATIONS
 
@@ -231,6 +232,8 @@ class SyncPolicy:
         self._closed_by: ServerError | None = None
         self._contributions: dict[str, Sequence[Prepared]] = {}
         self._results: OrderedDict[int, OptimizerResult | ServerError] = OrderedDict()
+        self._followed = FollowedSteps(options, lock, self.run_step, self._timeouts, on_wait)
+        """The steps another shard closed (a sharded client's push with ``follow``)."""
 
     def admit(self, worker: str, step: int | None, current: int) -> None:
         """Raises what :meth:`submit` would refuse the push with at iterations ``current``.
@@ -303,18 +306,41 @@ class SyncPolicy:
             raise result.again()
         return result
 
+    def follow(
+        self,
+        worker: str,
+        decided: SyncStep,
+        gradients: Sequence[Prepared],
+        iterations: Callable[[], int],
+        apply: ApplyFn,
+    ) -> OptimizerResult:
+        """Adds one worker's gradients to a step the first shard of a sharded client closed
+        and waits until it closes here (:mod:`tfps_server.followed_steps`).
+
+        The caller holds the optimizer's lock; it is released while waiting.
+
+        Raises:
+            FailedPrecondition: the worker already contributed to that step here.
+            ServerError: the step was aborted, or the policy closed.
+        """
+        if self._closed_by is not None:
+            raise self._closed_by.again()
+        return self._followed.follow(worker, decided, gradients, iterations, apply)
+
     def pause(self) -> None:
         """Keeps the open step from closing, its timeout paused, until :meth:`resume`: a
         save waits with the optimizer at its target iterations, which closing the step would
         pass. Contributions that would close it are held before they join
         (:mod:`tfps_server.barrier`). The caller holds the optimizer's lock.
         """
+        self._followed.pause()
         if self._paused_at is None:
             self._paused_at = time.monotonic()
 
     def resume(self) -> None:
         """Lets the open step close again; the time it was paused does not count toward its
         timeout. The caller holds the optimizer's lock and notifies the waiters."""
+        self._followed.resume()
         if self._paused_at is None:
             return
         if self._contributions:
@@ -326,6 +352,7 @@ class SyncPolicy:
 
         The caller holds the optimizer's lock.
         """
+        self._followed.abort(error)
         if self._contributions:
             self._finish_round(error)
 
@@ -338,26 +365,37 @@ class SyncPolicy:
         self.abort(error)
 
     def _close_round(self, iterations: Callable[[], int], apply: ApplyFn, timed_out: bool) -> None:
-        contributions = [self._contributions[w] for w in sorted(self._contributions)]
         self._wait_time.observe(time.monotonic() - self._opened_at)
         if timed_out:
             self._timeouts.inc()
-        result: OptimizerResult | ServerError
+        drop = timed_out and self.options.on_timeout == "drop"
+        result = self.run_step(self._contributions, drop, iterations, apply)
+        self._finish_round(result)
+
+    def run_step(
+        self,
+        contributions: Mapping[str, Sequence[Prepared]],
+        drop: bool,
+        iterations: Callable[[], int],
+        apply: ApplyFn,
+    ) -> OptimizerResult | ServerError:
+        """Applies (or drops) a step's contributions, combined in worker-id order; returns
+        what every contributor is answered. The caller holds the optimizer's lock."""
+        workers = tuple(sorted(contributions))
         try:
-            if timed_out and self.options.on_timeout == "drop":
-                result = OptimizerResult(Outcome.DROPPED, iterations())
-            else:
-                applied = apply(combine(contributions, self.options.reduction))
-                outcome = Outcome.SKIPPED if applied is Outcome.SKIPPED else Outcome.AGGREGATED
-                result = OptimizerResult(outcome, iterations())
+            if drop:
+                return OptimizerResult(Outcome.DROPPED, iterations(), workers)
+            combined = combine([contributions[w] for w in workers], self.options.reduction)
+            applied = apply(combined)
+            outcome = Outcome.SKIPPED if applied is Outcome.SKIPPED else Outcome.AGGREGATED
+            return OptimizerResult(outcome, iterations(), workers)
         except ServerError as error:
-            result = error
+            return error
         except Exception as error:  # every contributor must be answered, whatever happened
             _log.exception("sync step failed")
-            result = Internal(
+            return Internal(
                 f"sync aggregation: the step failed: {type(error).__name__}", Reason.INTERNAL
             )
-        self._finish_round(result)
 
     def _finish_round(self, result: OptimizerResult | ServerError) -> None:
         self._results[self._round] = result

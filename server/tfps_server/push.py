@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfps_client.types import Outcome
-from tfps_client.wire.convert import Gradient, OptimizerResult, SparseGradient
+from tfps_client.types import Outcome, Sync
+from tfps_client.wire.convert import Gradient, OptimizerResult, SparseGradient, SyncStep
 from tfps_client.wire.reasons import Reason
-from tfps_server.aggregation import Prepared
+from tfps_server.aggregation import Prepared, SyncPolicy
 from tfps_server.errors import InvalidArgument, ServerError, shown
 from tfps_server.numerics import sum_of_squares, to_tensor
 from tfps_server.registry import Registry
@@ -51,6 +51,7 @@ class Pusher:
         worker: str = "",
         step: int | None = None,
         advance: Sequence[str] = (),
+        follow: Sequence[SyncStep] = (),
     ) -> dict[str, OptimizerResult]:
         """Hands gradients to the aggregation policy of each optimizer they touch.
 
@@ -65,6 +66,9 @@ class Pusher:
             advance: optimizers that no gradient touches, each pushed an empty gradient
                 list: their ``iterations`` grow by one as a push's would (in sync mode,
                 the worker's contribution to the step has no gradient).
+            follow: sync steps the first shard of a sharded client closed: the push's part
+                of each of these optimizers joins that step here
+                (:mod:`tfps_server.followed_steps`).
 
         Returns:
             Outcome and ``iterations`` after the push, per optimizer touched or advanced.
@@ -73,7 +77,9 @@ class Pusher:
             NotFound: unknown variable, or unknown optimizer in ``advance``.
             InvalidArgument: duplicate variable, wrong shape, dtype, index, or
                 non-finite values for an optimizer that rejects them; an optimizer
-                named twice in ``advance``, or named there and touched by a gradient.
+                named twice in ``advance``, or named there and touched by a gradient;
+                a ``follow`` step of an optimizer named twice, not in sync mode, neither
+                touched nor advanced, or closed without the pushing worker.
             ResourceExhausted: a request id or worker id longer than
                 ``limits.max_id_bytes``, or a variable name longer than any can be.
             FailedPrecondition: a step ahead of the optimizer, or a second
@@ -81,7 +87,8 @@ class Pusher:
             Aborted: a restore or ``set_weights`` replaced the state first.
             Unavailable: the server is shutting down while a sync step waited.
         """
-        return self._push(self._registry.current(), gradients, request_id, worker, step, advance)
+        generation = self._registry.current()
+        return self._push(generation, gradients, request_id, worker, step, advance, follow)
 
     def push_pull(
         self,
@@ -92,13 +99,14 @@ class Pusher:
         worker: str = "",
         step: int | None = None,
         advance: Sequence[str] = (),
+        follow: Sequence[SyncStep] = (),
     ) -> tuple[dict[str, OptimizerResult], list[tuple[str, np.ndarray]]]:
         """Pushes, then pulls ``pull`` (checked before the push; none when empty) from the
         same generation."""
         generation = self._registry.current()
         for name in pull:
             generation.variable(name)
-        results = self._push(generation, gradients, request_id, worker, step, advance)
+        results = self._push(generation, gradients, request_id, worker, step, advance, follow)
         return results, self._registry.pull(pull, generation) if pull else []
 
     def _push(
@@ -109,9 +117,11 @@ class Pusher:
         worker: str,
         step: int | None,
         advance: Sequence[str],
+        follow: Sequence[SyncStep],
     ) -> dict[str, OptimizerResult]:
         def apply_missing(results: dict[str, OptimizerResult]) -> None:
             batches = self._validate(generation, gradients, advance)
+            followed = _followed(generation, batches, follow, worker)
             self._registry.hooks.reach("push.validated")
             missing = [  # a push a checkpoint caught half-way applies only what it lacks
                 managed
@@ -123,9 +133,11 @@ class Pusher:
                 with managed.lock:
                     barrier.wait_while_held(managed)  # a save waits at its iterations
                     managed.ensure_live()
-                    managed.policy.admit(worker, step, managed.iterations())
+                    if managed not in followed:  # the first shard admitted it
+                        managed.policy.admit(worker, step, managed.iterations())
             for managed in missing:
-                self._submit(managed, batches[managed], worker, step, results)
+                decided = followed.get(managed)
+                self._submit(managed, batches[managed], worker, step, decided, results)
                 self._registry.hooks.reach("push.applied")
 
         try:
@@ -201,9 +213,11 @@ class Pusher:
         gradients: Sequence[Prepared],
         worker: str,
         step: int | None,
+        decided: SyncStep | None,
         results: dict[str, OptimizerResult],
     ) -> None:
-        """Hands one optimizer's part to its policy and records what it did, under its lock.
+        """Hands one optimizer's part to its policy (or to the step ``decided`` on the first
+        shard) and records what it did, under its lock.
 
         Recording under the lock is what makes a checkpoint (cut under every lock) hold
         exactly the results whose updates it holds.
@@ -214,9 +228,12 @@ class Pusher:
         with managed.lock:
             barrier.wait_while_held(managed)  # a save registered after the admission
             managed.ensure_live()
-            result = managed.policy.submit(
-                worker, step, gradients, managed.iterations, lambda g: self._apply(managed, g)
-            )
+            policy, apply = managed.policy, lambda g: self._apply(managed, g)
+            if decided is None:
+                result = policy.submit(worker, step, gradients, managed.iterations, apply)
+            else:
+                assert isinstance(policy, SyncPolicy)  # _followed admits sync optimizers only
+                result = policy.follow(worker, decided, gradients, managed.iterations, apply)
             results[managed.name] = result
         barrier.changed()
         self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
@@ -288,6 +305,48 @@ class Pusher:
         for kind, happened in clipped.items():
             if happened:
                 self._metrics.clip_events.labels(managed.name, kind).inc()
+
+
+def _followed(
+    generation: Generation,
+    batches: Mapping[ManagedOptimizer, list[Prepared]],
+    follow: Sequence[SyncStep],
+    worker: str,
+) -> dict[ManagedOptimizer, SyncStep]:
+    """Checks the push's ``follow`` steps; returns them by optimizer.
+
+    Raises:
+        NotFound: an unknown optimizer.
+        InvalidArgument: an optimizer named twice, not in sync mode, or neither touched
+            nor advanced by the push, or a step closed without the pushing worker.
+    """
+    followed: dict[ManagedOptimizer, SyncStep] = {}
+    for decided in follow:
+        managed = generation.optimizer(decided.optimizer)
+        problem = ""
+        if managed in followed:
+            problem = "named twice"
+        elif not isinstance(managed.options.aggregation, Sync):
+            problem = "not in sync mode"
+        elif managed not in batches:
+            problem = "neither touched nor advanced by the push"
+        elif decided.outcome is Outcome.APPLIED:
+            problem = "with outcome APPLIED, which no sync step has"
+        elif decided.outcome is not Outcome.STALE and worker not in decided.contributors:
+            problem = (
+                f"with step {decided.step} closed by workers {list(decided.contributors)}, "
+                f"not by the pushing worker {shown(worker)}"
+            )
+        if problem:
+            raise InvalidArgument(
+                "push follow: expected each sync optimizer the push touches or advances at "
+                "most once, with a step the pushing worker contributed to, received "
+                f"optimizer {shown(decided.optimizer)} {problem}",
+                Reason.INVALID_FOLLOW,
+                {"optimizer": decided.optimizer},
+            )
+        followed[managed] = decided
+    return followed
 
 
 def _prepare(managed: ManagedVariable, gradient: Gradient, squares: float | None) -> Prepared:

@@ -509,7 +509,22 @@ def _push_context(first: pb.PushRequest | pb.PushPullRequest) -> dict[str, Any]:
         "worker": first.worker,
         "step": step,
         "advance": list(first.advance),
+        "follow": [_sync_step(message) for message in first.follow],
     }
+
+
+def _sync_step(message: pb.SyncStep) -> convert.SyncStep:
+    """Returns a push's ``follow`` step, its outcome and step checked."""
+    try:
+        decided = convert.sync_step_from_message(message)
+    except ValueError as error:
+        raise InvalidArgument(
+            f"push follow: optimizer {shown(message.optimizer)}: {error}",
+            Reason.INVALID_FOLLOW,
+            {"optimizer": message.optimizer},
+        ) from None
+    check_step(decided.step)
+    return decided
 
 
 def _options_from_proto(optimizer: str, message: pb.OptimizerOptions) -> OptimizerOptions:

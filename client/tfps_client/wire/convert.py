@@ -75,6 +75,20 @@ class OptimizerResult(NamedTuple):
     outcome: Outcome
     iterations: int
     """The optimizer's ``iterations`` afterwards."""
+    contributors: tuple[str, ...] = ()
+    """Sync mode, when the push's step closed: the workers whose contributions formed it."""
+
+
+class SyncStep(NamedTuple):
+    """A sync step the first shard closed, which the other shards' parts of a push join."""
+
+    optimizer: str
+    outcome: Outcome
+    """What the step did there; STALE: the push joined no step."""
+    step: int
+    """The optimizer's iterations when the step applies."""
+    contributors: tuple[str, ...]
+    """The workers whose contributions formed the step, sorted."""
 
 
 class MissingGradientError(ValueError):
@@ -107,7 +121,9 @@ def push_response(results: Mapping[str, OptimizerResult]) -> pb.PushResponse:
     return pb.PushResponse(
         results={
             name: pb.OptimizerPushResult(
-                outcome=outcome_to_wire(result.outcome), iterations=result.iterations
+                outcome=outcome_to_wire(result.outcome),
+                iterations=result.iterations,
+                contributors=result.contributors,
             )
             for name, result in results.items()
         }
@@ -120,6 +136,33 @@ def push_result(response: pb.PushResponse, request_id: str) -> PushResult:
         outcomes={name: outcome_from_wire(r.outcome) for name, r in response.results.items()},
         iterations={name: r.iterations for name, r in response.results.items()},
         request_id=request_id,
+    )
+
+
+def step_closed(optimizer: str, result: pb.OptimizerPushResult) -> pb.SyncStep:
+    """The sync step a shard's push result reports, for the other shards to follow: a step
+    that applied (or skipped) ran at the iterations before the result's; one dropped did not
+    change them."""
+    closed = result.outcome in (pb.PUSH_OUTCOME_AGGREGATED, pb.PUSH_OUTCOME_SKIPPED)
+    return pb.SyncStep(
+        optimizer=optimizer,
+        outcome=result.outcome,
+        step=result.iterations - 1 if closed else result.iterations,
+        contributors=result.contributors,
+    )
+
+
+def sync_step_from_message(message: pb.SyncStep) -> SyncStep:
+    """Returns a decoded sync step.
+
+    Raises:
+        ValueError: an unspecified or unknown outcome.
+    """
+    return SyncStep(
+        message.optimizer,
+        outcome_from_wire(message.outcome),
+        message.step,
+        tuple(message.contributors),
     )
 
 

@@ -124,6 +124,9 @@ class Reason(str, enum.Enum):
     INVALID_ADVANCE = "INVALID_ADVANCE"
     """An optimizer named twice in a push's ``advance``, or named there and touched by a
     gradient of the same push."""
+    INVALID_FOLLOW = "INVALID_FOLLOW"
+    """A push's ``follow`` names an optimizer twice, one that is not in sync mode or that the
+    push neither touches nor advances, or a closed step without the pushing worker."""
     # Shards
     INVALID_SHARD = "INVALID_SHARD"
     """A shard identity out of range: ``shards`` < 1, or ``shard`` >= ``shards``."""

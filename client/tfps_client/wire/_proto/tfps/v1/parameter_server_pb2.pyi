@@ -197,28 +197,44 @@ class GradientHeader(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., dense: _Optional[_Union[_tensor_pb2.DenseSpec, _Mapping]] = ..., sparse: _Optional[_Union[_tensor_pb2.IndexedSlicesSpec, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance", "follow")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
     worker: str
     step: int
     advance: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
+    follow: _containers.RepeatedCompositeFieldContainer[SyncStep]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
 
 class OptimizerPushResult(_message.Message):
-    __slots__ = ("outcome", "iterations")
+    __slots__ = ("outcome", "iterations", "contributors")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
     outcome: PushOutcome
     iterations: int
-    def __init__(self, outcome: _Optional[_Union[PushOutcome, str]] = ..., iterations: _Optional[int] = ...) -> None: ...
+    contributors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outcome: _Optional[_Union[PushOutcome, str]] = ..., iterations: _Optional[int] = ..., contributors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SyncStep(_message.Message):
+    __slots__ = ("optimizer", "outcome", "step", "contributors")
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    optimizer: str
+    outcome: PushOutcome
+    step: int
+    contributors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, optimizer: _Optional[str] = ..., outcome: _Optional[_Union[PushOutcome, str]] = ..., step: _Optional[int] = ..., contributors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("results",)
@@ -234,7 +250,7 @@ class PushResponse(_message.Message):
     def __init__(self, results: _Optional[_Mapping[str, OptimizerPushResult]] = ...) -> None: ...
 
 class PushPullRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance", "follow")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +258,7 @@ class PushPullRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
@@ -249,7 +266,8 @@ class PushPullRequest(_message.Message):
     step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
     advance: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
+    follow: _containers.RepeatedCompositeFieldContainer[SyncStep]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
 
 class PushPullResponse(_message.Message):
     __slots__ = ("push", "tensors", "chunks")
