@@ -351,6 +351,29 @@ def test_sync_with_backup_workers_closes_each_step_with_the_same_workers_everywh
     assert sharded.iterations(prefix) == reference.iterations(prefix) == 2
 
 
+def test_workers_sharing_one_sharded_client_close_their_sync_steps(
+    sharded: Client, reference: Client
+) -> None:
+    """Four threads push through one client; each shard's call waits for the others' parts,
+    so none may wait for a thread of the client's fan-out."""
+    prefix = "sharing"
+    config = {"class_name": "SGD", "config": {"learning_rate": 0.1}}
+    workers = [f"w{i}" for i in range(4)]
+
+    def step(client: Client) -> dict[str, np.ndarray]:
+        client.create_optimizer(prefix, config, Sync(replicas_to_aggregate=4))
+        client.create_variables(initial(prefix), optimizer=prefix)
+        given = pushes(prefix)
+        running = [
+            in_background(lambda w=w, g=g: client.push(g, worker=w))
+            for w, g in zip(workers, given, strict=False)
+        ]
+        assert {r.result().outcomes[prefix] for r in running} == {Outcome.AGGREGATED}
+        return client.pull(list(initial(prefix)))
+
+    assert_all_bitwise_equal(step(sharded), step(reference))
+
+
 @pytest.mark.parametrize("on_timeout", ["apply", "drop"])
 def test_a_sync_step_closed_by_its_timeout_closes_alike_everywhere(
     sharded: Client, reference: Client, on_timeout: Literal["apply", "drop"]

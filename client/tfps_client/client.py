@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -93,7 +94,10 @@ class Client(Operations):
             )
             for channel in self._channels
         ]
-        self._pool = ThreadPoolExecutor(len(self._channels) - 1 or 1, "tfps-fan-out")
+        # A shard's call may wait for other callers' calls (a sync step closes once every
+        # worker's part has arrived), so no call waits for a thread: the pool grows with the
+        # calls in flight, its idle threads reused.
+        self._pool = ThreadPoolExecutor(sys.maxsize, "tfps-fan-out")
 
     def close(self) -> None:
         """Closes the channels."""
