@@ -195,20 +195,22 @@ class GradientHeader(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., dense: _Optional[_Union[_tensor_pb2.DenseSpec, _Mapping]] = ..., sparse: _Optional[_Union[_tensor_pb2.IndexedSlicesSpec, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance", "non_finite")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
     worker: str
     step: int
     advance: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
+    non_finite: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ..., non_finite: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OptimizerPushResult(_message.Message):
     __slots__ = ("outcome", "iterations")
@@ -232,7 +234,7 @@ class PushResponse(_message.Message):
     def __init__(self, results: _Optional[_Mapping[str, OptimizerPushResult]] = ...) -> None: ...
 
 class PushPullRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance", "non_finite")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +242,7 @@ class PushPullRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     request_id: str
@@ -247,7 +250,8 @@ class PushPullRequest(_message.Message):
     step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
     advance: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ...) -> None: ...
+    non_finite: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ..., non_finite: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushPullResponse(_message.Message):
     __slots__ = ("push", "tensors", "chunks")
