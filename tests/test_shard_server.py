@@ -5,8 +5,9 @@ over several) and tells each server which shard it is. Here, against real server
 the generated stub (the typed client has no sharding yet): DeclareShard and placements
 record, keep and refuse identities precisely, and survive checkpoints and a restart; a
 push's ``advance`` counts a step of an optimizer without gradients, through the path a
-gradient takes, so that shards holding parts of one optimizer's variables compute exactly
-what one server holding them all computes.
+gradient takes, and its ``non_finite`` skips an optimizer's update as a NaN gradient of its
+own would, so that shards holding parts of one optimizer's variables compute exactly what
+one server holding them all computes.
 
 The parity tests play the shards on one server: optimizers ``<case>`` (the single server,
 variables ``x`` and ``y``), ``<case>.0`` (shard 0, ``x``) and ``<case>.1`` (shard 1, ``y``),
@@ -169,10 +170,11 @@ def push(
     return {name: (r.outcome, r.iterations) for name, r in response.results.items()}
 
 
-APPLIED, AGGREGATED, STALE = (
+APPLIED, AGGREGATED, STALE, SKIPPED = (
     pb.PUSH_OUTCOME_APPLIED,
     pb.PUSH_OUTCOME_AGGREGATED,
     pb.PUSH_OUTCOME_STALE,
+    pb.PUSH_OUTCOME_SKIPPED,
 )
 
 
@@ -663,6 +665,116 @@ def test_a_sync_step_of_ticks_only_advances_once(world: Served) -> None:
     assert_all_bitwise_equal(world.client.pull(["sync-ticks/w"]), {"sync-ticks/w": X})
 
 
+# non_finite -------------------------------------------------------------------------------
+
+
+def _skip_counts(served: Served, optimizer: str) -> tuple[float, float]:
+    """The skipped pushes and non-finite skips ``optimizer`` has counted."""
+    metrics = served.server.registry.metrics
+    return (
+        metrics.pushes.labels(optimizer, "skipped")._value.get(),
+        metrics.non_finite_gradients.labels(optimizer, "skipped")._value.get(),
+    )
+
+
+@pytest.mark.parametrize("method", ["Push", "PushPull"])
+@pytest.mark.parametrize("how", ["with a gradient", "advanced"])
+def test_a_non_finite_optimizer_skips_its_update_once_per_request_id(
+    world: Served, how: str, method: str
+) -> None:
+    """Named in ``non_finite``, a "skip" optimizer takes the path of a NaN gradient, whether
+    its own gradients are finite or it is only advanced: SKIPPED, iterations + 1, and
+    nothing else: no value, slot nor Nadam's momentum_cache (which a tick advances)
+    changes. A retry with the request id is answered from memory; it is counted once."""
+    name = f"nf-{how.split()[0]}-{method}"
+    world.client.create_optimizer(name, NADAM, on_non_finite="skip")
+    world.client.create_variables({f"{name}/w": X}, optimizer=name)
+    push(world.port, {f"{name}/w": np.ones_like(X)})
+    weights, values = world.client.get_weights(name), world.client.pull()
+    counts = _skip_counts(world, name)
+    gradients = {f"{name}/w": np.ones_like(X)} if how == "with a gradient" else {}
+    fields = {
+        "advance": [] if gradients else [name],
+        "non_finite": [name],
+        "request_id": f"{name}-1",
+        "method": method,
+    }
+    if method == "PushPull":
+        fields["pull"] = [f"{name}/w"]
+    for _ in range(2):
+        assert push(world.port, gradients, **fields) == {name: (SKIPPED, 2)}
+    assert world.client.get_weights(name)[0] == weights[0] + 1
+    assert_all_bitwise_equal(world.client.get_weights(name)[1:], weights[1:])
+    assert_all_bitwise_equal(world.client.pull(), values)
+    assert _skip_counts(world, name) == tuple(count + 1 for count in counts)
+
+
+def test_a_non_finite_contribution_makes_its_sync_step_skip(world: Served) -> None:
+    """Worker A's contribution is only advanced, but named non-finite; B's gradient is
+    finite: the step closes SKIPPED for both, as a NaN in A's gradient would make it."""
+    world.client.create_optimizer("nf-sync", ADAM, Sync(2, timeout=60.0), on_non_finite="skip")
+    world.client.create_variables({"nf-sync/w": X}, optimizer="nf-sync")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(
+            push, world.port, advance=["nf-sync"], non_finite=["nf-sync"], worker="A"
+        )
+        second = push(world.port, {"nf-sync/w": np.ones_like(X)}, worker="B")
+        assert first.result(timeout=60) == second == {"nf-sync": (SKIPPED, 1)}
+    assert_all_bitwise_equal(world.client.pull(["nf-sync/w"]), {"nf-sync/w": X})
+    assert_all_bitwise_equal(world.client.get_weights("nf-sync")[1:], [np.zeros_like(X)] * 2)
+
+
+@pytest.mark.parametrize(
+    ("non_finite", "error", "reason", "fragments"),
+    [
+        (["nf.a", "nope"], NotFoundError, "UNKNOWN_OPTIMIZER", ["optimizer 'nope' not found"]),
+        (
+            ["nf.a", "nf.a"],
+            InvalidArgumentError,
+            "INVALID_ADVANCE",
+            ["push non_finite: expected each optimizer once", "optimizer 'nf.a' named twice"],
+        ),
+        (
+            ["nf.a", "nf.r"],
+            InvalidArgumentError,
+            "INVALID_ADVANCE",
+            [
+                "created with on_non_finite 'skip'",
+                "optimizer 'nf.r' created with on_non_finite 'reject'",
+            ],
+        ),
+        (
+            ["nf.b"],
+            InvalidArgumentError,
+            "INVALID_ADVANCE",
+            ["optimizer 'nf.b' neither touched by a gradient nor advanced"],
+        ),
+    ],
+    ids=["unknown", "twice", "reject", "untouched"],
+)
+def test_a_wrong_non_finite_refuses_the_whole_push(
+    world: Served,
+    non_finite: list[str],
+    error: type[TfpsError],
+    reason: str,
+    fragments: list[str],
+) -> None:
+    """Each refusal is precise, and changes nothing: nf.a (skip) and nf.r (reject) get a
+    gradient, nf.b (skip) nothing."""
+    for name, policy in (("nf.a", "skip"), ("nf.b", "skip"), ("nf.r", "reject")):
+        world.client.create_optimizer(name, ADAM, on_non_finite=policy)
+    world.client.create_variables({"nf.a/w": X}, optimizer="nf.a")
+    world.client.create_variables({"nf.r/w": Y}, optimizer="nf.r")
+    values = world.client.pull()
+    weights = {n: world.client.get_weights(n) for n in ("nf.a", "nf.b", "nf.r")}
+    with pytest.raises(error) as refused:
+        push(world.port, {"nf.a/w": X, "nf.r/w": Y}, non_finite=non_finite)
+    assert_refused(refused.value, error, reason, fragments, {"optimizer": non_finite[-1]})
+    assert_all_bitwise_equal(world.client.pull(), values)
+    for name, before in weights.items():
+        assert_all_bitwise_equal(world.client.get_weights(name), before)
+
+
 # follow: the sync steps the first shard closed ------------------------------------------------
 
 
@@ -756,7 +868,7 @@ def test_a_followed_stale_or_dropped_step_changes_nothing(world: Served) -> None
             [_closed("fsync.b", 0, "A")],
             InvalidArgumentError,
             "INVALID_FOLLOW",
-            ["'fsync.b' neither touched nor advanced"],
+            ["'fsync.b' neither touched by a gradient nor advanced"],
         ),
         (
             [_closed("fsync.a", 0, "B", "C")],

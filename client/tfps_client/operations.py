@@ -275,7 +275,10 @@ class Operations:
 
         The whole push is checked first, as one server checks it: gradients that do not
         fit their variables, and non-finite ones for an optimizer that rejects them, are
-        refused before any shard is asked.
+        refused before any shard is asked. A non-finite gradient of an optimizer that skips
+        them is named to every shard (``non_finite``: each gets a gradient or an
+        ``advance`` of every optimizer pushed), so that each skips the optimizer's update,
+        as one server skips it whole.
 
         Raises:
             InvalidArgumentError, NotFoundError: as a server refuses the push.
@@ -283,34 +286,29 @@ class Operations:
         names = [name for name, gradient in gradients.items() if gradient is not None]
         layout = yield from self._known_layout(names)
         split = sharding.split_gradients(layout, gradients)
-        optimizers = sorted({layout.get(name).optimizer for name in names})
-        for optimizer in optimizers:
+        by_optimizer: dict[str, list[str]] = {}
+        for name in names:
+            by_optimizer.setdefault(layout.get(name).optimizer, []).append(name)
+        non_finite = []
+        for optimizer, own in sorted(by_optimizer.items()):
             options = yield from self._options(optimizer)
             if options.on_non_finite == "reject":
-                sharding.check_finite_gradients(
-                    [
-                        (name, gradients[name])
-                        for name in names
-                        if layout.get(name).optimizer == optimizer
-                    ]
-                )
+                sharding.check_finite_gradients([(name, gradients[name]) for name in own])
+            elif not sharding.all_finite(gradients[name] for name in own):
+                non_finite.append(optimizer)
         pushes = {}
         for shard, parts in split.items():
-            shard_header = _shard_header(header)
+            shard_header = _shard_header(header, non_finite)
             shard_header["gradients"], arrays = convert.gradients_to_wire(parts)
             pushes[shard] = (shard_header, arrays)
-        for optimizer in optimizers:
-            fed = {
-                s
-                for name in names
-                if layout.get(name).optimizer == optimizer
-                for s in layout.get(name).shards
-            }
+        for optimizer, own in sorted(by_optimizer.items()):
+            fed = {shard for name in own for shard in layout.get(name).shards}
             for shard in range(layout.shards):
                 if shard not in fed:
-                    pushes.setdefault(shard, (_shard_header(header), []))[0]["advance"].append(
-                        optimizer
+                    shard_header, _ = pushes.setdefault(
+                        shard, (_shard_header(header, non_finite), [])
                     )
+                    shard_header["advance"].append(optimizer)
         return pushes
 
     def _fan_out_push(
@@ -1221,9 +1219,10 @@ def _variable_names(argument: str, names: Iterable[str]) -> list[str]:
     return listed
 
 
-def _shard_header(header: Mapping[str, Any]) -> dict[str, Any]:
-    """A shard's copy of a push's header, without gradients (nor variables to pull)."""
-    shard_header = {**header, "gradients": [], "advance": []}
+def _shard_header(header: Mapping[str, Any], non_finite: Sequence[str] = ()) -> dict[str, Any]:
+    """A shard's copy of a push's header, without gradients (nor variables to pull), naming
+    the optimizers whose update the push skips (``non_finite``)."""
+    shard_header = {**header, "gradients": [], "advance": [], "non_finite": list(non_finite)}
     if "pull" in header:
         shard_header["pull"] = []
     return shard_header

@@ -462,16 +462,31 @@ def check_finite_gradients(gradients: Sequence[tuple[str, object]]) -> None:
         InvalidArgumentError: a gradient holds some (reason ``NON_FINITE_GRADIENT``).
     """
     for name, gradient in gradients:
-        slices = convert.as_indexed_slices(gradient)
-        values = convert.to_numpy(gradient) if slices is None else np.asarray(slices.values)
         with refused_as_invalid():
             checks.check_finite(
                 f"variable {checks.shown(name)}",
                 "gradient values",
-                values,
+                _values(gradient),
                 {"variable": name},
                 Reason.NON_FINITE_GRADIENT,
             )
+
+
+def all_finite(gradients: Iterable[object]) -> bool:
+    """Whether no value of ``gradients`` is NaN or Inf: else a server skips the update of an
+    optimizer created with ``on_non_finite="skip"`` that they all go to.
+
+    One server decides on the norm of the optimizer's gradients, which is not finite either
+    when a float64 gradient's squares overflow (elements of 1e154 or more): that case is
+    not seen here.
+    """
+    return all(np.isfinite(_values(gradient)).all() for gradient in gradients)
+
+
+def _values(gradient: object) -> np.ndarray:
+    """The values of a dense or sparse gradient."""
+    slices = convert.as_indexed_slices(gradient)
+    return convert.to_numpy(gradient) if slices is None else np.asarray(slices.values)
 
 
 def check_rows(variable: Placed, indices: np.ndarray) -> None:

@@ -58,9 +58,15 @@ MAX_SYNC_TIMEOUT_SECONDS = threading.TIMEOUT_MAX / 2
 """Longest timeout of a sync step: half of what ``Condition.wait`` takes (some 146 years on
 Linux), leaving a margin for the deadline arithmetic; more would raise OverflowError there."""
 
-ApplyFn = Callable[[Sequence[Prepared]], Outcome]
-"""Applies one combined gradient list; returns APPLIED or SKIPPED (non-finite). Either way
-``iterations`` grows by exactly one, for an empty list too (a step without gradients)."""
+Contribution = Sequence[Prepared] | None
+"""One push's validated gradients for one optimizer (none for an optimizer it advances), or
+None when the push skips that optimizer's update: a non-finite gradient of it went to
+another shard (the push's ``non_finite``)."""
+
+ApplyFn = Callable[[Sequence[Prepared] | None], Outcome]
+"""Applies one combined gradient list, or skips the update for None; returns APPLIED or
+SKIPPED (non-finite, or None). Either way ``iterations`` grows by exactly one, for an empty
+list too (a step without gradients)."""
 
 
 def checked(options: OptimizerOptions) -> OptimizerOptions:
@@ -166,11 +172,11 @@ class AsyncPolicy:
         self,
         worker: str,
         step: int | None,
-        gradients: Sequence[Prepared],
+        gradients: Contribution,
         iterations: Callable[[], int],
         apply: ApplyFn,
     ) -> OptimizerResult:
-        """Applies or drops one push; the caller holds the optimizer's lock."""
+        """Applies, skips (None) or drops one push; the caller holds the optimizer's lock."""
         current = iterations()
         self.admit(worker, step, current)
         bound = self.options.max_staleness
@@ -196,7 +202,9 @@ class SyncPolicy:
 
     A step closes when enough workers contributed, when its timeout passes, or
     when it is aborted. A contribution may hold no gradient (an optimizer a push advances):
-    it counts as the worker's contribution to the step, as one holding gradients would.
+    it counts as the worker's contribution to the step, as one holding gradients would. A
+    contribution that is None (a push that skips the update: a non-finite gradient of
+    another shard) makes the step skip its update, as a non-finite gradient in it does.
     A step may be aborted by ``set_weights`` or a restore (the state it was
     opened against is gone) or by shutdown. An aborted step applies nothing and
     every contributor is answered with the error.
@@ -230,7 +238,7 @@ class SyncPolicy:
         """When a save holding this optimizer at its target iterations paused the open
         step (None: not paused)."""
         self._closed_by: ServerError | None = None
-        self._contributions: dict[str, Sequence[Prepared]] = {}
+        self._contributions: dict[str, Contribution] = {}
         self._results: OrderedDict[int, OptimizerResult | ServerError] = OrderedDict()
         self._followed = FollowedSteps(options, lock, self.run_step, self._timeouts, on_wait)
         """The steps another shard closed (a sharded client's push with ``follow``)."""
@@ -266,11 +274,12 @@ class SyncPolicy:
         self,
         worker: str,
         step: int | None,
-        gradients: Sequence[Prepared],
+        gradients: Contribution,
         iterations: Callable[[], int],
         apply: ApplyFn,
     ) -> OptimizerResult:
-        """Adds one worker's gradients and waits until the step closes.
+        """Adds one worker's gradients (None: skip the step's update) and waits until the
+        step closes.
 
         The caller holds the optimizer's lock; it is released while waiting.
 
@@ -310,7 +319,7 @@ class SyncPolicy:
         self,
         worker: str,
         decided: SyncStep,
-        gradients: Sequence[Prepared],
+        gradients: Contribution,
         iterations: Callable[[], int],
         apply: ApplyFn,
     ) -> OptimizerResult:
@@ -374,7 +383,7 @@ class SyncPolicy:
 
     def run_step(
         self,
-        contributions: Mapping[str, Sequence[Prepared]],
+        contributions: Mapping[str, Contribution],
         drop: bool,
         iterations: Callable[[], int],
         apply: ApplyFn,
@@ -385,8 +394,10 @@ class SyncPolicy:
         try:
             if drop:
                 return OptimizerResult(Outcome.DROPPED, iterations(), workers)
-            combined = combine([contributions[w] for w in workers], self.options.reduction)
-            applied = apply(combined)
+            given = [contributions[w] for w in workers]
+            gradients = [c for c in given if c is not None]
+            skipped = len(gradients) < len(given)  # a contribution a NaN elsewhere voided
+            applied = apply(None if skipped else combine(gradients, self.options.reduction))
             outcome = Outcome.SKIPPED if applied is Outcome.SKIPPED else Outcome.AGGREGATED
             return OptimizerResult(outcome, iterations(), workers)
         except ServerError as error:

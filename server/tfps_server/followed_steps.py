@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tfps_client.types import Outcome, Sync
@@ -31,12 +31,12 @@ from tfps_server.errors import FailedPrecondition, ServerError, shown
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
-    from tfps_server.aggregation import ApplyFn, Prepared
+    from tfps_server.aggregation import ApplyFn, Contribution
 
 _log = logging.getLogger(__name__)
 
 RunStep = Callable[
-    [Mapping[str, Sequence["Prepared"]], bool, Callable[[], int], "ApplyFn"],
+    [Mapping[str, "Contribution"], bool, Callable[[], int], "ApplyFn"],
     "OptimizerResult | ServerError",
 ]
 """Applies (or, when told to drop, does not) a step's contributions by worker; returns what
@@ -69,7 +69,7 @@ class FollowedSteps:
         self._run_step = run_step
         self._timeouts = timeouts
         self._on_wait = on_wait
-        self._arrived: dict[int, dict[str, Sequence[Prepared]]] = {}
+        self._arrived: dict[int, dict[str, Contribution]] = {}
         """Contributions of the steps not closed yet, by step, then worker."""
         self._decided: dict[int, SyncStep] = {}
         self._since: dict[int, float] = {}
@@ -81,7 +81,7 @@ class FollowedSteps:
         self,
         worker: str,
         decided: SyncStep,
-        gradients: Sequence[Prepared],
+        gradients: Contribution,
         iterations: Callable[[], int],
         apply: ApplyFn,
     ) -> OptimizerResult:

@@ -9,13 +9,19 @@ variables they were validated against, never looked up again by position.
 An optimizer a push names in ``advance`` takes the same path with an empty gradient
 list: a step without gradients (a sharded client's tick), whose update only counts
 the step, as Keras's ``apply_gradients`` does for variables without gradients.
+
+An optimizer a push names in ``non_finite`` (one created with ``on_non_finite="skip"``, a
+non-finite gradient of which a sharded client sent to another shard) takes the path of a
+non-finite gradient: its contribution is None, and its update, or its sync step's, is
+skipped as a NaN in its own gradients would skip it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,12 +29,23 @@ import tensorflow as tf
 from tfps_client.types import Outcome, Sync
 from tfps_client.wire.convert import Gradient, OptimizerResult, SparseGradient, SyncStep
 from tfps_client.wire.reasons import Reason
-from tfps_server.aggregation import Prepared, SyncPolicy
+from tfps_server.aggregation import Contribution, Prepared, SyncPolicy
 from tfps_server.errors import InvalidArgument, ServerError, shown
 from tfps_server.numerics import sum_of_squares, to_tensor
 from tfps_server.registry import Registry
 from tfps_server.state import Generation, ManagedOptimizer, ManagedVariable
 from tfps_server.validation import check_finite, check_gradient, check_text_bytes
+
+
+class _Header(NamedTuple):
+    """A push's fields besides its gradients (see :meth:`Pusher.push`)."""
+
+    request_id: str
+    worker: str
+    step: int | None
+    advance: Sequence[str]
+    non_finite: Sequence[str]
+    follow: Sequence[SyncStep]
 
 
 class Pusher:
@@ -51,6 +68,7 @@ class Pusher:
         worker: str = "",
         step: int | None = None,
         advance: Sequence[str] = (),
+        non_finite: Sequence[str] = (),
         follow: Sequence[SyncStep] = (),
     ) -> dict[str, OptimizerResult]:
         """Hands gradients to the aggregation policy of each optimizer they touch.
@@ -66,6 +84,8 @@ class Pusher:
             advance: optimizers that no gradient touches, each pushed an empty gradient
                 list: their ``iterations`` grow by one as a push's would (in sync mode,
                 the worker's contribution to the step has no gradient).
+            non_finite: optimizers (of the "skip" policy, touched or advanced) whose update
+                the push skips, as a non-finite gradient of theirs would skip it.
             follow: sync steps the first shard of a sharded client closed: the push's part
                 of each of these optimizers joins that step here
                 (:mod:`tfps_server.followed_steps`).
@@ -74,12 +94,15 @@ class Pusher:
             Outcome and ``iterations`` after the push, per optimizer touched or advanced.
 
         Raises:
-            NotFound: unknown variable, or unknown optimizer in ``advance``.
+            NotFound: unknown variable, or unknown optimizer in ``advance`` or
+                ``non_finite``.
             InvalidArgument: duplicate variable, wrong shape, dtype, index, or
                 non-finite values for an optimizer that rejects them; an optimizer
-                named twice in ``advance``, or named there and touched by a gradient;
-                a ``follow`` step of an optimizer named twice, not in sync mode, neither
-                touched nor advanced, or closed without the pushing worker.
+                named twice in ``advance``, or named there and touched by a gradient; an
+                optimizer named twice in ``non_finite``, or named there and of the
+                "reject" policy, or neither touched nor advanced; a ``follow`` step of an
+                optimizer named twice, not in sync mode, neither touched nor advanced, or
+                closed without the pushing worker.
             ResourceExhausted: a request id or worker id longer than
                 ``limits.max_id_bytes``, or a variable name longer than any can be.
             FailedPrecondition: a step ahead of the optimizer, or a second
@@ -87,8 +110,8 @@ class Pusher:
             Aborted: a restore or ``set_weights`` replaced the state first.
             Unavailable: the server is shutting down while a sync step waited.
         """
-        generation = self._registry.current()
-        return self._push(generation, gradients, request_id, worker, step, advance, follow)
+        header = _Header(request_id, worker, step, advance, non_finite, follow)
+        return self._push(self._registry.current(), gradients, header)
 
     def push_pull(
         self,
@@ -99,6 +122,7 @@ class Pusher:
         worker: str = "",
         step: int | None = None,
         advance: Sequence[str] = (),
+        non_finite: Sequence[str] = (),
         follow: Sequence[SyncStep] = (),
     ) -> tuple[dict[str, OptimizerResult], list[tuple[str, np.ndarray]]]:
         """Pushes, then pulls ``pull`` (checked before the push; none when empty) from the
@@ -106,22 +130,18 @@ class Pusher:
         generation = self._registry.current()
         for name in pull:
             generation.variable(name)
-        results = self._push(generation, gradients, request_id, worker, step, advance, follow)
+        header = _Header(request_id, worker, step, advance, non_finite, follow)
+        results = self._push(generation, gradients, header)
         return results, self._registry.pull(pull, generation) if pull else []
 
     def _push(
-        self,
-        generation: Generation,
-        gradients: Sequence[Gradient],
-        request_id: str,
-        worker: str,
-        step: int | None,
-        advance: Sequence[str],
-        follow: Sequence[SyncStep],
+        self, generation: Generation, gradients: Sequence[Gradient], header: _Header
     ) -> dict[str, OptimizerResult]:
+        worker, step = header.worker, header.step
+
         def apply_missing(results: dict[str, OptimizerResult]) -> None:
-            batches = self._validate(generation, gradients, advance)
-            followed = _followed(generation, batches, follow, worker)
+            batches = self._validate(generation, gradients, header.advance, header.non_finite)
+            followed = _followed(generation, batches, header.follow, worker)
             self._registry.hooks.reach("push.validated")
             missing = [  # a push a checkpoint caught half-way applies only what it lacks
                 managed
@@ -141,8 +161,8 @@ class Pusher:
                 self._registry.hooks.reach("push.applied")
 
         try:
-            self._check_ids(request_id, worker)
-            results, _ = generation.requests.run(request_id, apply_missing)
+            self._check_ids(header.request_id, worker)
+            results, _ = generation.requests.run(header.request_id, apply_missing)
         except ServerError as error:
             self._metrics.push_rejections.labels(error.reason).inc()
             raise
@@ -155,10 +175,15 @@ class Pusher:
             check_text_bytes(f"push {field} {shown(value)}", value, "max_id_bytes", bound)
 
     def _validate(
-        self, generation: Generation, gradients: Sequence[Gradient], advance: Sequence[str]
-    ) -> dict[ManagedOptimizer, list[Prepared]]:
-        """Checks every gradient and every optimizer to advance; returns the gradients
-        prepared, by the optimizer they go to (an empty list for one advanced)."""
+        self,
+        generation: Generation,
+        gradients: Sequence[Gradient],
+        advance: Sequence[str],
+        non_finite: Sequence[str],
+    ) -> dict[ManagedOptimizer, Contribution]:
+        """Checks every gradient and every optimizer to advance or skip; returns each
+        optimizer's contribution: the gradients prepared that go to it (an empty list for
+        one advanced), or None for one whose update the push skips."""
         batches: dict[ManagedOptimizer, list[Prepared]] = {}
         seen: set[str] = set()
         for gradient in gradients:
@@ -184,15 +209,16 @@ class Pusher:
             optimizer = generation.optimizer(name)
             if name in advanced or optimizer in batches:
                 problem = "named twice" if name in advanced else "touched by a gradient too"
-                raise InvalidArgument(
-                    f"push advance: expected each optimizer once, and only those no gradient "
-                    f"of the push touches, received optimizer {shown(name)} {problem}",
-                    Reason.INVALID_ADVANCE,
-                    {"optimizer": name},
+                raise _invalid_header(
+                    "advance",
+                    "each optimizer once, and only those no gradient of the push touches",
+                    name,
+                    problem,
                 )
             advanced.add(name)
             batches[optimizer] = []
-        return batches
+        skipped = _skipped(generation, non_finite, batches)
+        return {o: None if o.name in skipped else batch for o, batch in batches.items()}
 
     def _check_finite(self, managed: ManagedVariable, values: np.ndarray) -> None:
         try:
@@ -210,7 +236,7 @@ class Pusher:
     def _submit(
         self,
         managed: ManagedOptimizer,
-        gradients: Sequence[Prepared],
+        gradients: Contribution,
         worker: str,
         step: int | None,
         decided: SyncStep | None,
@@ -238,24 +264,24 @@ class Pusher:
         barrier.changed()
         self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
 
-    def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared]) -> Outcome:
+    def _apply(self, managed: ManagedOptimizer, gradients: Sequence[Prepared] | None) -> Outcome:
         """Applies one combined gradient list; the caller holds the optimizer's lock.
 
         Non-finite values (which only reach here under the "skip" policy, or when
-        aggregation overflows) skip the update; ``iterations`` still grows by one,
-        as with Keras's LossScaleOptimizer. No gradient at all (an advanced optimizer, or a
-        sync step whose contributions held none) is a step of its own: see :meth:`_tick`.
+        aggregation overflows) skip the update, as None does (a push's ``non_finite``);
+        ``iterations`` still grows by one, as with Keras's LossScaleOptimizer. No gradient
+        at all (an advanced optimizer, or a sync step whose contributions held none) is a
+        step of its own: see :meth:`_tick`.
         """
+        if gradients is None:
+            return self._skip(managed)
         if not gradients:
             self._tick(managed)
             return Outcome.APPLIED
         squares = [sum_of_squares(g.values) if g.squares is None else g.squares for g in gradients]
         norm = float(np.sqrt(np.sum(squares)))
         if not np.isfinite(norm):
-            self._metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
-            with tf.device(self._device):
-                managed.optimizer.iterations.assign_add(1)
-            return Outcome.SKIPPED
+            return self._skip(managed)
         self._metrics.gradient_norm.labels(managed.name).observe(norm)
         self._count_clipping(managed, gradients, squares, norm)
         start = time.perf_counter()
@@ -269,6 +295,14 @@ class Pusher:
             )
         self._metrics.apply_duration.labels(managed.name).observe(time.perf_counter() - start)
         return Outcome.APPLIED
+
+    def _skip(self, managed: ManagedOptimizer) -> Outcome:
+        """Skips an update for non-finite gradients: ``iterations`` + 1 only (no Keras
+        preparation either); the caller holds the optimizer's lock."""
+        self._metrics.non_finite_gradients.labels(managed.name, "skipped").inc()
+        with tf.device(self._device):
+            managed.optimizer.iterations.assign_add(1)
+        return Outcome.SKIPPED
 
     def _tick(self, managed: ManagedOptimizer) -> None:
         """A step without gradients; the caller holds the optimizer's lock.
@@ -307,19 +341,42 @@ class Pusher:
                 self._metrics.clip_events.labels(managed.name, kind).inc()
 
 
+def _skipped(
+    generation: Generation, non_finite: Sequence[str], touched: Collection[ManagedOptimizer]
+) -> set[str]:
+    """Checks a push's ``non_finite`` against the optimizers it touches or advances;
+    returns the names it holds."""
+    skipped: set[str] = set()
+    for name in non_finite:
+        optimizer = generation.optimizer(name)
+        policy = optimizer.options.on_non_finite
+        if name in skipped:
+            problem = "named twice"
+        elif policy != "skip":
+            problem = f"created with on_non_finite {policy!r}"
+        elif optimizer not in touched:
+            problem = "neither touched by a gradient nor advanced"
+        else:
+            skipped.add(name)
+            continue
+        raise _invalid_header(
+            "non_finite",
+            "each optimizer once, created with on_non_finite 'skip', and touched by a "
+            "gradient of the push or advanced",
+            name,
+            problem,
+        )
+    return skipped
+
+
 def _followed(
     generation: Generation,
-    batches: Mapping[ManagedOptimizer, list[Prepared]],
+    touched: Mapping[ManagedOptimizer, Contribution],
     follow: Sequence[SyncStep],
     worker: str,
 ) -> dict[ManagedOptimizer, SyncStep]:
-    """Checks the push's ``follow`` steps; returns them by optimizer.
-
-    Raises:
-        NotFound: an unknown optimizer.
-        InvalidArgument: an optimizer named twice, not in sync mode, or neither touched
-            nor advanced by the push, or a step closed without the pushing worker.
-    """
+    """Checks a push's ``follow`` steps against the optimizers it touches or advances;
+    returns them by optimizer."""
     followed: dict[ManagedOptimizer, SyncStep] = {}
     for decided in follow:
         managed = generation.optimizer(decided.optimizer)
@@ -328,8 +385,8 @@ def _followed(
             problem = "named twice"
         elif not isinstance(managed.options.aggregation, Sync):
             problem = "not in sync mode"
-        elif managed not in batches:
-            problem = "neither touched nor advanced by the push"
+        elif managed not in touched:
+            problem = "neither touched by a gradient nor advanced"
         elif decided.outcome is Outcome.APPLIED:
             problem = "with outcome APPLIED, which no sync step has"
         elif decided.outcome is not Outcome.STALE and worker not in decided.contributors:
@@ -338,15 +395,28 @@ def _followed(
                 f"not by the pushing worker {shown(worker)}"
             )
         if problem:
-            raise InvalidArgument(
-                "push follow: expected each sync optimizer the push touches or advances at "
-                "most once, with a step the pushing worker contributed to, received "
-                f"optimizer {shown(decided.optimizer)} {problem}",
+            raise _invalid_header(
+                "follow",
+                "each sync optimizer the push touches or advances at most once, with a step "
+                "the pushing worker contributed to",
+                decided.optimizer,
+                problem,
                 Reason.INVALID_FOLLOW,
-                {"optimizer": decided.optimizer},
             )
         followed[managed] = decided
     return followed
+
+
+def _invalid_header(
+    field: str, expected: str, name: str, problem: str, reason: Reason = Reason.INVALID_ADVANCE
+) -> InvalidArgument:
+    """The refusal of a push whose ``field`` (``advance``, ``non_finite`` or ``follow``)
+    names the optimizer ``name`` wrongly."""
+    return InvalidArgument(
+        f"push {field}: expected {expected}, received optimizer {shown(name)} {problem}",
+        reason,
+        {"optimizer": name},
+    )
 
 
 def _prepare(managed: ManagedVariable, gradient: Gradient, squares: float | None) -> Prepared:

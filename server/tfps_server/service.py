@@ -509,6 +509,7 @@ def _push_context(first: pb.PushRequest | pb.PushPullRequest) -> dict[str, Any]:
         "worker": first.worker,
         "step": step,
         "advance": list(first.advance),
+        "non_finite": list(first.non_finite),
         "follow": [_sync_step(message) for message in first.follow],
     }
 

@@ -122,8 +122,9 @@ class Reason(str, enum.Enum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     """The server is stopping; retry against its successor."""
     INVALID_ADVANCE = "INVALID_ADVANCE"
-    """An optimizer named twice in a push's ``advance``, or named there and touched by a
-    gradient of the same push."""
+    """An optimizer named twice in a push's ``advance`` or ``non_finite``, named in
+    ``advance`` and touched by a gradient of the same push, or named in ``non_finite`` and of
+    the "reject" policy or neither touched nor advanced."""
     INVALID_FOLLOW = "INVALID_FOLLOW"
     """A push's ``follow`` names an optimizer twice, one that is not in sync mode or that the
     push neither touches nor advances, or a closed step without the pushing worker."""

@@ -197,13 +197,14 @@ class GradientHeader(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., dense: _Optional[_Union[_tensor_pb2.DenseSpec, _Mapping]] = ..., sparse: _Optional[_Union[_tensor_pb2.IndexedSlicesSpec, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance", "follow")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "advance", "non_finite", "follow")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
@@ -211,8 +212,9 @@ class PushRequest(_message.Message):
     worker: str
     step: int
     advance: _containers.RepeatedScalarFieldContainer[str]
+    non_finite: _containers.RepeatedScalarFieldContainer[str]
     follow: _containers.RepeatedCompositeFieldContainer[SyncStep]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., advance: _Optional[_Iterable[str]] = ..., non_finite: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
 
 class OptimizerPushResult(_message.Message):
     __slots__ = ("outcome", "iterations", "contributors")
@@ -250,7 +252,7 @@ class PushResponse(_message.Message):
     def __init__(self, results: _Optional[_Mapping[str, OptimizerPushResult]] = ...) -> None: ...
 
 class PushPullRequest(_message.Message):
-    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance", "follow")
+    __slots__ = ("gradients", "chunks", "request_id", "worker", "step", "pull", "advance", "non_finite", "follow")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +260,7 @@ class PushPullRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[GradientHeader]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
@@ -266,8 +269,9 @@ class PushPullRequest(_message.Message):
     step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
     advance: _containers.RepeatedScalarFieldContainer[str]
+    non_finite: _containers.RepeatedScalarFieldContainer[str]
     follow: _containers.RepeatedCompositeFieldContainer[SyncStep]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
+    def __init__(self, gradients: _Optional[_Iterable[_Union[GradientHeader, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., request_id: _Optional[str] = ..., worker: _Optional[str] = ..., step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., advance: _Optional[_Iterable[str]] = ..., non_finite: _Optional[_Iterable[str]] = ..., follow: _Optional[_Iterable[_Union[SyncStep, _Mapping]]] = ...) -> None: ...
 
 class PushPullResponse(_message.Message):
     __slots__ = ("push", "tensors", "chunks")
