@@ -1,15 +1,19 @@
 """A sharded client's writes are all or nothing, as one server's are.
 
 One shard is given a tight limit (``--max-variables``, ``--state-quota-gib``,
-``--max-name-bytes``) that the others lack: a create it refuses must change no shard and
-raise the error one server with that limit raises. ``validate_only`` on one server runs
-every check and changes nothing. A ``set_weights`` whose weight one shard would refuse
-sets none.
+``--max-name-bytes``, ``--max-optimizers``, ``--max-config-bytes``,
+``--max-schedule-boundaries``) that the others lack, or holds what they lack (an
+optimizer of another config, a float16 variable): a create or a hyperparameter change it
+refuses must change no shard and raise the error one server in its place raises.
+``validate_only`` on one server runs every check and changes nothing. A ``set_weights``
+whose weight one shard would refuse sets none. A list one server refuses as another
+shard's leaves no fresh server of it with a shard identity.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ import numpy as np
 import pytest
 
 from tfps_client import Client, TfpsError
-from tfps_client.types import Placement
+from tfps_client.types import Placement, ShardIdentity
 from tfps_client.wire import codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
 from tfps_server import Registry, RunningServer, create_server
@@ -52,6 +56,8 @@ class World:
     """The shards' hook points, then the single server's."""
     reference_port: int
     """The single server's port, for raw calls."""
+    registries: list[Registry]
+    """The shards' registries, then the single server's."""
 
     def held(self) -> list[tuple[list[Any], dict[str, np.ndarray]]]:
         """What each shard holds: its variables and their values."""
@@ -84,7 +90,9 @@ def make_world() -> Iterator[Callable[[Limits], World]]:
             clients = [stack.enter_context(Client(a, timeout=30)) for a in addresses]
             sharded = Client(addresses[:SHARDS], timeout=30, max_shard_bytes=MAX_SHARD_BYTES)
             stack.enter_context(sharded)
-            return World(sharded, clients[:SHARDS], clients[SHARDS], hooks, servers[SHARDS].port)
+            return World(
+                sharded, clients[:SHARDS], clients[SHARDS], hooks, servers[SHARDS].port, registries
+            )
 
         yield make
 
@@ -97,6 +105,11 @@ def _refusal(call: Callable[[], object]) -> TfpsError:
     with pytest.raises(TfpsError) as caught:
         call()
     return caught.value
+
+
+def _compared(error: TfpsError) -> tuple[type[TfpsError], str, str, dict[str, str]]:
+    """What a caller sees of an error: its class, reason, message and facts."""
+    return type(error), error.reason, error.message, dict(error.metadata)
 
 
 def _up_to_counts(error: TfpsError) -> tuple[str, str, str]:
@@ -317,3 +330,188 @@ def test_a_weight_one_shard_would_refuse_sets_none(
         expected.message,
         expected.metadata,
     )
+
+
+# create_optimizer ------------------------------------------------------------------------------
+
+
+def _piecewise(boundaries: int) -> dict[str, Any]:
+    """A learning-rate schedule of ``boundaries`` boundaries."""
+    return {
+        "class_name": "PiecewiseConstantDecay",
+        "config": {
+            "boundaries": list(range(1, boundaries + 1)),
+            "values": [0.1] * (boundaries + 1),
+        },
+    }
+
+
+NEW_OPTIMIZERS = {
+    "max_optimizers": (Limits(max_optimizers=1), "p", SGD),
+    "max_config_bytes": (Limits(max_config_bytes=len(json.dumps(SGD))), "p", MOMENTUM),
+    "max_name_bytes": (Limits(max_name_bytes=1), "pp", SGD),
+    "max_schedule_boundaries": (
+        Limits(max_schedule_boundaries=1),
+        "p",
+        {"class_name": "SGD", "config": {"learning_rate": _piecewise(2)}},
+    ),
+}
+"""Limits that optimizer "o" (SGD) passes and a second optimizer does not."""
+
+
+@pytest.mark.parametrize(("limits", "name", "config"), NEW_OPTIMIZERS.values(), ids=NEW_OPTIMIZERS)
+def test_an_optimizer_one_shard_refuses_is_created_on_no_shard(
+    make_world: Callable[[Limits], World], limits: Limits, name: str, config: dict[str, Any]
+) -> None:
+    """The shards under no limit create nothing either, and the error is one server's."""
+    world = make_world(limits)
+    for client in (world.sharded, world.reference):
+        client.create_optimizer("o", SGD)
+
+    refused = _refusal(lambda: world.sharded.create_optimizer(name, config))
+
+    assert [registry.optimizer_names() for registry in world.registries] == [["o"]] * 4
+    expected = _refusal(lambda: world.reference.create_optimizer(name, config))
+    assert _compared(refused) == _compared(expected)
+
+
+def test_an_optimizer_one_shard_holds_otherwise_is_created_on_no_shard(
+    make_world: Callable[[Limits], World],
+) -> None:
+    """Shard 1 holds "o" with momentum: ALREADY_EXISTS, one server's, and no "o" elsewhere.
+    An optimizer every shard holds alike is validated only."""
+    world = make_world(Limits())
+    for client in (world.each_shard[1], world.reference):
+        client.create_optimizer("o", MOMENTUM)
+
+    refused = _refusal(lambda: world.sharded.create_optimizer("o", SGD))
+
+    assert [registry.optimizer_names() for registry in world.registries] == [[], ["o"], [], ["o"]]
+    expected = _refusal(lambda: world.reference.create_optimizer("o", SGD))
+    assert _compared(refused) == _compared(expected)
+    assert world.sharded.create_optimizer("p", SGD) is True
+    assert world.sharded.create_optimizer("p", SGD) is False
+
+
+# set_hyperparameter ----------------------------------------------------------------------------
+
+REFUSED_VALUES = {
+    "dtype": (Limits(), np.float16, 1e6),
+    "max_schedule_boundaries": (Limits(max_schedule_boundaries=1), np.float32, _piecewise(2)),
+}
+"""A learning rate shard 1 refuses: one that cannot update the float16 variable only it
+holds, or a schedule past its limit."""
+
+
+@pytest.mark.parametrize(("limits", "dtype", "value"), REFUSED_VALUES.values(), ids=REFUSED_VALUES)
+def test_a_hyperparameter_one_shard_refuses_is_set_on_no_shard(
+    make_world: Callable[[Limits], World], limits: Limits, dtype: type, value: Any
+) -> None:
+    """The shards that would take the value keep their config, and the error is one
+    server's holding what shard 1 holds."""
+    world = make_world(limits)
+    variables = {"a": FIRST["a"], "b": FIRST["b"].astype(dtype), "c": FIRST["c"]}
+    world.sharded.create_optimizer("o", SGD)
+    world.sharded.create_variables(variables, optimizer="o")
+    assert [list(values) for _, values in world.held()] == [["a"], ["b"], ["c"]]
+    world.reference.create_optimizer("o", SGD)
+    world.reference.create_variables({"b": variables["b"]}, optimizer="o")
+
+    before = [shard.get_config("o") for shard in world.each_shard]
+
+    refused = _refusal(lambda: world.sharded.set_hyperparameter("o", "learning_rate", value))
+
+    assert [shard.get_config("o") for shard in world.each_shard] == before
+    expected = _refusal(lambda: world.reference.set_hyperparameter("o", "learning_rate", value))
+    assert _compared(refused) == _compared(expected)
+
+
+def test_a_sharded_hyperparameter_change_validates_first(
+    make_world: Callable[[Limits], World],
+) -> None:
+    """Each shard validates, then sets; one server sets in one call."""
+    world = make_world(Limits())
+    gates = [hooks.watch("set_hyperparameter.found") for hooks in world.hooks]
+    for client in (world.sharded, world.reference):
+        client.create_optimizer("o", SGD)
+        client.set_hyperparameter("o", "learning_rate", 0.5)
+
+    assert [gate.arrivals for gate in gates] == [2, 2, 2, 1]
+    assert [shard.get_config("o")["config"]["learning_rate"] for shard in world.each_shard] == [
+        0.5
+    ] * SHARDS
+
+
+# DeclareShard ----------------------------------------------------------------------------------
+
+
+def test_a_list_one_server_refuses_leaves_the_others_without_an_identity(
+    make_world: Callable[[Limits], World],
+) -> None:
+    """Shard 1 was declared shard 0 of another list: the sharded client's first call is
+    refused SHARD_MISMATCH, and the fresh servers of its list stay fresh."""
+    world = make_world(Limits())
+    world.registries[1].declare_shard(0, SHARDS)
+
+    refused = _refusal(world.sharded.list_variables)
+
+    assert refused.reason == "SHARD_MISMATCH"
+    assert [registry.current().shard for registry in world.registries] == [
+        None,
+        ShardIdentity(0, SHARDS),
+        None,
+        None,
+    ]
+
+
+# validate_only on one server (optimizers, hyperparameters, shards) -----------------------------
+
+
+def test_validate_only_creates_no_optimizer_and_sets_no_hyperparameter(
+    server: RunningServer, client: Client
+) -> None:
+    """A validated optimizer, hyperparameter or shard identity is not there afterwards, and
+    a refusal is the change's."""
+    registry = server.registry
+    client.create_optimizer("o", SGD)
+    client.create_variables({"h": np.ones(2, np.float16)}, optimizer="o")
+    before = (["o"], registry.get_config("o"))
+    with raw_stub(server.port) as stub:
+
+        def create(name: str, config: dict[str, Any], validate_only: bool) -> bool:
+            request = pb.CreateOptimizerRequest(
+                name=name, config_json=json.dumps(config), validate_only=validate_only
+            )
+            return call_raw(stub.CreateOptimizer, request).created
+
+        def set_rate(rate: float, validate_only: bool) -> None:
+            request = pb.SetHyperparameterRequest(
+                optimizer="o", name="learning_rate", number=rate, validate_only=validate_only
+            )
+            call_raw(stub.SetHyperparameter, request)
+
+        def declare(shard: int, validate_only: bool) -> None:
+            request = pb.DeclareShardRequest(shard=shard, shards=2, validate_only=validate_only)
+            call_raw(stub.DeclareShard, request)
+
+        assert (create("p", SGD, True), create("o", SGD, True)) == (True, False)
+        set_rate(0.5, True)
+        declare(1, True)
+        assert (registry.optimizer_names(), registry.get_config("o")) == before
+        assert registry.current().shard is None
+
+        declare(0, False)
+        for change in (
+            lambda validate_only: create("o", MOMENTUM, validate_only),
+            lambda validate_only: set_rate(1e6, validate_only),
+            lambda validate_only: declare(1, validate_only),
+        ):
+            _assert_validation_refuses_as_the_change(change)
+        assert (registry.optimizer_names(), registry.get_config("o")) == before
+        assert registry.current().shard == ShardIdentity(0, 2)
+
+
+def _assert_validation_refuses_as_the_change(change: Callable[[bool], object]) -> None:
+    """``change(validate_only)`` is refused alike with and without ``validate_only``."""
+    validated = _refusal(lambda: change(True))
+    assert _compared(validated) == _compared(_refusal(lambda: change(False)))

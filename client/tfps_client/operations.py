@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _Client = TypeVar("_Client", bound="Operations")
+_Validatable = TypeVar("_Validatable", pb.CreateOptimizerRequest, pb.SetHyperparameterRequest)
 
 LISTING_RESTARTS = 3
 """Times ``list_variables`` starts again when the state is replaced between its pages,
@@ -227,6 +228,16 @@ class Operations:
         """``call`` made on every shard at once."""
         return calls.Fanout({shard: calls.one(call) for shard in range(self._shards)})
 
+    def _validated_everywhere(self, method: str, request: _Validatable) -> Steps[dict[int, Any]]:
+        """Validates ``request`` on every shard of a sharded client (``validate_only``: every
+        check, no change), so that a request one shard refuses is made on none; returns
+        their answers. One server is asked nothing: its call checks before it changes."""
+        if self._shards == 1:
+            return {}
+        validation = type(request)(validate_only=True)
+        validation.MergeFrom(request)
+        return (yield self._everywhere(calls.unary(method, validation)))
+
     def _known_layout(
         self, names: Iterable[str] = (), *, refresh: bool = False
     ) -> Steps[sharding.Layout]:
@@ -234,19 +245,24 @@ class Operations:
         and again when ``names`` holds one it does not know (created since by another
         client) or ``refresh`` says so. The first use also declares each server's shard
         index, so that a server given at another index than before refuses
-        (``SHARD_MISMATCH``)."""
+        (``SHARD_MISMATCH``): every server validates its index first (``validate_only``),
+        and only if every one accepts are they declared, so that a list one server refuses
+        leaves no fresh server of it with an identity."""
         if not self._shards_declared:
-            yield calls.Fanout(
-                {
-                    shard: calls.one(
-                        calls.unary(
-                            "DeclareShard",
-                            pb.DeclareShardRequest(shard=shard, shards=self._shards),
+            for validate_only in (True, False):
+                yield calls.Fanout(
+                    {
+                        shard: calls.one(
+                            calls.unary(
+                                "DeclareShard",
+                                pb.DeclareShardRequest(
+                                    shard=shard, shards=self._shards, validate_only=validate_only
+                                ),
+                            )
                         )
-                    )
-                    for shard in range(self._shards)
-                }
-            )
+                        for shard in range(self._shards)
+                    }
+                )
             self._shards_declared = True
         layout = self._layout
         if refresh or layout is None or any(name not in layout.variables for name in names):
@@ -381,6 +397,11 @@ class Operations:
                 ``INVALID_OPTIONS``, for the other classes, whose Keras sparse updates already
                 touch only the rows given). Dense gradients are applied as Keras applies them.
 
+        A sharded client creates it on every shard or on none: every shard first validates
+        it (``validate_only``), and only if every one accepts is it created (skipped when
+        every shard holds it already). The window left: another client changing a shard
+        between the two round trips.
+
         Returns:
             True if created, False if an optimizer with an equal config and options existed.
 
@@ -403,6 +424,9 @@ class Operations:
                 OptimizerOptions(aggregation or Async(), on_non_finite, lazy_sparse)
             ),
         )
+        validated = yield from self._validated_everywhere("CreateOptimizer", request)
+        if validated and not any(response.created for response in validated.values()):
+            return False
         responses = yield self._everywhere(calls.unary("CreateOptimizer", request))
         return any(response.created for response in responses.values())
 
@@ -583,6 +607,11 @@ class Operations:
             name: the hyperparameter, for example ``"learning_rate"`` or ``"beta_1"``.
             value: a number, or for ``learning_rate`` a serialized Keras schedule.
 
+        A sharded client sets it on every shard or on none: every shard first validates the
+        value (``validate_only``; a shard checks it against the dtypes of the variables it
+        holds), and only if every one accepts is it set. The window left: another client
+        changing a shard between the two round trips.
+
         Raises:
             TypeError: a name is not a string, or ``value`` is neither a number nor a
                 JSON-serializable mapping.
@@ -593,6 +622,7 @@ class Operations:
             request.schedule_json = json.dumps(value)
         else:
             request.number = float(value)
+        yield from self._validated_everywhere("SetHyperparameter", request)
         yield self._everywhere(calls.unary("SetHyperparameter", request))
 
     # Variables --------------------------------------------------------------------------------

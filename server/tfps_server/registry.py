@@ -293,9 +293,16 @@ class Registry:
     # Changes ----------------------------------------------------------------------------------
 
     def create_optimizer(
-        self, name: str, config_json: str, options: OptimizerOptions | None = None
+        self,
+        name: str,
+        config_json: str,
+        options: OptimizerOptions | None = None,
+        validate_only: bool = False,
     ) -> bool:
         """Creates a named optimizer; returns False if an equal one exists.
+
+        ``validate_only`` runs every check below, under the same lock, and changes nothing
+        (AIP-163); the answer is whether the call would create the optimizer.
 
         Raises:
             InvalidArgument: bad name, config or options.
@@ -325,6 +332,8 @@ class Registry:
                     (candidate.creation_config, candidate.options),
                 )
                 return False
+            if validate_only:
+                return True
             generation.optimizers[name] = candidate
             self._adopt(candidate)
         _log.info(
@@ -417,8 +426,10 @@ class Registry:
             )
         return created, existing
 
-    def declare_shard(self, shard: int, shards: int) -> None:
+    def declare_shard(self, shard: int, shards: int, validate_only: bool = False) -> None:
         """Makes the server shard ``shard`` of ``shards``; nothing changes if it is already.
+
+        ``validate_only`` runs the checks alone: a server without an identity keeps none.
 
         Raises:
             InvalidArgument: ``shards`` < 1 or ``shard`` not in [0, shards).
@@ -426,7 +437,10 @@ class Registry:
         """
         identity = check_shard("DeclareShard", shard, shards)
         with self._structure:
-            _claim_shard(self._current, identity)
+            if validate_only:
+                check_same_shard(self._current.shard, identity)
+            else:
+                _claim_shard(self._current, identity)
 
     def set_weights(self, optimizer: str, weights: Sequence[np.ndarray]) -> None:
         """Replaces every weight of an optimizer (Keras order), after checking them all.
@@ -449,12 +463,17 @@ class Registry:
         self.barrier.changed()  # a save waiting for iterations looks again
 
     def set_hyperparameter(
-        self, optimizer: str, key: str, value: float | Mapping[str, Any]
+        self,
+        optimizer: str,
+        key: str,
+        value: float | Mapping[str, Any],
+        validate_only: bool = False,
     ) -> None:
         """Sets one hyperparameter, as ``optimizer.<key> = value`` does in Keras.
 
         The optimizer's config with the new value must pass every check its
         creation would, so a value creation refuses is refused here too.
+        ``validate_only`` runs every check, under the same lock, and changes nothing.
 
         Raises:
             NotFound: unknown optimizer.
@@ -488,6 +507,8 @@ class Registry:
                 )
             except (InvalidArgument, ResourceExhausted) as error:
                 raise _naming_optimizer(optimizer, error) from None
+            if validate_only:
+                return
             with tf.device(self.device):
                 setattr(managed.optimizer, key, spec.kwargs[key])
             managed.compiled.clear()

@@ -189,7 +189,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     ) -> pb.CreateOptimizerResponse:
         options = _options_from_proto(request.name, request.options)
         created = await self._change(
-            self._registry.create_optimizer, request.name, request.config_json, options
+            self._registry.create_optimizer,
+            request.name,
+            request.config_json,
+            options,
+            request.validate_only,
         )
         return pb.CreateOptimizerResponse(created=created)
 
@@ -374,7 +378,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if kind == "schedule_json":
             value = _schedule(where, request.optimizer, request.schedule_json, self._limits)
         await self._change(
-            self._registry.set_hyperparameter, request.optimizer, request.name, value
+            self._registry.set_hyperparameter,
+            request.optimizer,
+            request.name,
+            value,
+            request.validate_only,
         )
         return pb.SetHyperparameterResponse()
 
@@ -437,7 +445,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     async def DeclareShard(
         self, request: pb.DeclareShardRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeclareShardResponse:
-        await self._change(self._registry.declare_shard, request.shard, request.shards)
+        await self._change(
+            self._registry.declare_shard, request.shard, request.shards, request.validate_only
+        )
         return pb.DeclareShardResponse()
 
 

@@ -51,14 +51,16 @@ PUSH_OUTCOME_SKIPPED: PushOutcome
 PUSH_OUTCOME_DROPPED: PushOutcome
 
 class CreateOptimizerRequest(_message.Message):
-    __slots__ = ("name", "config_json", "options")
+    __slots__ = ("name", "config_json", "options", "validate_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     config_json: str
     options: OptimizerOptions
-    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., options: _Optional[_Union[OptimizerOptions, _Mapping]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, name: _Optional[str] = ..., config_json: _Optional[str] = ..., options: _Optional[_Union[OptimizerOptions, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class AsyncAggregation(_message.Message):
     __slots__ = ("max_staleness",)
@@ -404,16 +406,18 @@ class GetSlotResponse(_message.Message):
     def __init__(self, slot: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class SetHyperparameterRequest(_message.Message):
-    __slots__ = ("optimizer", "name", "number", "schedule_json")
+    __slots__ = ("optimizer", "name", "number", "schedule_json", "validate_only")
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_JSON_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     optimizer: str
     name: str
     number: float
     schedule_json: str
-    def __init__(self, optimizer: _Optional[str] = ..., name: _Optional[str] = ..., number: _Optional[float] = ..., schedule_json: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, optimizer: _Optional[str] = ..., name: _Optional[str] = ..., number: _Optional[float] = ..., schedule_json: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class SetHyperparameterResponse(_message.Message):
     __slots__ = ()
@@ -540,12 +544,14 @@ class CheckpointManifest(_message.Message):
     def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ...) -> None: ...
 
 class DeclareShardRequest(_message.Message):
-    __slots__ = ("shard", "shards")
+    __slots__ = ("shard", "shards", "validate_only")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     shard: int
     shards: int
-    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, shard: _Optional[int] = ..., shards: _Optional[int] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class DeclareShardResponse(_message.Message):
     __slots__ = ()
