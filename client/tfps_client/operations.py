@@ -47,7 +47,6 @@ from tfps_client.types import (
 )
 from tfps_client.wire import checks, codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
-from tfps_client.wire.reasons import Reason
 
 if TYPE_CHECKING:
     from tfps_client import aio
@@ -491,7 +490,7 @@ class Operations:
             return value
         placed = (yield from self._known_layout([variable])).get(variable)
         answers = yield from sharding.as_whole(
-            placed,
+            dict.fromkeys(placed.part_names, placed.name),
             calls.Fanout(
                 {
                     part.shard: calls.one(
@@ -575,14 +574,19 @@ class Operations:
         current = by_shard[placed.shards[0] if placed.shards else 0]
         others = len(current) - 1 - len(placed.of_shard(placed.shards[0])) if placed.shards else 0
         parts = placed.split(arrays, others)
-        expected = [
-            *(("a weight other than the slots", w.shape, w.dtype) for w in current[1 : 1 + others]),
+        specs = [
             *(
-                (f"slot {checks.shown(slot)} of {checks.shown(v.name)}", v.shape, v.dtype)
+                checks.WeightSpec("a weight other than the slots", w.shape, w.dtype.name)
+                for w in current[1 : 1 + others]
+            ),
+            *(
+                checks.WeightSpec(
+                    f"slot {checks.shown(slot)} of {checks.shown(v.name)}", v.shape, v.dtype.name
+                )
                 for v, slot in placed.whole()
             ),
         ]
-        _check_weights(optimizer, expected, arrays[1:])
+        sharding.check_weights(optimizer, specs, arrays[1:])
         yield calls.Fanout(
             {
                 shard: calls.one(
@@ -1020,42 +1024,6 @@ class Operations:
         return str(dest_dir)
 
 
-def _check_weights(
-    optimizer: str,
-    expected: Sequence[tuple[str, tuple[int, ...], np.dtype]],
-    weights: Sequence[np.ndarray],
-) -> None:
-    """Refuses, as a server's ``set_weights`` does, weights after ``iterations`` of a dtype
-    that does not cast up exactly to their weight's, of another shape, or holding NaN or Inf.
-
-    Args:
-        optimizer: the optimizer's name.
-        expected: the label, shape and dtype of each weight after ``iterations``, in one
-            server's order.
-        weights: the values, in that order.
-
-    Raises:
-        InvalidArgumentError: ``WEIGHTS_MISMATCH`` or ``NON_FINITE_VALUE``.
-    """
-    for index, ((label, shape, dtype), value) in enumerate(zip(expected, weights, strict=True), 1):
-        what = f"optimizer {checks.shown(optimizer)}: weight {index} ({label})"
-        allowed = [d for d, targets in checks.UPCASTS.items() if np.dtype(dtype).name in targets]
-        with sharding.refused_as_invalid():
-            if value.dtype.name not in allowed:
-                raise checks.Refusal(
-                    f"{what}: expected dtype in {allowed}, received {value.dtype.name}",
-                    Reason.WEIGHTS_MISMATCH,
-                    {"optimizer": optimizer, "expected": allowed, "received": value.dtype.name},
-                )
-            if value.shape != tuple(shape):
-                raise checks.Refusal(
-                    f"{what}: expected shape {list(shape)}, received {list(value.shape)}",
-                    Reason.WEIGHTS_MISMATCH,
-                    {"optimizer": optimizer, "expected": list(shape), "received": value.shape},
-                )
-            checks.check_finite(what, "values", value, {"optimizer": optimizer})
-
-
 def _creations(
     optimizer: str,
     uploads: Mapping[int, tuple[list[pb.VariableDeclaration], list[np.ndarray]]],
@@ -1066,8 +1034,12 @@ def _creations(
     or of their validation only."""
     return calls.Fanout(
         {
-            shard: _naming_variables(
-                declarations,
+            shard: sharding.as_whole(
+                {
+                    declaration.name: declaration.placement.partition.variable
+                    for declaration in declarations
+                    if declaration.placement.HasField("partition")
+                },
                 calls.upload(
                     "CreateVariables",
                     {
@@ -1077,34 +1049,11 @@ def _creations(
                     },
                     values,
                 ),
+                part_fact=True,
             )
             for shard, (declarations, values) in sorted(uploads.items())
         }
     )
-
-
-def _naming_variables(
-    declarations: Sequence[pb.VariableDeclaration], call: calls.Call
-) -> Steps[Any]:
-    """Makes ``call``, which declares ``declarations`` on one shard. An error about a part
-    of a split variable (a fact of the part's own, such as its name's length) is raised
-    with the variable declared named first in its message, and as its ``variable``."""
-    wholes = {
-        declaration.name: declaration.placement.partition.variable
-        for declaration in declarations
-        if declaration.placement.HasField("partition")
-    }
-    try:
-        return (yield call)
-    except TfpsError as error:
-        part = error.metadata.get("variable")
-        if part not in wholes:
-            raise
-        raise type(error)(
-            f"variable {checks.shown(wholes[part])}: {error.message}",
-            error.reason,
-            {**error.metadata, "variable": wholes[part]},
-        ) from None
 
 
 def _downloaded(request: pb.DownloadCheckpointRequest, directory: Path) -> Steps[str]:

@@ -513,6 +513,20 @@ def refused_as_invalid() -> Iterator[None]:
         ) from None
 
 
+def check_weights(
+    optimizer: str, specs: Sequence[checks.WeightSpec], weights: Sequence[np.ndarray]
+) -> None:
+    """Refuses, as a server's ``set_weights`` does, weights after ``iterations`` that do not
+    fit their specs (both in one server's order), before any shard sets its own.
+
+    Raises:
+        InvalidArgumentError: ``WEIGHTS_MISMATCH`` or ``NON_FINITE_VALUE``, as a server's.
+    """
+    with refused_as_invalid():
+        for index, (spec, value) in enumerate(zip(specs, weights, strict=True), 1):
+            checks.check_weight(optimizer, index, spec, value)
+
+
 def _check_same_declaration(existing: Placed, declared: Declared) -> None:
     """Refuses a declaration of an existing variable that differs from it, naming what
     differs, as a server does (before any shard is asked to create anything).
@@ -594,25 +608,30 @@ def check_initial_value(name: str, value: np.ndarray) -> None:
         checks.check_initial_value(name, value)
 
 
-def as_whole(variable: Placed, fanout: calls.Fanout) -> Steps[Any]:
-    """Makes ``fanout`` over the parts of ``variable``; an error naming a part is raised
-    naming the variable, as one server would.
+def as_whole(
+    wholes: Mapping[str, str], step: calls.Call | calls.Fanout, *, part_fact: bool = False
+) -> Steps[Any]:
+    """Makes ``step``, which names parts of split variables (``wholes``: part name ->
+    variable name); an error naming a part is raised naming its variable, as one server
+    would: in the part's place in the message or, when the error is about a fact of the
+    part's own (``part_fact``: its name's length, say), in front of the message.
 
     Raises:
-        TfpsError: the fan-out's, its part names replaced by the variable's.
+        TfpsError: the step's, the part's name in its ``variable`` replaced by the variable's.
     """
     try:
-        return (yield fanout)
+        return (yield step)
     except TfpsError as error:
-        part = error.metadata.get("variable")
-        if part not in variable.part_names or part == variable.name:
+        part = error.metadata.get("variable", "")
+        whole = wholes.get(part, part)
+        if whole == part:
             raise
-        renamed = type(error)(
-            error.message.replace(checks.shown(part), checks.shown(variable.name)),
-            error.reason,
-            {**error.metadata, "variable": variable.name},
+        message = (
+            f"variable {checks.shown(whole)}: {error.message}"
+            if part_fact
+            else error.message.replace(checks.shown(part), checks.shown(whole))
         )
-        raise renamed from None
+        raise type(error)(message, error.reason, {**error.metadata, "variable": whole}) from None
 
 
 VARIABLE_MAJOR = frozenset({"ftrl"})

@@ -17,13 +17,13 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from tfps_client.types import OptimizerOptions, Partition, Placement, ShardIdentity
 from tfps_client.wire import checks
-from tfps_client.wire.checks import UPCASTS, VARIABLE_DTYPES, Described, shape_text
+from tfps_client.wire.checks import VARIABLE_DTYPES, Described, WeightSpec, shape_text
 from tfps_client.wire.convert import Gradient
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
@@ -55,15 +55,6 @@ class Declared(Described, Protocol):
 
     @property
     def placement(self) -> Placement | None: ...
-
-
-class WeightSpec(NamedTuple):
-    """One of an optimizer's weights, in Keras order, as the checks see it."""
-
-    label: str
-    """What it is, for messages: ``iterations``, ``slot 'm' of 'dense'``, ..."""
-    shape: tuple[int, ...]
-    dtype: str
 
 
 # Names and declarations ------------------------------------------------------------------------
@@ -479,22 +470,9 @@ def check_weights(
         if index == 0:
             check_iterations(where, value)
             continue
-        what = f"{where}: weight {index} ({spec.label})"
-        allowed = [d for d, targets in UPCASTS.items() if spec.dtype in targets]
-        if value.dtype.name not in allowed:
-            raise InvalidArgument(
-                f"{what}: expected dtype in {allowed}, received {value.dtype.name}",
-                Reason.WEIGHTS_MISMATCH,
-                {"optimizer": optimizer, "expected": allowed, "received": value.dtype.name},
-            )
-        if value.shape != spec.shape:
-            raise InvalidArgument(
-                f"{what}: expected shape {list(spec.shape)}, received {list(value.shape)}",
-                Reason.WEIGHTS_MISMATCH,
-                {"optimizer": optimizer, "expected": list(spec.shape), "received": value.shape},
-            )
-        if require_finite:
-            check_finite(what, "values", value, {"optimizer": optimizer})
+        finite = require_finite and value.dtype.kind == "f" and math.isfinite(sum_of_squares(value))
+        with refused_as_invalid():
+            checks.check_weight(optimizer, index, spec, value, require_finite and not finite)
 
 
 # Gradients -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 A server runs them on every push; a client of several shards runs them on the whole push
 before it splits it, so that no shard applies its part of a push another would refuse.
+The checks of an initial value and of an optimizer's weight are shared the same way.
 Both raise what they find as their own error (:class:`Refusal` carries the reason, the
 message and the facts), so the client's local refusal reads exactly as a server's.
 """
@@ -9,7 +10,7 @@ message and the facts), so the client's local refusal reads exactly as a server'
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -122,6 +123,43 @@ def check_initial_value(name: str, value: np.ndarray, require_finite: bool = Tru
         )
     if require_finite:
         check_finite(f"variable {shown(name)}", "initial values", value, {"variable": name})
+
+
+class WeightSpec(NamedTuple):
+    """One of an optimizer's weights, in Keras order, as the checks see it."""
+
+    label: str
+    """What it is, for messages: ``iterations``, ``slot 'm' of 'dense'``, ..."""
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def check_weight(
+    optimizer: str, index: int, spec: WeightSpec, value: np.ndarray, require_finite: bool = True
+) -> None:
+    """Checks weight ``index`` (after ``iterations``) of an optimizer's list against its spec:
+    a dtype that casts up to the weight's exactly, its shape, and (unless a restore reads
+    values training made non-finite) that every element is finite.
+
+    Raises:
+        Refusal: another dtype or shape (``WEIGHTS_MISMATCH``), or a NaN or Inf.
+    """
+    what = f"optimizer {shown(optimizer)}: weight {index} ({spec.label})"
+    allowed = [d for d, targets in UPCASTS.items() if spec.dtype in targets]
+    if value.dtype.name not in allowed:
+        raise Refusal(
+            f"{what}: expected dtype in {allowed}, received {value.dtype.name}",
+            Reason.WEIGHTS_MISMATCH,
+            {"optimizer": optimizer, "expected": allowed, "received": value.dtype.name},
+        )
+    if value.shape != spec.shape:
+        raise Refusal(
+            f"{what}: expected shape {list(spec.shape)}, received {list(value.shape)}",
+            Reason.WEIGHTS_MISMATCH,
+            {"optimizer": optimizer, "expected": list(spec.shape), "received": value.shape},
+        )
+    if require_finite:
+        check_finite(what, "values", value, {"optimizer": optimizer})
 
 
 def check_gradient(variable: Described, gradient: DenseGradient | SparseGradient) -> None:
