@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from tfps_client import calls, checkpoint_files, checkpoint_groups, sharding
 from tfps_client.calls import Steps
-from tfps_client.errors import AbortedError, TfpsError
+from tfps_client.errors import AbortedError, FailedPreconditionError, TfpsError
 from tfps_client.tf_config import ps_addresses
 from tfps_client.transport import MAX_MESSAGE_BYTES, TlsCredentials, bearer_metadata
 from tfps_client.types import (
@@ -47,6 +47,7 @@ from tfps_client.types import (
 )
 from tfps_client.wire import checks, codec, convert
 from tfps_client.wire import parameter_server_pb2 as pb
+from tfps_client.wire.reasons import Reason
 
 if TYPE_CHECKING:
     from tfps_client import aio
@@ -59,6 +60,10 @@ _Validatable = TypeVar("_Validatable", pb.CreateOptimizerRequest, pb.SetHyperpar
 LISTING_RESTARTS = 3
 """Times ``list_variables`` starts again when the state is replaced between its pages,
 before it raises."""
+
+LOGICAL_SAVE_ATTEMPTS = 8
+"""Reads of the shards' iterations a logical save makes, when pushes keep passing the
+targets on a shard before its save request arrives (``ITERATIONS_PASSED``)."""
 
 Gradient = Any
 """A numpy array (or array-like), an :class:`IndexedSlices`, or with TensorFlow
@@ -457,13 +462,16 @@ class Operations:
     def iterations(self, optimizer: str) -> Steps[int]:
         """Returns how many updates the optimizer has applied.
 
+        A sharded client returns the lowest count of the shards (all count every push; one
+        still on its way counts on some only), so that gradients computed at that step are
+        ahead of no shard.
+
         Raises:
             TypeError: ``optimizer`` is not a string.
         """
         request = codec.build_message(pb.GetIterationsRequest, optimizer=optimizer)
-        shard = yield from self._home(optimizer)
-        response = yield from _on(shard, calls.unary("GetIterations", request))
-        return int(response.iterations)
+        responses = yield self._everywhere(calls.unary("GetIterations", request))
+        return min(int(response.iterations) for response in responses.values())
 
     @ClientMethod
     def slot_names(self, optimizer: str) -> Steps[list[str]]:
@@ -906,7 +914,9 @@ class Operations:
 
         A sharded client saves one logical checkpoint: every shard saves when each
         optimizer's ``iterations`` reach the highest any shard has (pushes in flight
-        arrive first; pushes past it wait for the save), under one ``group`` label. Its
+        arrive first; pushes past it wait for the save; should one pass it on a shard before
+        the save request arrives there, the counts are read again, up to
+        ``LOGICAL_SAVE_ATTEMPTS`` times), under one ``group`` label. Its
         info is the first shard's id and path, with every shard's iterations, bytes and
         variables.
         """
@@ -915,12 +925,18 @@ class Operations:
             return convert.checkpoint_info_from_message(response.checkpoint)
         layout = yield from self._known_layout(refresh=True)
         optimizers = sorted({variable.optimizer for variable in layout.variables.values()})
-        counts = yield calls.Fanout(
-            {shard: _iterations_of(optimizers) for shard in range(self._shards)}
-        )
-        targets = {o: max(counts[shard][o] for shard in counts) for o in optimizers}
-        request = pb.SaveCheckpointRequest(at_iterations=targets, group=uuid.uuid4().hex)
-        saved = yield self._everywhere(calls.unary("SaveCheckpoint", request))
+        for attempt in range(1, LOGICAL_SAVE_ATTEMPTS + 1):
+            counts = yield calls.Fanout(
+                {shard: _iterations_of(optimizers) for shard in range(self._shards)}
+            )
+            targets = {o: max(counts[shard][o] for shard in counts) for o in optimizers}
+            request = pb.SaveCheckpointRequest(at_iterations=targets, group=uuid.uuid4().hex)
+            try:
+                saved = yield self._everywhere(calls.unary("SaveCheckpoint", request))
+                break
+            except FailedPreconditionError as error:  # a push passed the targets on a shard
+                if error.reason != Reason.ITERATIONS_PASSED or attempt == LOGICAL_SAVE_ATTEMPTS:
+                    raise  # between the read and its save: read again
         return checkpoint_groups.merged(
             [convert.checkpoint_info_from_message(saved[s].checkpoint) for s in sorted(saved)]
         )
@@ -1209,13 +1225,15 @@ def _shard_header(header: Mapping[str, Any], non_finite: Sequence[str] = ()) -> 
 
 def _merged_results(responses: Iterable[pb.PushResponse], request_id: str) -> PushResult:
     """One push's result from its shards' results: an optimizer's ``iterations`` are its
-    highest, and its outcome is a shard's that did not apply or aggregate the push, if any."""
+    lowest (a step ahead of no shard, while other pushes are on their way), and its outcome
+    is a shard's that did not apply or aggregate the push, if any."""
     outcomes: dict[str, Outcome] = {}
     iterations: dict[str, int] = {}
     for response in responses:
         result = convert.push_result(response, request_id)
         for optimizer, outcome in result.outcomes.items():
-            iterations[optimizer] = max(iterations.get(optimizer, 0), result.iterations[optimizer])
+            counted = result.iterations[optimizer]
+            iterations[optimizer] = min(iterations.get(optimizer, counted), counted)
             if outcomes.get(optimizer, Outcome.APPLIED) in (Outcome.APPLIED, Outcome.AGGREGATED):
                 outcomes[optimizer] = outcome
     return PushResult(outcomes, iterations, request_id)
