@@ -74,7 +74,10 @@ def test_rpcs_counted_by_method_and_code_exactly(served: tuple[RunningServer, Cl
         client.push({"w": np.ones(9, np.float32)})
     with pytest.raises(InvalidArgumentError):
         client.create_optimizer("bad", {"class_name": "NoSuchOptimizer", "config": {}})
-    after = scrape(port)
+    # gRPC sends an abort's status before the handler's end, where the RPC is counted
+    after = wait_until(
+        port, lambda s: sum(delta(s, before, "tfps_rpc_requests_total").values()) >= 13
+    )
 
     assert delta(after, before, "tfps_rpc_requests_total") == {
         labels(method="CreateOptimizer", code="OK"): 1,
