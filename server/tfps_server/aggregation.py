@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tfps_client.types import Async, OptimizerOptions, Outcome, Sync
-from tfps_client.wire.convert import OptimizerResult, SyncStep
+from tfps_client.wire.convert import OptimizerResult
 from tfps_client.wire.reasons import Reason
 from tfps_server.errors import (
     FailedPrecondition,
@@ -315,26 +315,17 @@ class SyncPolicy:
             raise result.again()
         return result
 
-    def follow(
-        self,
-        worker: str,
-        decided: SyncStep,
-        gradients: Contribution,
-        iterations: Callable[[], int],
-        apply: ApplyFn,
-    ) -> OptimizerResult:
-        """Adds one worker's gradients to a step the first shard of a sharded client closed
-        and waits until it closes here (:mod:`tfps_server.followed_steps`).
-
-        The caller holds the optimizer's lock; it is released while waiting.
+    @property
+    def followed(self) -> FollowedSteps:
+        """The steps the first shard of a sharded client closed, which pushes with ``follow``
+        join here (:mod:`tfps_server.followed_steps`); used under the optimizer's lock.
 
         Raises:
-            FailedPrecondition: the worker already contributed to that step here.
-            ServerError: the step was aborted, or the policy closed.
+            ServerError: the policy closed.
         """
         if self._closed_by is not None:
             raise self._closed_by.again()
-        return self._followed.follow(worker, decided, gradients, iterations, apply)
+        return self._followed
 
     def pause(self) -> None:
         """Keeps the open step from closing, its timeout paused, until :meth:`resume`: a

@@ -259,7 +259,8 @@ class Pusher:
                 result = policy.submit(worker, step, gradients, managed.iterations, apply)
             else:
                 assert isinstance(policy, SyncPolicy)  # _followed admits sync optimizers only
-                result = policy.follow(worker, decided, gradients, managed.iterations, apply)
+                followed = policy.followed
+                result = followed.follow(worker, decided, gradients, managed.iterations, apply)
             results[managed.name] = result
         barrier.changed()
         self._metrics.pushes.labels(managed.name, result.outcome.value).inc()
