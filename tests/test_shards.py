@@ -23,7 +23,7 @@ from tfps_client.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from tfps_client.keras import load_into
+from tfps_client.keras import RemoteOptimizer, load_into
 from tfps_server import Registry, RunningServer, create_server
 
 from helpers import LISTENING, ServerProcess, assert_all_bitwise_equal, free_port
@@ -372,6 +372,38 @@ def test_workers_sharing_one_sharded_client_close_their_sync_steps(
         return client.pull(list(initial(prefix)))
 
     assert_all_bitwise_equal(step(sharded), step(reference))
+
+
+@pytest.mark.usefixtures("unreassociated_graphs")
+def test_remote_optimizer_trains_through_shards_as_through_one_server(
+    sharded: Client, reference: Client
+) -> None:
+    """tf_keras's model.fit with a RemoteOptimizer: its embedding (sparse gradients) split
+    over the shards, the same weights and optimizer weights, bitwise, as through one server."""
+    rng = np.random.default_rng(0)
+    ids, labels = rng.integers(0, 40, (64, 6)).astype(np.int32), rng.integers(0, 3, 64)
+
+    def fit(client: Client) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        tf_keras.utils.set_random_seed(1)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.Input((6,), dtype="int32"),
+                tf_keras.layers.Embedding(40, 4, name="remote_embedding"),
+                tf_keras.layers.Flatten(name="remote_flatten"),
+                tf_keras.layers.Dense(3, activation="softmax", name="remote_out"),
+            ]
+        )
+        optimizer = RemoteOptimizer(client, "remote", config={"class_name": "Adam"})
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        model.fit(ids, labels, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return model.get_weights(), client.get_weights("remote")
+
+    (weights, slots), (expected_weights, expected_slots) = fit(sharded), fit(reference)
+    assert_all_bitwise_equal(weights, expected_weights)
+    assert_all_bitwise_equal(slots, expected_slots)
+    assert sharded.iterations("remote") == reference.iterations("remote") == 8
+    assert sharded._layout is not None
+    assert len(sharded._layout.get("remote_embedding/embeddings").parts) > 1
 
 
 @pytest.mark.parametrize("on_timeout", ["apply", "drop"])
