@@ -853,6 +853,25 @@ def test_a_followed_stale_or_dropped_step_changes_nothing(world: Served) -> None
     assert_bitwise_equal(world.client.pull(["follow-none/x"])["follow-none/x"], X)
 
 
+def test_a_followed_step_closes_at_its_timeout_and_a_latecomer_is_stale(world: Served) -> None:
+    """B's part never comes in time: the step closes with A's alone after the sync timeout;
+    B's part, come later, joins nothing."""
+    world.client.create_optimizer("follow-late", ADAM, Sync(2, timeout=0.2))
+    world.client.create_variables({"follow-late/x": X}, optimizer="follow-late")
+    world.client.create_optimizer("alone", ADAM)
+    world.client.create_variables({"alone/x": X}, optimizer="alone")
+    step = [_closed("follow-late", 0, "A", "B")]
+    assert push(world.port, {"follow-late/x": Y[:1] + X}, worker="A", follow=step) == {
+        "follow-late": (AGGREGATED, 1)
+    }
+    assert push(world.port, {"follow-late/x": X}, worker="B", follow=step) == {
+        "follow-late": (STALE, 1)
+    }
+    push(world.port, {"alone/x": Y[:1] + X})
+    pulled = world.client.pull(["follow-late/x", "alone/x"])
+    assert_bitwise_equal(pulled["follow-late/x"], pulled["alone/x"])
+
+
 @pytest.mark.parametrize(
     ("follow", "error", "reason", "fragments"),
     [

@@ -95,8 +95,8 @@ class FollowedSteps:
         if decided.outcome is Outcome.STALE:
             return OptimizerResult(Outcome.STALE, iterations())
         step = decided.step
-        if step in self._results or step < iterations():  # closed here already (by timeout)
-            return self._answer(step, iterations())
+        if step in self._results or step < iterations():  # closed here without it (timeout)
+            return OptimizerResult(Outcome.STALE, iterations())
         arrived = self._arrived.setdefault(step, {})
         if worker in arrived:
             raise FailedPrecondition(
@@ -113,7 +113,10 @@ class FollowedSteps:
                 break
             self._on_wait()
             self._lock.wait(wait)
-        return self._answer(step, iterations())
+        result = self._results[step]
+        if isinstance(result, ServerError):
+            raise result.again()
+        return result
 
     def pause(self) -> None:
         """Keeps steps from closing, their timeouts paused, until :meth:`resume`."""
@@ -133,12 +136,6 @@ class FollowedSteps:
         for step in list(self._arrived):
             self._finish(step, error)
         self._lock.notify_all()
-
-    def _answer(self, step: int, current: int) -> OptimizerResult:
-        result = self._results.get(step, OptimizerResult(Outcome.STALE, current))
-        if isinstance(result, ServerError):
-            raise result.again()
-        return result
 
     def _close_ready(self, iterations: Callable[[], int], apply: ApplyFn) -> float | None:
         """Closes the open steps that can close, lowest first; returns how long to wait
