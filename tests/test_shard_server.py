@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from tfps_client import (
+    AbortedError,
     AlreadyExistsError,
     Async,
     Client,
@@ -870,6 +871,35 @@ def test_a_followed_step_closes_at_its_timeout_and_a_latecomer_is_stale(world: S
     push(world.port, {"alone/x": Y[:1] + X})
     pulled = world.client.pull(["follow-late/x", "alone/x"])
     assert_bitwise_equal(pulled["follow-late/x"], pulled["alone/x"])
+
+
+def test_set_weights_aborts_a_followed_step_waiting_for_its_contributors() -> None:
+    """A's part waits for B's in a followed step when set_weights replaces the weights: A's
+    push is ABORTED (STATE_REPLACED), nothing of it applied, and a later step follows the
+    weights set."""
+    hooks = BlockingHooks()
+    served = _serve(Registry(hooks=hooks))
+    try:
+        client = served.client
+        client.create_optimizer("follow-set", ADAM, Sync(2, timeout=60.0))
+        client.create_variables({"follow-set/x": X}, optimizer="follow-set")
+        weights = client.get_weights("follow-set")
+        waiting = hooks.watch("sync.waiting")
+        with ThreadPoolExecutor(1) as pool:
+            step = [_closed("follow-set", 0, "A", "B")]
+            held = pool.submit(
+                push, served.port, {"follow-set/x": Y[:1] + X}, worker="A", follow=step
+            )
+            waiting.wait_arrivals(1)
+            client.set_weights("follow-set", weights)
+            with pytest.raises(AbortedError) as aborted:
+                held.result(timeout=60)
+        assert_refused(aborted.value, AbortedError, "STATE_REPLACED")
+        assert_bitwise_equal(client.pull(["follow-set/x"])["follow-set/x"], X)
+        assert client.iterations("follow-set") == 0
+    finally:
+        hooks.release_all()
+        served.close()
 
 
 @pytest.mark.parametrize(
